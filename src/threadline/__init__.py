@@ -1,0 +1,3 @@
+"""Threadline: a self-hostable server for the OpenHands App Conversations API (v1)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,24 @@
+"""What every request handler may need, built once per process in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from threadline.config import Settings
+from threadline.db.engine import Database
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    db: Database
+    # Filled by later domains (sandbox service, HTTP clients); kept loose to avoid import cycles.
+    services: dict[str, Any] = field(default_factory=dict)
+
+
+def get_context(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx

@@ -1,0 +1,47 @@
+"""Operational endpoints: liveness, health, readiness (checks the database) and server info."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from sqlalchemy import text
+
+from threadline import __version__
+from threadline.api.context import AppContext, get_context
+from threadline.api.errors import Problem
+
+router = APIRouter(tags=["Server"])
+_STARTED = time.monotonic()
+
+
+@router.get("/alive")
+async def alive() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/health", response_model=str)
+async def health() -> str:
+    return "OK"
+
+
+@router.get("/ready", response_model=str)
+async def ready(ctx: AppContext = Depends(get_context)) -> str:
+    try:
+        async with ctx.db.read() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        raise Problem("the database is not reachable", status=503, type_slug="not-ready") from exc
+    return "OK"
+
+
+@router.get("/server_info")
+async def server_info(ctx: AppContext = Depends(get_context)) -> dict[str, Any]:
+    return {
+        "name": "threadline",
+        "version": __version__,
+        "api": "openhands-app-conversations-v1",
+        "database": "sqlite" if ctx.db.is_sqlite else "postgresql",
+        "uptime_seconds": round(time.monotonic() - _STARTED, 3),
+    }

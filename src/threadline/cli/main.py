@@ -1,0 +1,126 @@
+"""The `threadline` command: the server and its administration."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from threadline.api.errors import Problem
+from threadline.auth import service as auth
+from threadline.config import Settings
+from threadline.db.engine import Database
+from threadline.db.migrate import upgrade_to_head
+
+app = typer.Typer(help="Threadline: a self-hostable OpenHands App Conversations API server.", no_args_is_help=True)
+users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
+
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _run_db(action: Callable[[Database], Awaitable[T]]) -> T:
+    """Run one administrative action against the configured database (migrated first)."""
+
+    async def main() -> T:
+        db = Database(Settings().resolved_database_url)
+        try:
+            await upgrade_to_head(db)
+            return await action(db)
+        finally:
+            await db.dispose()
+
+    try:
+        return asyncio.run(main())
+    except Problem as exc:
+        err.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default 8000).")] = None,
+) -> None:
+    """Run the API server (applies migrations; on first start creates an admin user and prints its key)."""
+    import uvicorn
+
+    from threadline.api.app import create_app
+
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+
+    async def first_start(db: Database) -> str | None:
+        if not settings.create_admin_on_first_start or await auth.count_users(db):
+            return None
+        user = await auth.create_user(db, "admin", is_admin=True)
+        _, key = await auth.create_key(db, user.id, label="created on first start")
+        return key
+
+    admin_key = _run_db(first_start)
+    if admin_key:
+        err.print("[bold]Created user 'admin'.[/bold] Its API key is shown this once; keep it safe:")
+        print(admin_key, flush=True)
+    err.print(f"Threadline on http://{settings.host}:{settings.port} (data in {settings.home})")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+@users_app.command("create")
+def users_create(
+    name: str,
+    admin: Annotated[bool, typer.Option("--admin", help="Make the user an administrator.")] = False,
+) -> None:
+    """Create a user."""
+    user = _run_db(lambda db: auth.create_user(db, name, is_admin=admin))
+    print(user.id)
+
+
+@keys_app.command("create")
+def keys_create(
+    user: Annotated[str, typer.Option("--user", help="Name of the user the key acts as.")],
+    label: Annotated[str | None, typer.Option("--label", help="A note to tell keys apart.")] = None,
+) -> None:
+    """Create an API key; the key is printed once, alone on the last line."""
+
+    async def action(db: Database) -> tuple[auth.ApiKeyInfo, str]:
+        owner = await auth.get_user_by_name(db, user)
+        return await auth.create_key(db, owner.id, label)
+
+    info, key = _run_db(action)
+    err.print(f"Created key {info.id} for {info.user_name}. It is shown this once:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (never the keys themselves)."""
+    keys = _run_db(auth.list_keys)
+    table = Table("id", "user", "label", "prefix", "created", "revoked")
+    for k in keys:
+        table.add_row(
+            k.id, k.user_name, k.label or "", k.prefix + "…", k.created_at.isoformat(timespec="seconds"),
+            k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
+        )
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke an API key by its id (see `threadline keys list`)."""
+    _run_db(lambda db: auth.revoke_key(db, key_id))
+    err.print(f"Revoked key {key_id}.")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,89 @@
+"""Server configuration, read from THREADLINE_* environment variables."""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="THREADLINE_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".threadline")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Public base URL agent servers use for callbacks; derived from host/port when unset.
+    public_url: str | None = None
+    secret_key: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    max_tags: int = 50
+    max_tag_key_length: int = 64
+    max_tag_value_length: int = 512
+    create_admin_on_first_start: bool = True
+
+    # Agent runtime and sandboxes.
+    runtime_dir: Path | None = None
+    runtime_python: str | None = None
+    sandbox_backend: str = "process"
+    sandbox_startup_timeout: float = 120.0
+    sandbox_stop_grace_seconds: float = 10.0
+    stop_sandboxes_on_shutdown: bool = True
+    agent_timeout: float = 5.0
+    webhook_flush_delay: float = 1.0
+
+    # Server-wide LLM defaults; a user's settings override them.
+    llm_model: str | None = None
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_input_cost_per_token: float | None = None
+    llm_output_cost_per_token: float | None = None
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.home / 'threadline.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def resolved_runtime_dir(self) -> Path:
+        return self.runtime_dir or self.home / "agent-runtime"
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.home / "sandboxes"
+
+    @property
+    def callback_base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @cached_property
+    def resolved_secret_key(self) -> str:
+        """The server secret: from the environment, else a file under home created on first use."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.home / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.home.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(48)
+        # O_EXCL: two processes racing on first start agree on whichever file landed first.
+        try:
+            fd = path.open("x")
+        except FileExistsError:
+            return path.read_text().strip()
+        with fd:
+            fd.write(value)
+        path.chmod(0o600)
+        return value

@@ -1,0 +1,171 @@
+"""Wire models of the App Conversations API; names, types and enum values follow the reference."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+from threadline.conversations.validation import BranchName, RepositoryName
+
+UTCTimestamp = Annotated[
+    datetime,
+    PlainSerializer(lambda v: v.isoformat().replace("+00:00", "Z"), return_type=str, when_used="json"),
+]
+
+
+class ProviderType(StrEnum):
+    github = "github"
+    gitlab = "gitlab"
+    bitbucket = "bitbucket"
+    bitbucket_data_center = "bitbucket_data_center"
+    forgejo = "forgejo"
+    azure_devops = "azure_devops"
+    enterprise_sso = "enterprise_sso"
+
+
+class ConversationTrigger(StrEnum):
+    resolver = "resolver"
+    gui = "gui"
+    suggested_task = "suggested_task"
+    openhands_api = "openhands_api"
+    slack = "slack"
+    microagent_management = "microagent_management"
+    jira = "jira"
+    jira_dc = "jira_dc"
+    linear = "linear"
+    bitbucket = "bitbucket"
+    automation = "automation"
+
+
+class SandboxStatus(StrEnum):
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    ERROR = "ERROR"
+    MISSING = "MISSING"
+
+
+class ConversationExecutionStatus(StrEnum):
+    idle = "idle"
+    running = "running"
+    paused = "paused"
+    waiting_for_confirmation = "waiting_for_confirmation"
+    finished = "finished"
+    error = "error"
+    stuck = "stuck"
+    deleting = "deleting"
+
+
+class SortOrder(StrEnum):
+    CREATED_AT = "CREATED_AT"
+    CREATED_AT_DESC = "CREATED_AT_DESC"
+    UPDATED_AT = "UPDATED_AT"
+    UPDATED_AT_DESC = "UPDATED_AT_DESC"
+
+
+class TokenUsage(BaseModel):
+    model: str = ""
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    cache_read_tokens: int = Field(default=0, ge=0)
+    cache_write_tokens: int = Field(default=0, ge=0)
+    reasoning_tokens: int = Field(default=0, ge=0)
+    context_window: int = Field(default=0, ge=0)
+    per_turn_token: int = Field(default=0, ge=0)
+    response_id: str = ""
+
+
+class MetricsSnapshot(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str = "default"
+    accumulated_cost: float = Field(default=0.0, ge=0)
+    max_budget_per_task: float | None = None
+    accumulated_token_usage: TokenUsage | None = None
+
+
+class LaunchedAgentProfile(BaseModel):
+    agent_profile_id: str
+    revision: int = Field(ge=0)
+
+
+class AppConversation(BaseModel):
+    id: str
+    created_by_user_id: str | None
+    sandbox_id: str
+    selected_repository: str | None = None
+    selected_branch: str | None = None
+    git_provider: ProviderType | None = None
+    title: str | None = None
+    trigger: ConversationTrigger | None = None
+    pr_number: list[int] = Field(default_factory=list)
+    llm_model: str | None = None
+    agent_kind: str = "openhands"
+    metrics: MetricsSnapshot | None = None
+    parent_conversation_id: str | None = None
+    sub_conversation_ids: list[str] = Field(default_factory=list)
+    public: bool | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    created_at: UTCTimestamp
+    updated_at: UTCTimestamp
+    sandbox_status: SandboxStatus = Field(
+        default=SandboxStatus.MISSING,
+        description="Current sandbox status. Will be MISSING if the sandbox does not exist.",
+    )
+    execution_status: ConversationExecutionStatus | None = Field(
+        default=None, description="Current agent status. Will be None if the sandbox_status is not RUNNING"
+    )
+    conversation_url: str | None = Field(default=None, description="The URL where the conversation may be accessed")
+    session_api_key: str | None = Field(default=None, description="The Session Api Key for REST operations.")
+    acp_server: str | None = None
+    launched_agent_profile: LaunchedAgentProfile | None = None
+
+
+class AppConversationPage(BaseModel):
+    items: list[AppConversation]
+    next_page_id: str | None = None
+
+
+class AppConversationUpdateRequest(BaseModel):
+    """Request model for updating conversation metadata.
+
+    All fields are optional: an absent field keeps its stored value, a field sent as null is cleared.
+    `tags` is a JSON merge patch: a key with a string value is set, a key with null is removed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: Annotated[str, Field(max_length=1000)] | None = None
+    public: bool | None = None
+    selected_repository: RepositoryName | None = None
+    selected_branch: BranchName | None = None
+    git_provider: ProviderType | None = None
+    tags: dict[str, str | None] | None = None
+
+
+class Success(BaseModel):
+    success: bool = True
+
+
+def metrics_from_row(row: Any) -> MetricsSnapshot | None:
+    if not row.has_metrics:
+        return None
+    return MetricsSnapshot(
+        model_name=row.metrics_model_name,
+        accumulated_cost=row.accumulated_cost,
+        max_budget_per_task=row.max_budget_per_task,
+        accumulated_token_usage=TokenUsage(
+            model=row.metrics_model_name if row.metrics_model_name != "default" else "",
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=row.completion_tokens,
+            cache_read_tokens=row.cache_read_tokens,
+            cache_write_tokens=row.cache_write_tokens,
+            reasoning_tokens=row.reasoning_tokens,
+            context_window=row.context_window,
+            per_turn_token=row.per_turn_token,
+            response_id=row.response_id,
+        ),
+    )

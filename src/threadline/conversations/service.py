@@ -1,0 +1,356 @@
+"""Conversation records: create, read, search, count, update, delete — always scoped to one user."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import ColumnElement, Select
+
+from threadline.api.errors import Invalid, NotFound
+from threadline.conversations.models import (
+    AppConversation,
+    AppConversationPage,
+    AppConversationUpdateRequest,
+    SortOrder,
+    metrics_from_row,
+)
+from threadline.db.engine import Database
+from threadline.db.tables import conversations
+from threadline.db.types import utcnow
+from threadline.ids import new_id
+from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint
+
+MAX_BATCH_IDS = 100
+_ONE_TICK = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class TagLimits:
+    max_tags: int = 50
+    max_key_length: int = 64
+    max_value_length: int = 512
+
+
+@dataclass(frozen=True)
+class ConversationFilters:
+    title__contains: str | None = None
+    created_at__gte: datetime | None = None
+    created_at__lt: datetime | None = None
+    updated_at__gte: datetime | None = None
+    updated_at__lt: datetime | None = None
+    sandbox_id__eq: str | None = None
+    include_sub_conversations: bool = False
+
+    def fingerprint(self) -> str:
+        return filters_fingerprint(asdict(self))
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _where(user_id: str, f: ConversationFilters) -> list[ColumnElement[bool]]:
+    c = conversations.c
+    clauses: list[ColumnElement[bool]] = [c.user_id == user_id]
+    if f.title__contains is not None:
+        # autoescape: '%' and '_' in the search text match themselves, not any characters.
+        clauses.append(c.title.icontains(f.title__contains, autoescape=True))
+    if f.created_at__gte is not None:
+        clauses.append(c.created_at >= _as_utc(f.created_at__gte))
+    if f.created_at__lt is not None:
+        clauses.append(c.created_at < _as_utc(f.created_at__lt))
+    if f.updated_at__gte is not None:
+        clauses.append(c.updated_at >= _as_utc(f.updated_at__gte))
+    if f.updated_at__lt is not None:
+        clauses.append(c.updated_at < _as_utc(f.updated_at__lt))
+    if f.sandbox_id__eq is not None:
+        clauses.append(c.sandbox_id == f.sandbox_id__eq)
+    if not f.include_sub_conversations:
+        clauses.append(c.parent_conversation_id.is_(None))
+    return clauses
+
+
+def row_to_conversation(row: Any, sub_ids: Sequence[str] = ()) -> AppConversation:
+    return AppConversation(
+        id=row.id,
+        created_by_user_id=row.user_id,
+        sandbox_id=row.sandbox_id,
+        selected_repository=row.selected_repository,
+        selected_branch=row.selected_branch,
+        git_provider=row.git_provider,
+        title=row.title,
+        trigger=row.trigger,
+        pr_number=list(row.pr_number or []),
+        llm_model=row.llm_model,
+        agent_kind=row.agent_kind,
+        metrics=metrics_from_row(row),
+        parent_conversation_id=row.parent_conversation_id,
+        sub_conversation_ids=list(sub_ids),
+        public=row.public,
+        tags=dict(row.tags or {}),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+async def _sub_ids(conn: AsyncConnection, user_id: str, parent_ids: Sequence[str]) -> dict[str, list[str]]:
+    if not parent_ids:
+        return {}
+    c = conversations.c
+    rows = (
+        await conn.execute(
+            select(c.parent_conversation_id, c.id)
+            .where(c.user_id == user_id, c.parent_conversation_id.in_(list(parent_ids)))
+            .order_by(c.created_at, c.id)
+        )
+    ).all()
+    result: dict[str, list[str]] = {}
+    for parent_id, child_id in rows:
+        result.setdefault(parent_id, []).append(child_id)
+    return result
+
+
+async def _rows_to_models(conn: AsyncConnection, user_id: str, rows: Sequence[Any]) -> list[AppConversation]:
+    subs = await _sub_ids(conn, user_id, [r.id for r in rows])
+    return [row_to_conversation(r, subs.get(r.id, ())) for r in rows]
+
+
+async def create_record(
+    db: Database,
+    user_id: str,
+    *,
+    conversation_id: str | None = None,
+    sandbox_id: str | None = None,
+    created_at: datetime | None = None,
+    **fields: Any,
+) -> AppConversation:
+    """Insert a conversation record. Starting a conversation (with a sandbox) builds on this."""
+    now = created_at or utcnow()
+    values: dict[str, Any] = {
+        "id": conversation_id or new_id(),
+        "user_id": user_id,
+        "sandbox_id": sandbox_id or new_id(),
+        "selected_repository": None,
+        "selected_branch": None,
+        "git_provider": None,
+        "title": None,
+        "title_set_by_user": fields.get("title") is not None,
+        "trigger": None,
+        "pr_number": [],
+        "llm_model": None,
+        "agent_kind": "openhands",
+        "parent_conversation_id": None,
+        "public": None,
+        "tags": {},
+        "execution_status": None,
+        "metrics_model_name": "default",
+        "accumulated_cost": 0.0,
+        "max_budget_per_task": None,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "context_window": 0,
+        "per_turn_token": 0,
+        "response_id": "",
+        "has_metrics": False,
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
+    unknown = set(fields) - set(values)
+    if unknown:
+        raise TypeError(f"unknown conversation fields: {sorted(unknown)}")
+    values.update({k: (v.value if hasattr(v, "value") else v) for k, v in fields.items()})
+    async with db.write() as conn:
+        await conn.execute(conversations.insert().values(**values))
+        row = (await conn.execute(select(conversations).where(conversations.c.id == values["id"]))).one()
+        return (await _rows_to_models(conn, user_id, [row]))[0]
+
+
+async def get_row(conn: AsyncConnection, user_id: str, conversation_id: str) -> Any:
+    row = (
+        await conn.execute(
+            select(conversations).where(
+                conversations.c.id == conversation_id, conversations.c.user_id == user_id
+            )
+        )
+    ).first()
+    if row is None:
+        # Another user's conversation is indistinguishable from a missing one.
+        raise NotFound(f"conversation {conversation_id} not found")
+    return row
+
+
+async def get(db: Database, user_id: str, conversation_id: str) -> AppConversation:
+    async with db.read() as conn:
+        row = await get_row(conn, user_id, conversation_id)
+        return (await _rows_to_models(conn, user_id, [row]))[0]
+
+
+async def batch_get(db: Database, user_id: str, ids: Sequence[str]) -> list[AppConversation | None]:
+    if not ids:
+        return []
+    async with db.read() as conn:
+        rows = (
+            await conn.execute(
+                select(conversations).where(
+                    conversations.c.id.in_(list(set(ids))), conversations.c.user_id == user_id
+                )
+            )
+        ).all()
+        models = {m.id: m for m in await _rows_to_models(conn, user_id, rows)}
+    return [models.get(i) for i in ids]
+
+
+_SORT_COLUMNS = {
+    SortOrder.CREATED_AT: ("created_at", False),
+    SortOrder.CREATED_AT_DESC: ("created_at", True),
+    SortOrder.UPDATED_AT: ("updated_at", False),
+    SortOrder.UPDATED_AT_DESC: ("updated_at", True),
+}
+
+
+def _keyset(query: Select[Any], sort: SortOrder, after: list[Any] | None) -> Select[Any]:
+    column_name, descending = _SORT_COLUMNS[sort]
+    column = conversations.c[column_name]
+    id_col = conversations.c.id
+    if after is not None:
+        value, last_id = datetime.fromisoformat(after[0]), after[1]
+        if descending:
+            query = query.where(or_(column < value, and_(column == value, id_col < last_id)))
+        else:
+            query = query.where(or_(column > value, and_(column == value, id_col > last_id)))
+    if descending:
+        return query.order_by(column.desc(), id_col.desc())
+    return query.order_by(column.asc(), id_col.asc())
+
+
+async def search(
+    db: Database,
+    secret: str,
+    user_id: str,
+    filters: ConversationFilters,
+    *,
+    sort: SortOrder = SortOrder.CREATED_AT_DESC,
+    limit: int = 100,
+    page_id: str | None = None,
+) -> AppConversationPage:
+    fingerprint = filters.fingerprint()
+    after = None
+    if page_id:
+        after = decode_page_token(secret, page_id, "conversations", sort.value, fingerprint).key
+    query = _keyset(select(conversations).where(*_where(user_id, filters)), sort, after).limit(limit + 1)
+    async with db.read() as conn:
+        rows = (await conn.execute(query)).all()
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+        items = await _rows_to_models(conn, user_id, rows)
+    next_page_id = None
+    if has_more and rows:
+        column_name, _ = _SORT_COLUMNS[sort]
+        last = rows[-1]
+        key = [getattr(last, column_name).isoformat(), last.id]
+        next_page_id = encode_page_token(secret, "conversations", sort.value, fingerprint, key)
+    return AppConversationPage(items=items, next_page_id=next_page_id)
+
+
+async def count(db: Database, user_id: str, filters: ConversationFilters) -> int:
+    async with db.read() as conn:
+        result = await conn.execute(select(func.count()).select_from(conversations).where(*_where(user_id, filters)))
+        return int(result.scalar_one())
+
+
+def _merge_tags(current: dict[str, str], patch: dict[str, str | None] | None, limits: TagLimits) -> dict[str, str]:
+    if patch is None:
+        return {}
+    merged = dict(current)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+            continue
+        if not key or len(key) > limits.max_key_length:
+            raise Invalid("tags", f"tag keys must be 1-{limits.max_key_length} characters", input=key)
+        if len(value) > limits.max_value_length:
+            raise Invalid("tags", f"tag {key!r}: values must be at most {limits.max_value_length} characters")
+        merged[key] = value
+    if len(merged) > limits.max_tags:
+        raise Invalid("tags", f"at most {limits.max_tags} tags per conversation (this would make {len(merged)})")
+    return merged
+
+
+def _changes(row: Any, request: AppConversationUpdateRequest, limits: TagLimits) -> dict[str, Any]:
+    sent = request.model_fields_set
+    wanted: dict[str, Any] = {}
+    for field in ("title", "public", "selected_repository", "selected_branch", "git_provider"):
+        if field in sent:
+            value = getattr(request, field)
+            wanted[field] = value.value if hasattr(value, "value") else value
+    if "selected_repository" in sent and request.selected_repository is None:
+        # A branch or provider without a repository means nothing: clear them too, unless also sent.
+        wanted.setdefault("selected_branch", None)
+        wanted.setdefault("git_provider", None)
+    if "tags" in sent:
+        wanted["tags"] = _merge_tags(dict(row.tags or {}), request.tags, limits)
+    if "title" in sent:
+        wanted["title_set_by_user"] = request.title is not None
+    return {k: v for k, v in wanted.items() if getattr(row, k) != v}
+
+
+async def update_conversation(
+    db: Database,
+    user_id: str,
+    conversation_id: str,
+    request: AppConversationUpdateRequest,
+    limits: TagLimits,
+) -> AppConversation:
+    async with db.write() as conn:
+        row = await get_row_for_update(conn, user_id, conversation_id)
+        changes = _changes(row, request, limits)
+        if changes:
+            changes["updated_at"] = max(utcnow(), row.updated_at + _ONE_TICK)
+            changes["version"] = row.version + 1
+            await conn.execute(
+                update(conversations).where(conversations.c.id == conversation_id).values(**changes)
+            )
+            row = await get_row(conn, user_id, conversation_id)
+        return (await _rows_to_models(conn, user_id, [row]))[0]
+
+
+async def get_row_for_update(conn: AsyncConnection, user_id: str, conversation_id: str) -> Any:
+    row = (
+        await conn.execute(
+            select(conversations)
+            .where(conversations.c.id == conversation_id, conversations.c.user_id == user_id)
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"conversation {conversation_id} not found")
+    return row
+
+
+async def delete_conversation(db: Database, user_id: str, conversation_id: str) -> Any:
+    """Delete the record and everything hanging off it; returns the deleted row."""
+    async with db.write() as conn:
+        row = await get_row_for_update(conn, user_id, conversation_id)
+        # Sub-conversations outlive their parent as top-level conversations rather than vanish.
+        await conn.execute(
+            update(conversations)
+            .where(conversations.c.parent_conversation_id == conversation_id)
+            .values(parent_conversation_id=None, version=conversations.c.version + 1, updated_at=utcnow())
+        )
+        for hook in DELETE_HOOKS:
+            await hook(conn, conversation_id)
+        await conn.execute(delete(conversations).where(conversations.c.id == conversation_id))
+        return row
+
+
+# Other domains (start tasks, events) register cleanup that runs in the same transaction as the delete.
+DELETE_HOOKS: list[Any] = []

@@ -1,0 +1,174 @@
+"""Test harness: every API test runs against the real app over real HTTP, on SQLite and on PostgreSQL.
+
+Each test gets its own server (uvicorn on a free loopback port, in a thread) and its own clean
+schema: a fresh SQLite file, or a fresh PostgreSQL schema in database `test` dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import create_engine, text
+
+from threadline.api.app import create_app
+from threadline.api.context import AppContext
+from threadline.auth import service as auth
+from threadline.config import Settings
+from threadline.conversations import service as conversations
+
+T = TypeVar("T")
+PG_ADMIN_URL = os.environ.get("THREADLINE_TEST_PG_URL", "postgresql://127.0.0.1:5432/test")
+BACKENDS = [b for b in os.environ.get("THREADLINE_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
+
+
+def _pg_sync_url() -> str:
+    return PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
+@dataclass
+class Database:
+    """Where one test's data lives."""
+
+    backend: str
+    url: str
+    schema: str | None = None
+    drop: Callable[[], None] = lambda: None
+
+
+def _pg_admin_exec(sql: str) -> None:
+    # asyncpg is what the server uses; for setup a short-lived event loop is enough.
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        yield Database("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'threadline.db'}")
+        return
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    _pg_admin_exec(f'CREATE SCHEMA "{schema}"')
+    url = PG_ADMIN_URL.replace("postgresql://", "postgresql+asyncpg://", 1)
+    try:
+        yield Database("postgresql", url, schema)
+    finally:
+        _pg_admin_exec(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    settings: Settings
+    loop: asyncio.AbstractEventLoop
+    app: Any
+    keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ctx(self) -> AppContext:
+        ctx: AppContext = self.app.state.ctx
+        return ctx
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        """Run a coroutine on the server's own event loop (where its database engine lives)."""
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout)
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"X-Access-Token": key} if key else {}
+        headers.update(kwargs.pop("headers", {}))
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30, **kwargs)
+
+    def user(self, name: str) -> tuple[auth.User, str]:
+        """Create a user and an API key for it."""
+        user = self.run(auth.create_user(self.ctx.db, name))
+        _, key = self.run(auth.create_key(self.ctx.db, user.id))
+        return user, key
+
+    def conversation(self, user_id: str, **fields: Any) -> dict[str, Any]:
+        """Create a conversation record through the service layer; returns its JSON form."""
+        model = self.run(conversations.create_record(self.ctx.db, user_id, **fields))
+        return model.model_dump(mode="json")
+
+
+def start_server(settings: Settings, schema: str | None = None) -> tuple[uvicorn.Server, threading.Thread, Any]:
+    app = create_app(settings, db_schema=schema)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    return server, thread, app
+
+
+def make_settings(home: Path, database: Database, **overrides: Any) -> Settings:
+    return Settings(
+        home=home,
+        database_url=database.url,
+        secret_key="test-secret-" + uuid.uuid4().hex,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def server_factory(database: Database, tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    started: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def factory(**overrides: Any) -> LiveServer:
+        settings = make_settings(tmp_path / "home", database, **overrides)
+        server, thread, app = start_server(settings, database.schema)
+        started.append((server, thread))
+        port = server.servers[0].sockets[0].getsockname()[1]
+        loop = _server_loop(server)
+        return LiveServer(f"http://127.0.0.1:{port}", settings, loop, app)
+
+    yield factory
+    for server, thread in started:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _server_loop(server: uvicorn.Server) -> asyncio.AbstractEventLoop:
+    # uvicorn runs the app on the loop of its own thread; the listening socket's server knows it.
+    loop: asyncio.AbstractEventLoop = server.servers[0].get_loop()
+    return loop
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., LiveServer]) -> LiveServer:
+    return server_factory()
+
+
+@pytest.fixture
+def alice(server: LiveServer) -> tuple[auth.User, httpx.Client]:
+    user, key = server.user("alice")
+    return user, server.client(key)
+
+
+@pytest.fixture
+def bob(server: LiveServer) -> tuple[auth.User, httpx.Client]:
+    user, key = server.user("bob")
+    return user, server.client(key)
