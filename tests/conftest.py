@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import create_engine, text
 
 from threadline.api.app import create_app
 from threadline.api.context import AppContext
@@ -31,10 +30,6 @@ from threadline.conversations import service as conversations
 T = TypeVar("T")
 PG_ADMIN_URL = os.environ.get("THREADLINE_TEST_PG_URL", "postgresql://127.0.0.1:5432/test")
 BACKENDS = [b for b in os.environ.get("THREADLINE_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
-
-
-def _pg_sync_url() -> str:
-    return PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
 @dataclass

@@ -89,9 +89,7 @@ def problem_response(
         "detail": detail,
     }
     body.update(extra)
-    return JSONResponse(
-        jsonable_encoder(body), status_code=status, headers=headers, media_type=PROBLEM_JSON
-    )
+    return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
 def _validation_detail(errors: list[dict[str, Any]]) -> str:
@@ -118,9 +116,7 @@ def install_error_handlers(app: FastAPI) -> None:
             if "input" in err:
                 item["input"] = err["input"]
             errors.append(item)
-        return problem_response(
-            422, _validation_detail(errors), type_slug="validation-error", errors=errors
-        )
+        return problem_response(422, _validation_detail(errors), type_slug="validation-error", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> Response:

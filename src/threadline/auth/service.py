@@ -60,9 +60,7 @@ async def create_user(db: Database, name: str, *, is_admin: bool = False) -> Use
     try:
         async with db.write() as conn:
             await conn.execute(
-                users.insert().values(
-                    id=user.id, name=user.name, is_admin=user.is_admin, created_at=user.created_at
-                )
+                users.insert().values(id=user.id, name=user.name, is_admin=user.is_admin, created_at=user.created_at)
             )
     except IntegrityError as exc:
         raise Conflict(f"a user named {name!r} already exists") from exc
@@ -140,9 +138,7 @@ async def list_keys(db: Database) -> list[ApiKeyInfo]:
 async def revoke_key(db: Database, key_id: str) -> None:
     async with db.write() as conn:
         result = await conn.execute(
-            update(api_keys)
-            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
+            update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)).values(revoked_at=utcnow())
         )
         if result.rowcount == 0:
             exists = (await conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id))).first()

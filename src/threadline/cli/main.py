@@ -21,6 +21,8 @@ users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
+runtime_app = typer.Typer(help="Manage the agent runtime (openhands-agent-server).", no_args_is_help=True)
+app.add_typer(runtime_app, name="runtime")
 
 err = Console(stderr=True)
 T = TypeVar("T")
@@ -109,7 +111,11 @@ def keys_list() -> None:
     table = Table("id", "user", "label", "prefix", "created", "revoked")
     for k in keys:
         table.add_row(
-            k.id, k.user_name, k.label or "", k.prefix + "…", k.created_at.isoformat(timespec="seconds"),
+            k.id,
+            k.user_name,
+            k.label or "",
+            k.prefix + "…",
+            k.created_at.isoformat(timespec="seconds"),
             k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
         )
     Console().print(table)
@@ -120,6 +126,38 @@ def keys_revoke(key_id: str) -> None:
     """Revoke an API key by its id (see `threadline keys list`)."""
     _run_db(lambda db: auth.revoke_key(db, key_id))
     err.print(f"Revoked key {key_id}.")
+
+
+@runtime_app.command("install")
+def runtime_install(
+    python: Annotated[str | None, typer.Option("--python", help="Python >= 3.12 to build the runtime with.")] = None,
+    if_missing: Annotated[bool, typer.Option("--if-missing", help="Do nothing when already installed.")] = False,
+) -> None:
+    """Create the agent runtime venv with the pinned openhands-agent-server (path: THREADLINE_RUNTIME_DIR)."""
+    from threadline.sandboxes import runtime
+
+    target = Settings().resolved_runtime_dir
+    if if_missing and runtime.is_installed(target):
+        return
+    err.print(f"Installing {runtime.AGENT_SERVER_PACKAGE}=={runtime.AGENT_SERVER_VERSION} into {target} ...")
+    try:
+        runtime.install(target, python, quiet=True)
+    except runtime.RuntimeInstallError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    err.print("Agent runtime ready.")
+
+
+@runtime_app.command("status")
+def runtime_status() -> None:
+    """Show where the agent runtime is and which version it holds."""
+    from threadline.sandboxes import runtime
+
+    target = Settings().resolved_runtime_dir
+    version = runtime.installed_version(target)
+    print(f"{target}: {version or 'not installed'} (wanted {runtime.AGENT_SERVER_VERSION})")
+    if version != runtime.AGENT_SERVER_VERSION:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from threadline.conversations.validation import BranchName, RepositoryName
 
-UTCTimestamp = Annotated[
-    datetime,
-    PlainSerializer(lambda v: v.isoformat().replace("+00:00", "Z"), return_type=str, when_used="json"),
-]
+# Aware UTC datetimes serialise as ISO-8601 with a trailing Z.
+UTCTimestamp = datetime
 
 
 class ProviderType(StrEnum):

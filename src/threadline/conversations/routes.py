@@ -42,8 +42,12 @@ def parse_id_list(values: list[str], field: str, max_items: int) -> list[str]:
         try:
             parsed.append(parse_id(value))
         except MalformedId as exc:
-            raise Invalid(field, f"{value!r} is not a valid id (32 hex characters or a dashed UUID)",
-                          location="query", input=value) from exc
+            raise Invalid(
+                field,
+                f"{value!r} is not a valid id (32 hex characters or a dashed UUID)",
+                location="query",
+                input=value,
+            ) from exc
     return parsed
 
 
@@ -88,8 +92,13 @@ async def search_app_conversations(
     ctx: AppContext = Depends(get_context),
 ) -> AppConversationPage:
     page = await service.search(
-        ctx.db, ctx.settings.resolved_secret_key, user.id, filters,
-        sort=sort_order, limit=limit, page_id=page_id,
+        ctx.db,
+        ctx.settings.resolved_secret_key,
+        user.id,
+        filters,
+        sort=sort_order,
+        limit=limit,
+        page_id=page_id,
     )
     await present(ctx, user, page.items)
     return page

@@ -177,9 +177,7 @@ async def create_record(
 async def get_row(conn: AsyncConnection, user_id: str, conversation_id: str) -> Any:
     row = (
         await conn.execute(
-            select(conversations).where(
-                conversations.c.id == conversation_id, conversations.c.user_id == user_id
-            )
+            select(conversations).where(conversations.c.id == conversation_id, conversations.c.user_id == user_id)
         )
     ).first()
     if row is None:
@@ -200,9 +198,7 @@ async def batch_get(db: Database, user_id: str, ids: Sequence[str]) -> list[AppC
     async with db.read() as conn:
         rows = (
             await conn.execute(
-                select(conversations).where(
-                    conversations.c.id.in_(list(set(ids))), conversations.c.user_id == user_id
-                )
+                select(conversations).where(conversations.c.id.in_(list(set(ids))), conversations.c.user_id == user_id)
             )
         ).all()
         models = {m.id: m for m in await _rows_to_models(conn, user_id, rows)}
@@ -316,9 +312,7 @@ async def update_conversation(
         if changes:
             changes["updated_at"] = max(utcnow(), row.updated_at + _ONE_TICK)
             changes["version"] = row.version + 1
-            await conn.execute(
-                update(conversations).where(conversations.c.id == conversation_id).values(**changes)
-            )
+            await conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(**changes))
             row = await get_row(conn, user_id, conversation_id)
         return (await _rows_to_models(conn, user_id, [row]))[0]
 
