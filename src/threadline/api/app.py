@@ -15,6 +15,8 @@ from threadline.api.middleware import BodySizeLimit
 from threadline.auth.routes import router as users_router
 from threadline.config import Settings
 from threadline.conversations.routes import router as conversations_router
+from threadline.events.routes import router as events_router
+from threadline.settings.routes import router as settings_router
 from threadline.db.engine import Database
 from threadline.db.migrate import upgrade_to_head
 
@@ -43,5 +45,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
     app.include_router(ops.router)
     app.include_router(users_router)
     app.include_router(conversations_router)
+    app.include_router(events_router)
+    app.include_router(settings_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

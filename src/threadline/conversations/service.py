@@ -20,7 +20,7 @@ from threadline.conversations.models import (
     metrics_from_row,
 )
 from threadline.db.engine import Database
-from threadline.db.tables import conversations
+from threadline.db.tables import conversations, events, start_tasks
 from threadline.db.types import utcnow
 from threadline.ids import new_id
 from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint
@@ -148,6 +148,7 @@ async def create_record(
         "public": None,
         "tags": {},
         "execution_status": None,
+        "execution_status_at": None,
         "metrics_model_name": "default",
         "accumulated_cost": 0.0,
         "max_budget_per_task": None,
@@ -340,11 +341,7 @@ async def delete_conversation(db: Database, user_id: str, conversation_id: str) 
             .where(conversations.c.parent_conversation_id == conversation_id)
             .values(parent_conversation_id=None, version=conversations.c.version + 1, updated_at=utcnow())
         )
-        for hook in DELETE_HOOKS:
-            await hook(conn, conversation_id)
+        await conn.execute(delete(events).where(events.c.conversation_id == conversation_id))
+        await conn.execute(delete(start_tasks).where(start_tasks.c.app_conversation_id == conversation_id))
         await conn.execute(delete(conversations).where(conversations.c.id == conversation_id))
         return row
-
-
-# Other domains (start tasks, events) register cleanup that runs in the same transaction as the delete.
-DELETE_HOOKS: list[Any] = []

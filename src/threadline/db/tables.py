@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 from threadline.db.types import JSONType, UTCDateTime
@@ -83,4 +84,76 @@ conversations = Table(
     Index("ix_conversations_user_updated", "user_id", "updated_at", "id"),
     Index("ix_conversations_parent", "parent_conversation_id"),
     Index("ix_conversations_sandbox", "sandbox_id"),
+)
+
+# When the stored execution_status was reported: a late, older delivery must not overwrite a newer one.
+conversations.append_column(Column("execution_status_at", UTCDateTime, nullable=True))
+
+sandboxes = Table(
+    "sandboxes",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("spec_id", String(64), nullable=False),
+    Column("backend", String(32), nullable=False),
+    # Desired/last known state: STARTING, RUNNING, PAUSED, ERROR, MISSING.
+    Column("status", String(16), nullable=False),
+    Column("detail", Text, nullable=True),
+    Column("pid", Integer, nullable=True),
+    Column("port", Integer, nullable=True),
+    Column("url", String(512), nullable=True),
+    Column("work_dir", String(1024), nullable=True),
+    # The session key authenticates agent callbacks (looked up by hash) and is shown to the owner
+    # (kept encrypted with the server secret).
+    Column("session_key_hash", String(64), nullable=False, unique=True),
+    Column("session_key_enc", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_sandboxes_user_created", "user_id", "created_at", "id"),
+    Index("ix_sandboxes_status", "status"),
+)
+
+start_tasks = Table(
+    "start_tasks",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("detail", Text, nullable=True),
+    Column("app_conversation_id", String(32), nullable=True),
+    Column("sandbox_id", String(32), nullable=True),
+    Column("agent_server_url", String(512), nullable=True),
+    # The start request with secret values redacted.
+    Column("request", JSONType, nullable=False),
+    # Every status the task passed through, with its time: [{"status": ..., "at": ...}].
+    Column("history", JSONType, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_start_tasks_user_created", "user_id", "created_at", "id"),
+    Index("ix_start_tasks_conversation", "app_conversation_id"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("conversation_id", String(32), nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("timestamp", UTCDateTime, nullable=False),
+    Column("payload", JSONType, nullable=False),
+    UniqueConstraint("conversation_id", "event_id", name="uq_events_conversation_event"),
+    Index("ix_events_conversation_time", "conversation_id", "timestamp", "event_id"),
+    Index("ix_events_conversation_kind_time", "conversation_id", "kind", "timestamp", "event_id"),
+)
+
+user_settings = Table(
+    "user_settings",
+    metadata,
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("llm_model", String(256), nullable=True),
+    Column("llm_base_url", String(1024), nullable=True),
+    # Fernet token made with a key derived from the server secret; never returned by the API.
+    Column("llm_api_key_enc", Text, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
