@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 import time
 import uuid
@@ -105,9 +106,16 @@ class LiveServer:
         return model.model_dump(mode="json")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def start_server(settings: Settings, schema: str | None = None) -> tuple[uvicorn.Server, threading.Thread, Any]:
     app = create_app(settings, db_schema=schema)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -120,30 +128,41 @@ def start_server(settings: Settings, schema: str | None = None) -> tuple[uvicorn
 
 
 def make_settings(home: Path, database: Database, **overrides: Any) -> Settings:
-    return Settings(
-        home=home,
-        database_url=database.url,
-        secret_key="test-secret-" + uuid.uuid4().hex,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "home": home,
+        "database_url": database.url,
+        "secret_key": "test-secret-" + uuid.uuid4().hex,
+        # The port is known before the server starts: agent servers call back to it.
+        "port": free_port(),
+    }
+    values.update(overrides)
+    return Settings(**values)
 
 
 @pytest.fixture
 def server_factory(database: Database, tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     started: list[tuple[uvicorn.Server, threading.Thread]] = []
+    secret = "test-secret-" + uuid.uuid4().hex
 
     def factory(**overrides: Any) -> LiveServer:
+        # Servers made by one test share home, database and secret: a second one is a restart.
+        overrides.setdefault("secret_key", secret)
         settings = make_settings(tmp_path / "home", database, **overrides)
         server, thread, app = start_server(settings, database.schema)
         started.append((server, thread))
-        port = server.servers[0].sockets[0].getsockname()[1]
         loop = _server_loop(server)
-        return LiveServer(f"http://127.0.0.1:{port}", settings, loop, app)
+        live = LiveServer(f"http://127.0.0.1:{settings.port}", settings, loop, app)
+        live.stop = lambda: _stop(server, thread)  # type: ignore[attr-defined]
+        return live
 
     yield factory
     for server, thread in started:
-        server.should_exit = True
-        thread.join(timeout=30)
+        _stop(server, thread)
+
+
+def _stop(server: uvicorn.Server, thread: threading.Thread) -> None:
+    server.should_exit = True
+    thread.join(timeout=60)
 
 
 def _server_loop(server: uvicorn.Server) -> asyncio.AbstractEventLoop:
@@ -167,3 +186,69 @@ def alice(server: LiveServer) -> tuple[auth.User, httpx.Client]:
 def bob(server: LiveServer) -> tuple[auth.User, httpx.Client]:
     user, key = server.user("bob")
     return user, server.client(key)
+
+
+# -- the real agent server --------------------------------------------------------------------------
+
+RUNTIME_DIR = Path(
+    os.environ.get("THREADLINE_TEST_RUNTIME_DIR", Path.home() / ".cache" / "threadline" / "agent-runtime")
+)
+
+
+@pytest.fixture(scope="session")
+def agent_runtime() -> Path:
+    from threadline.sandboxes import runtime
+
+    if not runtime.is_installed(RUNTIME_DIR):
+        if os.environ.get("THREADLINE_SKIP_RUNTIME"):
+            pytest.skip("agent runtime not installed (THREADLINE_SKIP_RUNTIME is set)")
+        pytest.fail(
+            f"the agent runtime is not installed at {RUNTIME_DIR}; scripts/test installs it "
+            "(or: THREADLINE_RUNTIME_DIR=... threadline runtime install)"
+        )
+    return RUNTIME_DIR
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[Any]:
+    from tests.support.fake_llm import FakeLLM
+
+    llm = FakeLLM().start()
+    yield llm
+    llm.stop()
+
+
+@pytest.fixture
+def agent_server_factory(
+    server_factory: Callable[..., LiveServer], agent_runtime: Path, fake_llm: Any, tmp_path: Path
+) -> Callable[..., LiveServer]:
+    """A Threadline whose sandboxes run the real openhands-agent-server against the fake LLM."""
+
+    def factory(**overrides: Any) -> LiveServer:
+        values: dict[str, Any] = {
+            "runtime_dir": agent_runtime,
+            "llm_model": "openai/fake-model",
+            "llm_base_url": fake_llm.base_url,
+            "llm_api_key": "fake-llm-key-" + uuid.uuid4().hex,
+            "llm_input_cost_per_token": 1e-6,
+            "llm_output_cost_per_token": 2e-6,
+            "webhook_flush_delay": 0.2,
+            "sandbox_stop_grace_seconds": 5.0,
+            "git_url_template": f"file://{tmp_path}/git/{{repository}}.git",
+        }
+        values.update(overrides)
+        return server_factory(**values)
+
+    return factory
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.2, what: str = "") -> Any:
+    """Poll until predicate() is truthy; return its value or fail after the deadline."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last={last!r}")

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     stop_sandboxes_on_shutdown: bool = True
     agent_timeout: float = 5.0
     webhook_flush_delay: float = 1.0
+    # Where repositories are cloned from, e.g. "https://git.example.com/{repository}.git" or
+    # "file:///srv/git/{repository}.git"; unset: the provider's public host (github.com, gitlab.com, ...).
+    git_url_template: str | None = None
 
     # Server-wide LLM defaults; a user's settings override them.
     llm_model: str | None = None

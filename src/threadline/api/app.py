@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 
 from threadline import __version__
@@ -15,10 +17,20 @@ from threadline.api.middleware import BodySizeLimit
 from threadline.auth.routes import router as users_router
 from threadline.config import Settings
 from threadline.conversations.routes import router as conversations_router
-from threadline.events.routes import router as events_router
-from threadline.settings.routes import router as settings_router
+from threadline.conversations.start import StartService
+from threadline.conversations.start_routes import router as start_router
+from threadline.crypto import SecretBox
 from threadline.db.engine import Database
 from threadline.db.migrate import upgrade_to_head
+from threadline.events.routes import router as events_router
+from threadline.sandboxes.backend import ProcessBackend
+from threadline.sandboxes.live import fill_live_fields
+from threadline.sandboxes.routes import router as sandboxes_router
+from threadline.sandboxes.service import SandboxService
+from threadline.settings.routes import router as settings_router
+from threadline.webhooks.routes import router as webhooks_router
+
+log = logging.getLogger("threadline")
 
 
 def create_app(settings: Settings | None = None, *, db_schema: str | None = None) -> FastAPI:
@@ -28,11 +40,38 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.resolved_database_url, schema=db_schema)
         await upgrade_to_head(db)
+        # One pooled client for every agent-server call (no client, TLS context or pool per request).
+        http = httpx.AsyncClient(
+            trust_env=False, limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        )
+        box = SecretBox(settings.resolved_secret_key)
+        backend = ProcessBackend(
+            settings.resolved_runtime_dir, settings.sandboxes_dir, flush_delay=settings.webhook_flush_delay
+        )
+        sandboxes = SandboxService(db, settings, backend, http, box)
+        starts = StartService(db, settings, sandboxes)
         ctx = AppContext(settings=settings, db=db)
+        ctx.services.update(
+            {
+                "sandboxes": sandboxes,
+                "starts": starts,
+                "box": box,
+                "http": http,
+                "live_status": fill_live_fields,
+                "release_sandbox": release_sandbox,
+            }
+        )
         app.state.ctx = ctx
+        await sandboxes.reconcile_on_startup()
+        interrupted = await starts.close_interrupted()
+        if interrupted:
+            log.warning("%d start tasks were interrupted by the last shutdown and are now ERROR", interrupted)
         try:
             yield
         finally:
+            await starts.shutdown()
+            await sandboxes.shutdown()
+            await http.aclose()
             await db.dispose()
 
     app = FastAPI(
@@ -44,8 +83,25 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(users_router)
+    app.include_router(start_router)
     app.include_router(conversations_router)
     app.include_router(events_router)
+    app.include_router(sandboxes_router)
     app.include_router(settings_router)
+    app.include_router(webhooks_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+async def release_sandbox(ctx: AppContext, conversation_id: str, sandbox_id: str) -> None:
+    """After a conversation is deleted: free its sandbox, or remove it from a sandbox others still use."""
+    sandboxes: SandboxService = ctx.services["sandboxes"]
+    if await sandboxes.release_if_unused(sandbox_id):
+        return
+    rows = await sandboxes.rows_by_id([sandbox_id])
+    row = rows.get(sandbox_id)
+    if row is not None and sandboxes.effective_status(row).value == "RUNNING":
+        try:
+            await sandboxes.client(row).delete_conversation(conversation_id)
+        except Exception as exc:  # the record is gone already; the agent-side copy is best effort
+            log.info("could not delete conversation %s on its agent server: %s", conversation_id, exc)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path, Query
 
 from threadline.api.context import AppContext, get_context
-from threadline.api.errors import Invalid, NotFound, Problem
+from threadline.api.errors import Invalid, NotFound
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
 from threadline.conversations import service
@@ -157,8 +157,5 @@ async def delete_app_conversation(
     row = await service.delete_conversation(ctx.db, user.id, conversation_id)
     release = ctx.services.get("release_sandbox")
     if release is not None:
-        try:
-            await release(ctx, user, row.sandbox_id)
-        except Problem:
-            pass
+        await release(ctx, conversation_id, row.sandbox_id)
     return Success()

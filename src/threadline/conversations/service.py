@@ -272,14 +272,19 @@ def _merge_tags(current: dict[str, str], patch: dict[str, str | None] | None, li
         if value is None:
             merged.pop(key, None)
             continue
+        merged[key] = value
+    check_tags(merged, limits)
+    return merged
+
+
+def check_tags(tags: dict[str, str], limits: TagLimits) -> None:
+    for key, value in tags.items():
         if not key or len(key) > limits.max_key_length:
             raise Invalid("tags", f"tag keys must be 1-{limits.max_key_length} characters", input=key)
         if len(value) > limits.max_value_length:
             raise Invalid("tags", f"tag {key!r}: values must be at most {limits.max_value_length} characters")
-        merged[key] = value
-    if len(merged) > limits.max_tags:
-        raise Invalid("tags", f"at most {limits.max_tags} tags per conversation (this would make {len(merged)})")
-    return merged
+    if len(tags) > limits.max_tags:
+        raise Invalid("tags", f"at most {limits.max_tags} tags per conversation (this would make {len(tags)})")
 
 
 def _changes(row: Any, request: AppConversationUpdateRequest, limits: TagLimits) -> dict[str, Any]:
@@ -329,6 +334,14 @@ async def get_row_for_update(conn: AsyncConnection, user_id: str, conversation_i
     if row is None:
         raise NotFound(f"conversation {conversation_id} not found")
     return row
+
+
+async def get_row_for_any_user(conn: AsyncConnection, conversation_id: str, *, lock: bool = False) -> Any | None:
+    """For callers that authorise otherwise (agent callbacks authenticate by sandbox session key)."""
+    query = select(conversations).where(conversations.c.id == conversation_id)
+    if lock:
+        query = query.with_for_update()
+    return (await conn.execute(query)).first()
 
 
 async def delete_conversation(db: Database, user_id: str, conversation_id: str) -> Any:

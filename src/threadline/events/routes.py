@@ -1,5 +1,119 @@
+"""HTTP routes of /api/v1/conversation/{conversation_id}/events. Thin: parse, check ownership, call the service."""
+
 from __future__ import annotations
 
-from fastapi import APIRouter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
 
-router = APIRouter()
+from fastapi import APIRouter, Depends, Query
+
+from threadline.api.context import AppContext, get_context
+from threadline.auth.dependencies import current_user
+from threadline.auth.service import User
+from threadline.conversations.routes import conversation_id_path
+from threadline.conversations.service import get_row
+from threadline.events import service
+from threadline.events.models import MAX_KIND_LENGTH, EventPage, EventPayload, EventSortOrder
+
+router = APIRouter(prefix="/api/v1/conversation/{conversation_id}/events", tags=["Events"])
+
+_KIND_DESCRIPTION = (
+    "Optional filter by event kind, e.g. MessageEvent, ActionEvent, ObservationEvent. Any kind name is "
+    f"accepted (1-{MAX_KIND_LENGTH} characters), not only the kinds the reference enumerates: agent servers "
+    "add new event kinds, and a kind no stored event has simply matches nothing."
+)
+
+
+async def owned_conversation_id(
+    user: User = Depends(current_user),
+    conversation_id: str = Depends(conversation_id_path),
+    ctx: AppContext = Depends(get_context),
+) -> str:
+    """The normalised conversation id, once it is known to be the caller's (404 otherwise, never 403)."""
+    async with ctx.db.read() as conn:
+        await get_row(conn, user.id, conversation_id)
+    return conversation_id
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    kind: str | None
+    timestamp_gte: datetime | None
+    timestamp_lt: datetime | None
+
+
+def event_filters(
+    kind__eq: Annotated[
+        str | None,
+        Query(
+            title="Optional filter by event kind",
+            description=_KIND_DESCRIPTION,
+            min_length=1,
+            max_length=MAX_KIND_LENGTH,
+        ),
+    ] = None,
+    timestamp__gte: Annotated[
+        datetime | None,
+        Query(
+            title="Optional filter by timestamp greater than or equal to",
+            description="ISO-8601; without a UTC offset it means UTC.",
+        ),
+    ] = None,
+    timestamp__lt: Annotated[
+        datetime | None,
+        Query(
+            title="Optional filter by timestamp less than", description="ISO-8601; without a UTC offset it means UTC."
+        ),
+    ] = None,
+) -> EventQuery:
+    return EventQuery(kind__eq, timestamp__gte, timestamp__lt)
+
+
+@router.get("/search", response_model=EventPage, summary="Search Events")
+async def search_events(
+    conversation_id: str = Depends(owned_conversation_id),
+    filters: EventQuery = Depends(event_filters),
+    sort_order: Annotated[EventSortOrder, Query(title="Sort order for results")] = EventSortOrder.TIMESTAMP,
+    page_id: Annotated[str | None, Query(title="Optional next_page_id from the previously returned page")] = None,
+    limit: Annotated[int, Query(title="The max number of results in the page", gt=0, le=service.MAX_LIMIT)] = 100,
+    ctx: AppContext = Depends(get_context),
+) -> EventPage:
+    """Search / List events, ordered by timestamp then event id; `next_page_id` is a keyset token."""
+    return await service.search_events(
+        ctx.db,
+        ctx.settings.resolved_secret_key,
+        conversation_id,
+        kind=filters.kind,
+        timestamp_gte=filters.timestamp_gte,
+        timestamp_lt=filters.timestamp_lt,
+        sort=sort_order,
+        limit=limit,
+        page_id=page_id,
+    )
+
+
+@router.get("/count", response_model=int, summary="Count Events")
+async def count_events(
+    conversation_id: str = Depends(owned_conversation_id),
+    filters: EventQuery = Depends(event_filters),
+    ctx: AppContext = Depends(get_context),
+) -> int:
+    """Count events matching the given filters (the same filters as search, always in agreement)."""
+    return await service.count_events(
+        ctx.db,
+        conversation_id,
+        kind=filters.kind,
+        timestamp_gte=filters.timestamp_gte,
+        timestamp_lt=filters.timestamp_lt,
+    )
+
+
+@router.get("", response_model=list[EventPayload | None], summary="Batch Get Events")
+async def batch_get_events(
+    ids: Annotated[list[str], Query(alias="id", title="Id", description="Event ids, 1-100 of them")],
+    conversation_id: str = Depends(owned_conversation_id),
+    ctx: AppContext = Depends(get_context),
+) -> list[EventPayload | None]:
+    """Get a batch of events given their ids, returning null for any missing event."""
+    return await service.batch_get_events(ctx.db, conversation_id, ids)

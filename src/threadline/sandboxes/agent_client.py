@@ -521,7 +521,7 @@ class AgentServerClient:
         self,
         command: str,
         cwd: str | None = None,
-        timeout: int = 300,  # noqa: ASYNC109 - the command's limit, enforced by the agent server
+        timeout: int = 300,
         *,
         conversation_id: str | uuid.UUID | None = None,
     ) -> BashResult:
@@ -617,7 +617,7 @@ def metrics_from_stats(conversation_info: Mapping[str, Any]) -> dict[str, Any]:
     budget = primary.get("max_budget_per_task")
     return {
         "model_name": model_name,
-        "accumulated_cost": cost,
+        "accumulated_cost": round(cost, 12),
         "max_budget_per_task": float(budget) if isinstance(budget, int | float) else None,
         "accumulated_token_usage": {
             "model": str(primary_usage.get("model") or primary.get("model_name") or ""),

@@ -66,9 +66,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("conversation_id", "event_id", name="uq_events_conversation_event"),
     )
     op.create_index("ix_events_conversation_time", "events", ["conversation_id", "timestamp", "event_id"])
-    op.create_index(
-        "ix_events_conversation_kind_time", "events", ["conversation_id", "kind", "timestamp", "event_id"]
-    )
+    op.create_index("ix_events_conversation_kind_time", "events", ["conversation_id", "kind", "timestamp", "event_id"])
     op.create_table(
         "user_settings",
         sa.Column("user_id", sa.String(32), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),

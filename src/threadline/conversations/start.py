@@ -1,0 +1,379 @@
+"""Starting conversations: a start task walks WORKING -> ... -> READY (or ERROR) in the background.
+
+Every transition is stored (status, time), so any Threadline process can report the task, and a task
+interrupted by a server restart is closed as ERROR on the next start instead of staying WORKING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from threadline.api.errors import NotFound, Problem
+from threadline.config import Settings
+from threadline.conversations import service as conversations_service
+from threadline.conversations.models import ProviderType, SandboxStatus
+from threadline.conversations.start_models import (
+    TERMINAL_STATUSES,
+    AppConversationStartRequest,
+    AppConversationStartTask,
+    AppConversationStartTaskPage,
+    AppConversationStartTaskSortOrder,
+    AppConversationStartTaskStatus,
+    TextContent,
+)
+from threadline.db.engine import Database
+from threadline.db.tables import conversations, start_tasks
+from threadline.db.types import utcnow
+from threadline.ids import new_id
+from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint
+from threadline.sandboxes.agent_client import AgentServerError, llm_agent_settings
+from threadline.sandboxes.service import SandboxService
+from threadline.settings.service import effective_llm
+
+log = logging.getLogger("threadline.start")
+Status = AppConversationStartTaskStatus
+REDACTED = "**********"
+
+_DEFAULT_GIT_HOSTS = {
+    ProviderType.github: "https://github.com/{repository}.git",
+    ProviderType.gitlab: "https://gitlab.com/{repository}.git",
+    ProviderType.bitbucket: "https://bitbucket.org/{repository}.git",
+}
+
+
+class StartFailed(Exception):
+    """A start step failed; the message is shown in the task's `detail` (after redaction)."""
+
+
+def redacted_request(request: AppConversationStartRequest) -> dict[str, Any]:
+    data = request.model_dump(mode="json")
+    if data.get("secrets"):
+        data["secrets"] = dict.fromkeys(data["secrets"], REDACTED)
+    return data
+
+
+def row_to_task(row: Any) -> AppConversationStartTask:
+    return AppConversationStartTask(
+        id=row.id,
+        created_by_user_id=row.user_id,
+        status=row.status,
+        detail=row.detail,
+        app_conversation_id=row.app_conversation_id,
+        sandbox_id=row.sandbox_id,
+        agent_server_url=row.agent_server_url,
+        request=row.request,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        history=row.history,
+    )
+
+
+def clone_url(settings: Settings, repository: str, provider: ProviderType | None) -> str:
+    if settings.git_url_template:
+        return settings.git_url_template.format(repository=repository)
+    template = _DEFAULT_GIT_HOSTS.get(provider or ProviderType.github)
+    if template is None:
+        raise StartFailed(f"no clone URL known for provider {provider}; set THREADLINE_GIT_URL_TEMPLATE")
+    return template.format(repository=repository)
+
+
+class StartService:
+    def __init__(self, db: Database, settings: Settings, sandboxes: SandboxService) -> None:
+        self.db = db
+        self.settings = settings
+        self.sandboxes = sandboxes
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def get(self, user_id: str, task_id: str) -> AppConversationStartTask:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(start_tasks).where(start_tasks.c.id == task_id, start_tasks.c.user_id == user_id)
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"start task {task_id} not found")
+        return row_to_task(row)
+
+    async def batch_get(self, user_id: str, ids: Sequence[str]) -> list[AppConversationStartTask | None]:
+        if not ids:
+            return []
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(start_tasks).where(start_tasks.c.id.in_(list(set(ids))), start_tasks.c.user_id == user_id)
+                )
+            ).all()
+        found = {r.id: row_to_task(r) for r in rows}
+        return [found.get(i) for i in ids]
+
+    @staticmethod
+    def _where(user_id: str, conversation_id: str | None, created_at_gte: datetime | None) -> list[Any]:
+        clauses = [start_tasks.c.user_id == user_id]
+        if conversation_id is not None:
+            clauses.append(start_tasks.c.app_conversation_id == conversation_id)
+        if created_at_gte is not None:
+            clauses.append(start_tasks.c.created_at >= created_at_gte)
+        return clauses
+
+    async def search(
+        self,
+        user_id: str,
+        *,
+        conversation_id: str | None = None,
+        created_at_gte: datetime | None = None,
+        sort: AppConversationStartTaskSortOrder = AppConversationStartTaskSortOrder.CREATED_AT_DESC,
+        limit: int = 100,
+        page_id: str | None = None,
+    ) -> AppConversationStartTaskPage:
+        secret = self.settings.resolved_secret_key
+        fingerprint = filters_fingerprint(
+            {"conversation_id": conversation_id, "created_at_gte": created_at_gte and created_at_gte.isoformat()}
+        )
+        column = start_tasks.c.created_at if sort.value.startswith("CREATED") else start_tasks.c.updated_at
+        descending = sort.value.endswith("DESC")
+        query = select(start_tasks).where(*self._where(user_id, conversation_id, created_at_gte))
+        if page_id:
+            value, last_id = decode_page_token(secret, page_id, "start-tasks", sort.value, fingerprint).key
+            at = datetime.fromisoformat(value)
+            if descending:
+                query = query.where(or_(column < at, and_(column == at, start_tasks.c.id < last_id)))
+            else:
+                query = query.where(or_(column > at, and_(column == at, start_tasks.c.id > last_id)))
+        order = (column.desc(), start_tasks.c.id.desc()) if descending else (column.asc(), start_tasks.c.id.asc())
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query.order_by(*order).limit(limit + 1))).all()
+        next_page_id = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            key = [getattr(last, column.name).isoformat(), last.id]
+            next_page_id = encode_page_token(secret, "start-tasks", sort.value, fingerprint, key)
+        return AppConversationStartTaskPage(items=[row_to_task(r) for r in rows], next_page_id=next_page_id)
+
+    async def count(
+        self, user_id: str, *, conversation_id: str | None = None, created_at_gte: datetime | None = None
+    ) -> int:
+        query = (
+            select(func.count()).select_from(start_tasks).where(*self._where(user_id, conversation_id, created_at_gte))
+        )
+        async with self.db.read() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    # -- starting -------------------------------------------------------------------------------
+
+    async def begin(self, user_id: str, request: AppConversationStartRequest) -> AppConversationStartTask:
+        """Validate what can be checked at once, store the task (WORKING) and start it in the background."""
+        s = self.settings
+        limits = conversations_service.TagLimits(s.max_tags, s.max_tag_key_length, s.max_tag_value_length)
+        conversations_service.check_tags(request.tags, limits)
+        task_id = new_id()
+        now = utcnow()
+        async with self.db.write() as conn:
+            await conn.execute(
+                start_tasks.insert().values(
+                    id=task_id,
+                    user_id=user_id,
+                    status=Status.WORKING.value,
+                    detail=None,
+                    app_conversation_id=request.conversation_id.hex if request.conversation_id else None,
+                    sandbox_id=None,
+                    agent_server_url=None,
+                    request=redacted_request(request),
+                    history=[{"status": Status.WORKING.value, "at": now.isoformat()}],
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        job = asyncio.create_task(self._run(task_id, user_id, request))
+        self._tasks.add(job)
+        job.add_done_callback(self._tasks.discard)
+        return await self.get(user_id, task_id)
+
+    async def stream(self, user_id: str, task_id: str, poll: float = 0.2) -> AsyncIterator[AppConversationStartTask]:
+        """Yield the task each time its status changes, ending with READY or ERROR."""
+        last: str | None = None
+        while True:
+            task = await self.get(user_id, task_id)
+            if task.status.value != last:
+                last = task.status.value
+                yield task
+            if task.status in TERMINAL_STATUSES:
+                return
+            await asyncio.sleep(poll)
+
+    async def _transition(self, task_id: str, status: Status, **values: Any) -> None:
+        now = utcnow()
+        async with self.db.write() as conn:
+            row = (await conn.execute(select(start_tasks.c.history).where(start_tasks.c.id == task_id))).first()
+            history = [*(row.history if row else []), {"status": status.value, "at": now.isoformat()}]
+            await conn.execute(
+                update(start_tasks)
+                .where(start_tasks.c.id == task_id)
+                .values(status=status.value, history=history, updated_at=now, **values)
+            )
+
+    async def _run(self, task_id: str, user_id: str, request: AppConversationStartRequest) -> None:
+        secrets = [v for v in (request.secrets or {}).values() if v]
+        try:
+            await self._start(task_id, user_id, request, secrets)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._fail(task_id, "the server stopped while the conversation was starting", secrets))
+            raise
+        except (StartFailed, Problem, AgentServerError) as exc:
+            await self._fail(task_id, str(getattr(exc, "detail", None) or exc), secrets)
+        except Exception as exc:
+            log.exception("start task %s failed", task_id)
+            await self._fail(task_id, f"internal error while starting: {type(exc).__name__}", secrets)
+
+    async def _fail(self, task_id: str, detail: str, secrets: list[str]) -> None:
+        for value in sorted(secrets, key=len, reverse=True):
+            detail = detail.replace(value, REDACTED)
+        await self._transition(task_id, Status.ERROR, detail=detail[:2000])
+
+    async def _start(
+        self, task_id: str, user_id: str, request: AppConversationStartRequest, secrets: list[str]
+    ) -> None:
+        llm = await effective_llm(self.db, self.settings, user_id, model_override=request.llm_model)
+        if not llm.model:
+            raise StartFailed("no LLM model configured: set one with POST /api/v1/settings or THREADLINE_LLM_MODEL")
+        if llm.api_key:
+            secrets.append(llm.api_key)
+        conversation_id = request.conversation_id.hex if request.conversation_id else new_id()
+        parent_id = request.parent_conversation_id.hex if request.parent_conversation_id else None
+        async with self.db.read() as conn:
+            taken = (
+                await conn.execute(select(conversations.c.id).where(conversations.c.id == conversation_id))
+            ).first()
+            parent = await conversations_service.get_row(conn, user_id, parent_id) if parent_id else None
+        if taken is not None:
+            raise StartFailed(f"conversation {conversation_id} already exists")
+
+        # The sandbox: the one asked for, the parent's (sub-conversations share it), or a new one.
+        sandbox_id = request.sandbox_id or (parent.sandbox_id if parent is not None else None)
+        if sandbox_id:
+            row = await self.sandboxes.get_row(user_id, sandbox_id)
+            if self.sandboxes.effective_status(row) in (SandboxStatus.PAUSED, SandboxStatus.ERROR):
+                await self.sandboxes.resume(user_id, sandbox_id)
+        else:
+            sandbox_id = (await self.sandboxes.create(user_id)).id
+        await self._transition(task_id, Status.WAITING_FOR_SANDBOX, sandbox_id=sandbox_id)
+        sandbox = await self.sandboxes.wait_until_running(sandbox_id)
+        secrets.append(self.sandboxes.session_key(sandbox))
+        agent = self.sandboxes.client(sandbox, timeout=30.0)
+
+        workspace = str(Path(sandbox.work_dir) / "workspace")
+        working_dir = workspace
+        await self._transition(task_id, Status.PREPARING_REPOSITORY)
+        if request.selected_repository:
+            name = request.selected_repository.rsplit("/", 1)[-1].removesuffix(".git")
+            working_dir = str(Path(workspace) / name)
+            url = clone_url(self.settings, request.selected_repository, request.git_provider)
+            branch = f"--branch {shlex.quote(request.selected_branch)} " if request.selected_branch else ""
+            command = (
+                f"if [ -d {shlex.quote(working_dir)}/.git ]; then echo already cloned; "
+                f"else git clone {branch}-- {shlex.quote(url)} {shlex.quote(working_dir)}; fi"
+            )
+            result = await agent.execute_bash(command, cwd=workspace, timeout=600)
+            if not result.ok:
+                raise StartFailed(
+                    f"cloning {request.selected_repository} failed (exit {result.exit_code}): "
+                    f"{(result.stderr or result.stdout).strip()[-500:]}"
+                )
+            await self._transition(task_id, Status.RUNNING_SETUP_SCRIPT)
+            setup = await agent.execute_bash(
+                "if [ -f .openhands/setup.sh ]; then bash .openhands/setup.sh; fi", cwd=working_dir, timeout=600
+            )
+            if not setup.ok:
+                raise StartFailed(f"the repository's .openhands/setup.sh failed (exit {setup.exit_code})")
+            await self._transition(task_id, Status.SETTING_UP_GIT_HOOKS)
+            hooks = await agent.execute_bash(
+                "if [ -f .openhands/pre-commit.sh ]; then install -m 0755 .openhands/pre-commit.sh "
+                ".git/hooks/pre-commit; fi",
+                cwd=working_dir,
+                timeout=60,
+            )
+            if not hooks.ok:
+                raise StartFailed(f"installing the repository's git hooks failed (exit {hooks.exit_code})")
+        await self._transition(task_id, Status.SETTING_UP_SKILLS)
+
+        await self._transition(task_id, Status.STARTING_CONVERSATION, app_conversation_id=conversation_id)
+        try:
+            await conversations_service.create_record(
+                self.db,
+                user_id,
+                conversation_id=conversation_id,
+                sandbox_id=sandbox_id,
+                title=request.title,
+                selected_repository=request.selected_repository,
+                selected_branch=request.selected_branch,
+                git_provider=request.git_provider,
+                trigger=request.trigger,
+                pr_number=list(request.pr_number),
+                llm_model=llm.model,
+                parent_conversation_id=parent_id,
+                public=request.public,
+                tags=dict(request.tags),
+            )
+        except IntegrityError as exc:
+            raise StartFailed(f"conversation {conversation_id} already exists") from exc
+        initial_text = None
+        run = True
+        if request.initial_message is not None:
+            texts = [c.text for c in request.initial_message.content if isinstance(c, TextContent)]
+            initial_text = "\n".join(t for t in texts if t) or None
+        if request.system_message_suffix:
+            initial_text = (initial_text or "") + ("\n\n" if initial_text else "") + request.system_message_suffix
+        try:
+            await agent.create_conversation(
+                working_dir=working_dir,
+                agent_settings=llm_agent_settings(
+                    model=llm.model,
+                    api_key=llm.api_key,
+                    base_url=llm.base_url,
+                    input_cost_per_token=llm.input_cost_per_token,
+                    output_cost_per_token=llm.output_cost_per_token,
+                ),
+                conversation_id=conversation_id,
+                initial_message=initial_text,
+                run=run,
+                tags=None,
+                secrets={k: {"kind": "StaticSecret", "value": v} for k, v in (request.secrets or {}).items()} or None,
+            )
+        except Exception:
+            # No half-started conversations: the record goes again when the agent did not take it.
+            async with self.db.write() as conn:
+                await conn.execute(delete(conversations).where(conversations.c.id == conversation_id))
+            raise
+        await self._transition(task_id, Status.READY, agent_server_url=sandbox.url)
+
+    # -- process lifetime -----------------------------------------------------------------------
+
+    async def close_interrupted(self) -> int:
+        """On start-up: tasks that were in flight when a previous server stopped can never finish."""
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(start_tasks.c.id).where(start_tasks.c.status.notin_([s.value for s in TERMINAL_STATUSES]))
+                )
+            ).all()
+        for row in rows:
+            await self._transition(row.id, Status.ERROR, detail="interrupted by a server restart; start again")
+        return len(rows)
+
+    async def shutdown(self) -> None:
+        for job in list(self._tasks):
+            job.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,133 @@
+"""HTTP routes for starting conversations, start tasks and send-message.
+
+Declared before the `/{conversation_id}` routes so `start-tasks` and `stream-start` are not taken for ids.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Query
+from fastapi.responses import StreamingResponse
+
+from threadline.api.context import AppContext, get_context
+from threadline.api.errors import Invalid
+from threadline.auth.dependencies import current_user
+from threadline.auth.service import User
+from threadline.conversations.messages import send_message
+from threadline.conversations.routes import conversation_id_path, parse_id_list
+from threadline.conversations.start import StartService
+from threadline.conversations.start_models import (
+    AppConversationStartRequest,
+    AppConversationStartTask,
+    AppConversationStartTaskPage,
+    AppConversationStartTaskSortOrder,
+    AppSendMessageRequest,
+    AppSendMessageResponse,
+)
+from threadline.ids import MalformedId, parse_id
+
+router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
+MAX_BATCH = 100
+
+
+def starts_of(ctx: AppContext = Depends(get_context)) -> StartService:
+    service: StartService = ctx.services["starts"]
+    return service
+
+
+@router.post("", response_model=AppConversationStartTask)
+async def start_app_conversation(
+    request: Annotated[AppConversationStartRequest, Body()],
+    user: User = Depends(current_user),
+    starts: StartService = Depends(starts_of),
+) -> AppConversationStartTask:
+    return await starts.begin(user.id, request)
+
+
+@router.post("/stream-start", response_model=list[AppConversationStartTask])
+async def stream_app_conversation_start(
+    request: Annotated[AppConversationStartRequest, Body()],
+    user: User = Depends(current_user),
+    starts: StartService = Depends(starts_of),
+) -> StreamingResponse:
+    first = await starts.begin(user.id, request)
+
+    async def body() -> AsyncIterator[bytes]:
+        # A JSON array, one element per status the task passes through, flushed as it happens.
+        yield b"["
+        separator = b""
+        async for task in starts.stream(user.id, first.id):
+            yield separator + json.dumps(task.model_dump(mode="json")).encode()
+            separator = b","
+        yield b"]"
+
+    return StreamingResponse(body(), media_type="application/json")
+
+
+@router.get("/start-tasks/search", response_model=AppConversationStartTaskPage)
+async def search_app_conversation_start_tasks(
+    conversation_id__eq: str | None = None,
+    created_at__gte: datetime | None = None,
+    sort_order: AppConversationStartTaskSortOrder = AppConversationStartTaskSortOrder.CREATED_AT_DESC,
+    page_id: str | None = None,
+    limit: Annotated[int, Query(gt=0, le=100)] = 100,
+    user: User = Depends(current_user),
+    starts: StartService = Depends(starts_of),
+) -> AppConversationStartTaskPage:
+    conversation_id = _optional_id(conversation_id__eq)
+    return await starts.search(
+        user.id,
+        conversation_id=conversation_id,
+        created_at_gte=created_at__gte,
+        sort=sort_order,
+        limit=limit,
+        page_id=page_id,
+    )
+
+
+@router.get("/start-tasks/count", response_model=int)
+async def count_app_conversation_start_tasks(
+    conversation_id__eq: str | None = None,
+    created_at__gte: datetime | None = None,
+    user: User = Depends(current_user),
+    starts: StartService = Depends(starts_of),
+) -> int:
+    return await starts.count(
+        user.id, conversation_id=_optional_id(conversation_id__eq), created_at_gte=created_at__gte
+    )
+
+
+@router.get("/start-tasks", response_model=list[AppConversationStartTask | None])
+async def batch_get_app_conversation_start_tasks(
+    ids: Annotated[list[str], Query()],
+    user: User = Depends(current_user),
+    starts: StartService = Depends(starts_of),
+) -> list[AppConversationStartTask | None]:
+    return await starts.batch_get(user.id, parse_id_list(ids, "ids", MAX_BATCH))
+
+
+@router.post(
+    "/{conversation_id}/send-message",
+    response_model=AppSendMessageResponse,
+    responses={404: {}, 409: {}, 410: {}, 502: {}, 503: {}},
+)
+async def send_message_to_conversation(
+    request: Annotated[AppSendMessageRequest, Body()],
+    conversation_id: str = Depends(conversation_id_path),
+    user: User = Depends(current_user),
+    ctx: AppContext = Depends(get_context),
+) -> AppSendMessageResponse:
+    return await send_message(ctx.db, ctx.services["sandboxes"], user.id, conversation_id, request)
+
+
+def _optional_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return parse_id(value)
+    except MalformedId:
+        raise Invalid("conversation_id__eq", "not a valid conversation id", location="query", input=value) from None

@@ -1,0 +1,258 @@
+"""Conversation events: stored from agent-server webhooks, read back with filters and keyset paging.
+
+Services take a conversation id that the caller has already checked belongs to the requesting user
+(`threadline.conversations.service.get_row`); nothing here looks at users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import ColumnElement, Select
+
+from threadline.api.errors import Invalid
+from threadline.db.engine import Database
+from threadline.db.tables import events
+from threadline.events.models import (
+    MAX_BATCH_IDS,
+    MAX_EVENT_ID_LENGTH,
+    MAX_KIND_LENGTH,
+    EventPage,
+    EventPayload,
+    EventSortOrder,
+)
+from threadline.ids import parse_id
+from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint
+
+PAGE_KIND = "events"
+MAX_LIMIT = 100
+# Rows per INSERT statement: 5 bound values each stays far below SQLite's oldest variable limit (999).
+_INSERT_CHUNK = 150
+
+
+def as_utc(value: datetime) -> datetime:
+    """Naive datetimes mean UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# -- storing ------------------------------------------------------------------------------------
+
+
+def _parse_timestamp(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return as_utc(datetime.fromisoformat(value))
+    except (ValueError, OverflowError):
+        return None
+
+
+def _valid_key(value: Any, max_length: int) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= max_length and "\x00" not in value
+
+
+def _clean_text(value: str) -> str:
+    """Replace what PostgreSQL cannot store in text/jsonb (NUL, lone surrogates) with U+FFFD."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
+def _clean(value: Any) -> Any:
+    # Tool output can hold NUL bytes; stored as given they would abort the whole webhook
+    # transaction on PostgreSQL, so both backends store the same, replaced, text.
+    if isinstance(value, str):
+        return _clean_text(value)
+    if isinstance(value, dict):
+        return {_clean_text(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _row(conversation_id: str, item: Any) -> dict[str, Any] | None:
+    if not isinstance(item, dict):
+        return None
+    event_id, kind = item.get("id"), item.get("kind")
+    timestamp = _parse_timestamp(item.get("timestamp"))
+    if not _valid_key(event_id, MAX_EVENT_ID_LENGTH) or not _valid_key(kind, MAX_KIND_LENGTH) or timestamp is None:
+        return None
+    return {
+        "conversation_id": conversation_id,
+        "event_id": event_id,
+        "kind": kind,
+        "timestamp": timestamp,
+        "payload": _clean(item),
+    }
+
+
+async def _insert_new(conn: AsyncConnection, rows: list[dict[str, Any]]) -> int:
+    """Insert rows, skipping any (conversation_id, event_id) already stored, even by a concurrent writer."""
+    dialect = conn.dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        raise RuntimeError(f"storing events is not supported on {dialect}")
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stored = 0
+    for start in range(0, len(rows), _INSERT_CHUNK):
+        statement = (
+            insert(events)
+            .values(rows[start : start + _INSERT_CHUNK])
+            .on_conflict_do_nothing(index_elements=["conversation_id", "event_id"])
+            .returning(events.c.event_id)
+        )
+        stored += len((await conn.execute(statement)).all())
+    return stored
+
+
+async def store_events(conn: AsyncConnection, conversation_id: str, items: list[dict[str, Any]]) -> int:
+    """Store agent-server events inside the caller's write transaction; returns how many were new.
+
+    Items without a string `id` (<= 64 chars), a string `kind` (<= 64 chars) or an ISO-8601
+    `timestamp` (naive means UTC) are skipped, as are events already stored for the conversation;
+    within one call the first of two items with the same id wins.
+    """
+    conversation_id = parse_id(conversation_id)
+    rows: dict[str, dict[str, Any]] = {}
+    for item in items:
+        row = _row(conversation_id, item)
+        if row is not None:
+            rows.setdefault(row["event_id"], row)
+    if not rows:
+        return 0
+    return await _insert_new(conn, list(rows.values()))
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventFilters:
+    kind: str | None = None
+    timestamp_gte: datetime | None = None
+    timestamp_lt: datetime | None = None
+
+    def normalised(self) -> EventFilters:
+        return EventFilters(
+            kind=self.kind,
+            timestamp_gte=as_utc(self.timestamp_gte) if self.timestamp_gte is not None else None,
+            timestamp_lt=as_utc(self.timestamp_lt) if self.timestamp_lt is not None else None,
+        )
+
+    def fingerprint(self, conversation_id: str) -> str:
+        # The conversation is part of it: a token from one conversation's listing is no good for another.
+        return filters_fingerprint(
+            {
+                "conversation_id": conversation_id,
+                "kind": self.kind,
+                "timestamp_gte": self.timestamp_gte.isoformat() if self.timestamp_gte else None,
+                "timestamp_lt": self.timestamp_lt.isoformat() if self.timestamp_lt else None,
+            }
+        )
+
+    def where(self, conversation_id: str) -> list[ColumnElement[bool]]:
+        c = events.c
+        clauses: list[ColumnElement[bool]] = [c.conversation_id == conversation_id]
+        if self.kind is not None:
+            clauses.append(c.kind == self.kind)
+        if self.timestamp_gte is not None:
+            clauses.append(c.timestamp >= self.timestamp_gte)
+        if self.timestamp_lt is not None:
+            clauses.append(c.timestamp < self.timestamp_lt)
+        return clauses
+
+
+def _keyset(query: Select[Any], descending: bool, after: list[Any] | None) -> Select[Any]:
+    ts, event_id = events.c.timestamp, events.c.event_id
+    if after is not None:
+        last_ts, last_id = datetime.fromisoformat(after[0]), after[1]
+        if descending:
+            query = query.where(or_(ts < last_ts, and_(ts == last_ts, event_id < last_id)))
+        else:
+            query = query.where(or_(ts > last_ts, and_(ts == last_ts, event_id > last_id)))
+    if descending:
+        return query.order_by(ts.desc(), event_id.desc())
+    return query.order_by(ts.asc(), event_id.asc())
+
+
+async def search_events(
+    db: Database,
+    secret: str,
+    conversation_id: str,
+    *,
+    kind: str | None = None,
+    timestamp_gte: datetime | None = None,
+    timestamp_lt: datetime | None = None,
+    sort: EventSortOrder | str = EventSortOrder.TIMESTAMP,
+    limit: int = MAX_LIMIT,
+    page_id: str | None = None,
+) -> EventPage:
+    """One page of a conversation's events, ordered by (timestamp, event id); ties never split badly."""
+    order = EventSortOrder(sort)
+    if not 0 < limit <= MAX_LIMIT:
+        raise Invalid("limit", f"must be between 1 and {MAX_LIMIT}", location="query", input=limit)
+    filters = EventFilters(kind, timestamp_gte, timestamp_lt).normalised()
+    fingerprint = filters.fingerprint(conversation_id)
+    after = None
+    if page_id:
+        after = decode_page_token(secret, page_id, PAGE_KIND, order.value, fingerprint).key
+    descending = order is EventSortOrder.TIMESTAMP_DESC
+    query = select(events.c.timestamp, events.c.event_id, events.c.payload).where(*filters.where(conversation_id))
+    query = _keyset(query, descending, after).limit(limit + 1)
+    async with db.read() as conn:
+        rows = (await conn.execute(query)).all()
+    page, has_more = rows[:limit], len(rows) > limit
+    next_page_id = None
+    if has_more:
+        last = page[-1]
+        key = [last.timestamp.isoformat(), last.event_id]
+        next_page_id = encode_page_token(secret, PAGE_KIND, order.value, fingerprint, key)
+    return EventPage(items=[r.payload for r in page], next_page_id=next_page_id)
+
+
+async def count_events(
+    db: Database,
+    conversation_id: str,
+    *,
+    kind: str | None = None,
+    timestamp_gte: datetime | None = None,
+    timestamp_lt: datetime | None = None,
+) -> int:
+    filters = EventFilters(kind, timestamp_gte, timestamp_lt).normalised()
+    query = select(func.count()).select_from(events).where(*filters.where(conversation_id))
+    async with db.read() as conn:
+        return int((await conn.execute(query)).scalar_one())
+
+
+def _check_ids(ids: Sequence[str]) -> None:
+    if not ids:
+        raise Invalid("id", "at least one event id is required", location="query")
+    if len(ids) > MAX_BATCH_IDS:
+        raise Invalid("id", f"at most {MAX_BATCH_IDS} ids per request (got {len(ids)})", location="query")
+    for value in ids:
+        if not _valid_key(value, MAX_EVENT_ID_LENGTH):
+            raise Invalid(
+                "id",
+                f"{value!r} is not a valid event id (1-{MAX_EVENT_ID_LENGTH} characters)",
+                location="query",
+                input=value,
+            )
+
+
+async def batch_get_events(db: Database, conversation_id: str, ids: Sequence[str]) -> list[EventPayload | None]:
+    """The events with these ids, in the order asked (repeats allowed), None where there is none."""
+    _check_ids(ids)
+    c = events.c
+    query = select(c.event_id, c.payload).where(c.conversation_id == conversation_id, c.event_id.in_(set(ids)))
+    async with db.read() as conn:
+        found = {r.event_id: r.payload for r in (await conn.execute(query)).all()}
+    return [found.get(i) for i in ids]

@@ -1,0 +1,191 @@
+"""Sandbox backends: where agent servers run.
+
+`SandboxBackend` is the seam: the `process` backend runs each agent server as a child process on this
+machine. A `remote` backend (agent servers started elsewhere, reached by URL) or a Kubernetes backend
+implement the same four operations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from threadline.sandboxes import runtime
+
+# Set on every agent server we start; children (tmux, shells) inherit it even after they daemonise,
+# which is how we find every process of a sandbox, including ones that left its process group.
+SANDBOX_ENV = "THREADLINE_SANDBOX_ID"
+SANDBOX_ROOT_ENV = "THREADLINE_SANDBOX_ROOT"
+
+
+@dataclass(frozen=True)
+class Launch:
+    pid: int | None
+    port: int
+    url: str
+
+
+class SandboxBackend(Protocol):
+    name: str
+
+    async def launch(self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str) -> Launch: ...
+
+    def is_alive(self, sandbox_id: str, pid: int | None) -> bool: ...
+
+    async def stop(self, sandbox_id: str, pid: int | None, grace_seconds: float) -> None: ...
+
+    async def reap_orphans(self, live_ids: set[str]) -> list[int]: ...
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _read_environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    env = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep and key in (SANDBOX_ENV.encode(), SANDBOX_ROOT_ENV.encode()):
+            env[key.decode()] = value.decode(errors="replace")
+    return env
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+
+
+class ProcessBackend:
+    """Each sandbox is one `openhands-agent-server` child process on 127.0.0.1, in its own session."""
+
+    name = "process"
+
+    def __init__(self, runtime_dir: Path, sandboxes_root: Path, *, flush_delay: float = 1.0) -> None:
+        self.runtime_dir = runtime_dir
+        self.root = sandboxes_root
+        self.flush_delay = flush_delay
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def command(self, port: int) -> list[str]:
+        python = runtime.python_of(self.runtime_dir)
+        return [str(python), "-m", "openhands.agent_server", "--host", "127.0.0.1", "--port", str(port)]
+
+    def environment(self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str) -> dict[str, str]:
+        keep = ("PATH", "HOME", "LANG", "LC_ALL", "USER", "LOGNAME", "SHELL", "TMPDIR")
+        env = {k: v for k, v in os.environ.items() if k in keep}
+        env.update(
+            {
+                SANDBOX_ENV: sandbox_id,
+                SANDBOX_ROOT_ENV: str(self.root),
+                "OH_SESSION_API_KEYS_0": session_key,
+                "OH_WEBHOOKS_0_BASE_URL": webhook_base_url,
+                "OH_WEBHOOKS_0_FLUSH_DELAY": str(self.flush_delay),
+                "OH_ENABLE_VSCODE": "false",
+                "OH_ENABLE_BROWSER": "false",
+                "OH_PRELOAD_TOOLS": "false",
+                "OH_CONVERSATIONS_PATH": str(work_dir / "conversations"),
+                "TMUX_TMPDIR": str(work_dir / "tmux"),
+                "PYTHONUNBUFFERED": "1",
+                # The agent server stamps events in local time without a zone: make that UTC.
+                "TZ": "UTC",
+            }
+        )
+        return env
+
+    async def launch(self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str) -> Launch:
+        if not runtime.python_of(self.runtime_dir).exists():
+            raise FileNotFoundError(
+                f"the agent runtime is not installed at {self.runtime_dir}; run `threadline runtime install`"
+            )
+        for sub in ("workspace", "conversations", "tmux"):
+            (work_dir / sub).mkdir(parents=True, exist_ok=True)
+        port = _free_port()
+        env = self.environment(sandbox_id, work_dir, session_key, webhook_base_url)
+        log = (work_dir / "agent-server.log").open("ab")
+        try:
+            proc = subprocess.Popen(
+                self.command(port),
+                cwd=work_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self._children[sandbox_id] = proc
+        return Launch(pid=proc.pid, port=port, url=f"http://127.0.0.1:{port}")
+
+    def is_alive(self, sandbox_id: str, pid: int | None) -> bool:
+        child = self._children.get(sandbox_id)
+        if child is not None and child.pid == pid:
+            return child.poll() is None
+        if pid is None:
+            return False
+        # A re-attached process (started by an earlier Threadline): check it is still ours, not a reused pid.
+        return not _is_zombie(pid) and _read_environ(pid).get(SANDBOX_ENV) == sandbox_id
+
+    def _sandbox_pids(self, sandbox_id: str | None = None) -> dict[int, str]:
+        """Live processes started for sandboxes under our root: pid -> sandbox id."""
+        found: dict[int, str] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            env = _read_environ(pid)
+            if env.get(SANDBOX_ROOT_ENV) != str(self.root):
+                continue
+            owner = env.get(SANDBOX_ENV)
+            if owner and (sandbox_id is None or owner == sandbox_id) and not _is_zombie(pid):
+                found[pid] = owner
+        return found
+
+    async def stop(self, sandbox_id: str, pid: int | None, grace_seconds: float) -> None:
+        """SIGTERM the agent server's process group, wait, then SIGKILL whatever of the sandbox is left."""
+        if pid is not None and self.is_alive(sandbox_id, pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_seconds
+            while time.monotonic() < deadline and self.is_alive(sandbox_id, pid):
+                await asyncio.sleep(0.1)
+        for leftover in self._sandbox_pids(sandbox_id):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(leftover, signal.SIGKILL)
+        child = self._children.pop(sandbox_id, None)
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(child.wait, 10)
+
+    async def reap_orphans(self, live_ids: set[str]) -> list[int]:
+        """Kill processes of sandboxes that have no live record (a crash between launch and record)."""
+        killed = []
+        for pid, owner in self._sandbox_pids().items():
+            if owner not in live_ids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+        return killed
+
+
+def remove_work_dir(work_dir: Path) -> None:
+    shutil.rmtree(work_dir, ignore_errors=True)

@@ -1,0 +1,91 @@
+"""Live fields of conversations: sandbox_status, execution_status, conversation_url, session_api_key.
+
+One batched agent call per RUNNING sandbox per response page, all sandboxes at once, with a short
+timeout; an agent server that is down or slow degrades only its own rows (they fall back to the stored
+execution status). What the agent reports is written back when it differs (the automatic title is only
+available this way: the agent server sends no callback when it sets it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Any
+
+from threadline.api.context import AppContext
+from threadline.api.errors import NotFound
+from threadline.auth.service import User
+from threadline.conversations.models import AppConversation, ConversationExecutionStatus, SandboxStatus
+from threadline.sandboxes.agent_client import AgentServerError
+from threadline.sandboxes.service import SandboxService
+from threadline.webhooks import service as webhooks
+
+log = logging.getLogger("threadline.live")
+
+
+async def _fetch(service: SandboxService, row: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+    try:
+        infos = await service.client(row).get_conversations(ids)
+    except AgentServerError as exc:
+        log.info("agent server of sandbox %s did not answer: %s", row.id, exc)
+        return {}
+    return {cid: info for cid, info in zip(ids, infos, strict=True) if info is not None}
+
+
+async def fill_live_fields(ctx: AppContext, user: User, items: list[AppConversation]) -> None:
+    service: SandboxService = ctx.services["sandboxes"]
+    by_sandbox: dict[str, list[AppConversation]] = defaultdict(list)
+    for item in items:
+        by_sandbox[item.sandbox_id].append(item)
+    rows = await service.rows_by_id(list(by_sandbox))
+    statuses = {sid: service.effective_status(row) for sid, row in rows.items() if row.user_id == user.id}
+    running = [sid for sid, status in statuses.items() if status is SandboxStatus.RUNNING]
+    fetched = await asyncio.gather(*(_fetch(service, rows[sid], [c.id for c in by_sandbox[sid]]) for sid in running))
+    agent_infos = {cid: info for result in fetched for cid, info in result.items()}
+
+    for sid, convs in by_sandbox.items():
+        status = statuses.get(sid, SandboxStatus.MISSING)
+        row = rows.get(sid)
+        for conv in convs:
+            conv.sandbox_status = status
+            if status is not SandboxStatus.RUNNING or row is None:
+                conv.execution_status = None
+                conv.conversation_url = None
+                conv.session_api_key = None
+                continue
+            info = agent_infos.get(conv.id)
+            if info is not None:
+                value = info.get("execution_status")
+                if isinstance(value, str) and value in ConversationExecutionStatus._value2member_map_:
+                    conv.execution_status = ConversationExecutionStatus(value)
+                await _sync(ctx, sid, conv, info)
+            elif conv.execution_status is None:
+                conv.execution_status = await _stored_status(ctx, conv.id)
+            conv.conversation_url = f"{row.url}/api/conversations/{conv.id}"
+            conv.session_api_key = service.session_key(row)
+
+
+async def _stored_status(ctx: AppContext, conversation_id: str) -> ConversationExecutionStatus | None:
+    from threadline.conversations.service import get_row_for_any_user
+
+    async with ctx.db.read() as conn:
+        row = await get_row_for_any_user(conn, conversation_id)
+    if row is None or row.execution_status is None:
+        return None
+    return ConversationExecutionStatus(row.execution_status)
+
+
+async def _sync(ctx: AppContext, sandbox_id: str, conv: AppConversation, info: dict[str, Any]) -> None:
+    """Store what the agent knows and the record lacks (automatic title, newer metrics)."""
+    title = info.get("title")
+    wants_title = isinstance(title, str) and title.strip() and conv.title != title
+    if not wants_title:
+        return
+    try:
+        updated = await webhooks.on_conversation_update(ctx.db, sandbox_id, info)
+    except NotFound:
+        return
+    if updated is not None:
+        conv.title = updated.title
+        conv.updated_at = updated.updated_at

@@ -1,0 +1,125 @@
+"""HTTP routes of /api/v1/sandboxes and /api/v1/sandbox-specs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from threadline.api.context import AppContext, get_context
+from threadline.api.errors import Invalid, NotFound
+from threadline.auth.dependencies import current_user
+from threadline.auth.service import User
+from threadline.conversations.models import Success
+from threadline.ids import MalformedId, parse_id
+from threadline.sandboxes.models import SandboxInfo, SandboxPage, SandboxSpecInfo, SandboxSpecInfoPage
+from threadline.sandboxes.service import SandboxService
+
+router = APIRouter(tags=["Sandbox"])
+MAX_BATCH = 100
+
+
+def sandboxes_of(ctx: AppContext = Depends(get_context)) -> SandboxService:
+    service: SandboxService = ctx.services["sandboxes"]
+    return service
+
+
+def sandbox_id_path(sandbox_id: Annotated[str, Path()]) -> str:
+    try:
+        return parse_id(sandbox_id)
+    except MalformedId as exc:
+        raise NotFound(f"sandbox {sandbox_id!r} not found") from exc
+
+
+def _ids(values: list[str]) -> list[str]:
+    if len(values) > MAX_BATCH:
+        raise Invalid("id", f"at most {MAX_BATCH} ids per request", location="query")
+    parsed = []
+    for value in values:
+        try:
+            parsed.append(parse_id(value))
+        except MalformedId as exc:
+            raise Invalid("id", f"{value!r} is not a valid id", location="query", input=value) from exc
+    return parsed
+
+
+@router.get("/api/v1/sandboxes/search", response_model=SandboxPage)
+async def search_sandboxes(
+    page_id: str | None = None,
+    limit: Annotated[int, Query(gt=0, le=100)] = 100,
+    user: User = Depends(current_user),
+    service: SandboxService = Depends(sandboxes_of),
+) -> SandboxPage:
+    return await service.search(user.id, limit=limit, page_id=page_id)
+
+
+@router.get("/api/v1/sandboxes", response_model=list[SandboxInfo | None])
+async def batch_get_sandboxes(
+    id: Annotated[list[str], Query()],
+    user: User = Depends(current_user),
+    service: SandboxService = Depends(sandboxes_of),
+) -> list[SandboxInfo | None]:
+    return await service.batch_get(user.id, _ids(id))
+
+
+@router.post("/api/v1/sandboxes", response_model=SandboxInfo)
+async def start_sandbox(
+    sandbox_spec_id: str | None = None,
+    user: User = Depends(current_user),
+    service: SandboxService = Depends(sandboxes_of),
+) -> SandboxInfo:
+    row = await service.create(user.id, sandbox_spec_id)
+    return service.to_info(row)
+
+
+@router.post("/api/v1/sandboxes/{sandbox_id}/pause", response_model=Success, responses={404: {}})
+async def pause_sandbox(
+    sandbox_id: str = Depends(sandbox_id_path),
+    user: User = Depends(current_user),
+    service: SandboxService = Depends(sandboxes_of),
+) -> Success:
+    await service.pause(user.id, sandbox_id)
+    return Success()
+
+
+@router.post("/api/v1/sandboxes/{sandbox_id}/resume", response_model=Success, responses={404: {}})
+async def resume_sandbox(
+    sandbox_id: str = Depends(sandbox_id_path),
+    user: User = Depends(current_user),
+    service: SandboxService = Depends(sandboxes_of),
+) -> Success:
+    await service.resume(user.id, sandbox_id)
+    return Success()
+
+
+@router.delete("/api/v1/sandboxes/{sandbox_id}", response_model=Success, responses={404: {}})
+async def delete_sandbox(
+    sandbox_id: str = Depends(sandbox_id_path),
+    user: User = Depends(current_user),
+    service: SandboxService = Depends(sandboxes_of),
+) -> Success:
+    # The id is taken from the path (upstream also demands it as a query parameter; it is ignored here).
+    await service.delete(user.id, sandbox_id)
+    return Success()
+
+
+@router.get("/api/v1/sandbox-specs/search", response_model=SandboxSpecInfoPage)
+async def search_sandbox_specs(
+    page_id: str | None = None,
+    limit: Annotated[int, Query(gt=0, le=100)] = 100,
+    _user: User = Depends(current_user),
+    service: SandboxService = Depends(sandboxes_of),
+) -> SandboxSpecInfoPage:
+    return SandboxSpecInfoPage(items=service.specs()[:limit], next_page_id=None)
+
+
+@router.get("/api/v1/sandbox-specs", response_model=list[SandboxSpecInfo | None])
+async def batch_get_sandbox_specs(
+    id: Annotated[list[str], Query()],
+    _user: User = Depends(current_user),
+    service: SandboxService = Depends(sandboxes_of),
+) -> list[SandboxSpecInfo | None]:
+    if len(id) > MAX_BATCH:
+        raise Invalid("id", f"at most {MAX_BATCH} ids per request", location="query")
+    specs = {s.id: s for s in service.specs()}
+    return [specs.get(i) for i in id]

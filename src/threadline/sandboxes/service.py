@@ -1,0 +1,355 @@
+"""Sandboxes: records in the database, agent servers run by a backend, status that is actually right.
+
+Stored `status` is the desired/last known state. The effective status adds what only the running
+system knows: a RUNNING or STARTING sandbox whose process died is ERROR. STARTING turns RUNNING when the
+agent server's /alive answers (an idle agent server is RUNNING, not STARTING forever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import delete, select, update
+
+from threadline.api.errors import Conflict, NotFound, Problem
+from threadline.auth.service import hash_key
+from threadline.config import Settings
+from threadline.conversations.models import SandboxStatus
+from threadline.crypto import SecretBox
+from threadline.db.engine import Database
+from threadline.db.tables import conversations, sandboxes
+from threadline.db.types import utcnow
+from threadline.ids import new_id
+from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint
+from threadline.sandboxes import runtime
+from threadline.sandboxes.agent_client import AgentServerClient
+from threadline.sandboxes.backend import SandboxBackend, remove_work_dir
+from threadline.sandboxes.models import ExposedUrl, SandboxInfo, SandboxPage, SandboxSpecInfo
+
+log = logging.getLogger("threadline.sandboxes")
+PROCESS_SPEC_ID = "process"
+_LIVE = (SandboxStatus.STARTING.value, SandboxStatus.RUNNING.value)
+
+
+class SandboxGone(Problem):
+    status = 410
+    type_slug = "sandbox-gone"
+
+
+class SandboxService:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        backend: SandboxBackend,
+        http: httpx.AsyncClient,
+        box: SecretBox,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.backend = backend
+        self.http = http
+        self.box = box
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._started_at = utcnow()
+
+    # -- specs ----------------------------------------------------------------------------------
+
+    def specs(self) -> list[SandboxSpecInfo]:
+        python = runtime.python_of(self.settings.resolved_runtime_dir)
+        return [
+            SandboxSpecInfo(
+                id=PROCESS_SPEC_ID,
+                command=[str(python), "-m", "openhands.agent_server", "--host", "127.0.0.1", "--port", "<port>"],
+                created_at=self._started_at,
+                initial_env={"OH_ENABLE_VSCODE": "false", "OH_ENABLE_BROWSER": "false", "OH_PRELOAD_TOOLS": "false"},
+                working_dir=str(self.settings.sandboxes_dir / "<sandbox id>" / "workspace"),
+            )
+        ]
+
+    # -- presentation ---------------------------------------------------------------------------
+
+    def effective_status(self, row: Any) -> SandboxStatus:
+        stored = SandboxStatus(row.status)
+        if stored.value in _LIVE and not self.backend.is_alive(row.id, row.pid):
+            return SandboxStatus.ERROR
+        return stored
+
+    def session_key(self, row: Any) -> str:
+        return self.box.decrypt(row.session_key_enc)
+
+    def client(self, row: Any, timeout: float | None = None) -> AgentServerClient:
+        return AgentServerClient(
+            row.url, self.session_key(row), timeout=timeout or self.settings.agent_timeout, http=self.http
+        )
+
+    def to_info(self, row: Any) -> SandboxInfo:
+        status = self.effective_status(row)
+        running = status is SandboxStatus.RUNNING
+        return SandboxInfo(
+            id=row.id,
+            created_by_user_id=row.user_id,
+            sandbox_spec_id=row.spec_id,
+            status=status,
+            session_api_key=self.session_key(row) if running else None,
+            exposed_urls=[ExposedUrl(name="AGENT_SERVER", url=row.url, port=row.port)] if running else None,
+            created_at=row.created_at,
+        )
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def get_row(self, user_id: str, sandbox_id: str) -> Any:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(sandboxes).where(sandboxes.c.id == sandbox_id, sandboxes.c.user_id == user_id)
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"sandbox {sandbox_id} not found")
+        return row
+
+    async def rows_by_id(self, ids: Sequence[str]) -> dict[str, Any]:
+        if not ids:
+            return {}
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(sandboxes).where(sandboxes.c.id.in_(list(set(ids)))))).all()
+        return {r.id: r for r in rows}
+
+    async def search(self, user_id: str, *, limit: int = 100, page_id: str | None = None) -> SandboxPage:
+        fingerprint = filters_fingerprint({"user": user_id})
+        secret = self.settings.resolved_secret_key
+        query = select(sandboxes).where(sandboxes.c.user_id == user_id)
+        if page_id:
+            created, last_id = decode_page_token(secret, page_id, "sandboxes", "CREATED_AT_DESC", fingerprint).key
+            at = datetime.fromisoformat(created)
+            query = query.where(
+                (sandboxes.c.created_at < at) | ((sandboxes.c.created_at == at) & (sandboxes.c.id < last_id))
+            )
+        query = query.order_by(sandboxes.c.created_at.desc(), sandboxes.c.id.desc()).limit(limit + 1)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        next_page_id = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            key = [last.created_at.isoformat(), last.id]
+            next_page_id = encode_page_token(secret, "sandboxes", "CREATED_AT_DESC", fingerprint, key)
+        return SandboxPage(items=[self.to_info(r) for r in rows], next_page_id=next_page_id)
+
+    async def batch_get(self, user_id: str, ids: Sequence[str]) -> list[SandboxInfo | None]:
+        rows = await self.rows_by_id(ids)
+        return [self.to_info(rows[i]) if i in rows and rows[i].user_id == user_id else None for i in ids]
+
+    async def by_session_key(self, key: str) -> Any | None:
+        async with self.db.read() as conn:
+            return (await conn.execute(select(sandboxes).where(sandboxes.c.session_key_hash == hash_key(key)))).first()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _webhook_base(self) -> str:
+        return f"{self.settings.callback_base_url}/api/v1/webhooks"
+
+    async def create(self, user_id: str, spec_id: str | None = None) -> Any:
+        spec_id = spec_id or PROCESS_SPEC_ID
+        if spec_id != PROCESS_SPEC_ID:
+            raise NotFound(f"sandbox spec {spec_id!r} not found")
+        sandbox_id = new_id()
+        session_key = secrets.token_urlsafe(32)
+        work_dir = self.settings.sandboxes_dir / sandbox_id
+        now = utcnow()
+        # The record exists before the process does, so no process can ever outlive (or lack) its record.
+        async with self.db.write() as conn:
+            await conn.execute(
+                sandboxes.insert().values(
+                    id=sandbox_id,
+                    user_id=user_id,
+                    spec_id=spec_id,
+                    backend=self.backend.name,
+                    status=SandboxStatus.STARTING.value,
+                    work_dir=str(work_dir),
+                    session_key_hash=hash_key(session_key),
+                    session_key_enc=self.box.encrypt(session_key),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        await self._launch(sandbox_id, work_dir, session_key)
+        return await self._row(sandbox_id)
+
+    async def _launch(self, sandbox_id: str, work_dir: Path, session_key: str) -> None:
+        try:
+            launch = await self.backend.launch(sandbox_id, work_dir, session_key, self._webhook_base())
+        except Exception as exc:
+            log.warning("sandbox %s failed to launch: %s", sandbox_id, exc)
+            await self._set(sandbox_id, status=SandboxStatus.ERROR.value, detail=f"launch failed: {exc}")
+            return
+        await self._set(
+            sandbox_id,
+            status=SandboxStatus.STARTING.value,
+            pid=launch.pid,
+            port=launch.port,
+            url=launch.url,
+            detail=None,
+        )
+        task = asyncio.create_task(self._watch_startup(sandbox_id))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _row(self, sandbox_id: str) -> Any:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(sandboxes).where(sandboxes.c.id == sandbox_id))).first()
+        if row is None:
+            raise NotFound(f"sandbox {sandbox_id} not found")
+        return row
+
+    async def _set(self, sandbox_id: str, *, only_if: Sequence[str] | None = None, **values: Any) -> bool:
+        query = update(sandboxes).where(sandboxes.c.id == sandbox_id)
+        if only_if:
+            query = query.where(sandboxes.c.status.in_(list(only_if)))
+        async with self.db.write() as conn:
+            result = await conn.execute(query.values(updated_at=utcnow(), **values))
+        return bool(result.rowcount)
+
+    async def _watch_startup(self, sandbox_id: str) -> None:
+        """STARTING until /alive answers; ERROR if the process dies or the deadline passes."""
+        deadline = asyncio.get_running_loop().time() + self.settings.sandbox_startup_timeout
+        row = await self._row(sandbox_id)
+        agent = self.client(row, timeout=2.0)
+        while True:
+            if not self.backend.is_alive(sandbox_id, row.pid):
+                await self._set(
+                    sandbox_id,
+                    only_if=[SandboxStatus.STARTING.value],
+                    status=SandboxStatus.ERROR.value,
+                    detail=f"agent server exited during start-up (log: {Path(row.work_dir) / 'agent-server.log'})",
+                )
+                return
+            if await agent.alive():
+                await self._set(sandbox_id, only_if=[SandboxStatus.STARTING.value], status=SandboxStatus.RUNNING.value)
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                await self.backend.stop(sandbox_id, row.pid, self.settings.sandbox_stop_grace_seconds)
+                await self._set(
+                    sandbox_id,
+                    only_if=[SandboxStatus.STARTING.value],
+                    status=SandboxStatus.ERROR.value,
+                    detail=f"agent server did not answer within {self.settings.sandbox_startup_timeout:.0f} s",
+                )
+                return
+            await asyncio.sleep(0.25)
+
+    async def wait_until_running(self, sandbox_id: str, timeout: float | None = None) -> Any:
+        """Poll the record until the sandbox is RUNNING; raise on ERROR, MISSING or deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or self.settings.sandbox_startup_timeout + 5)
+        while True:
+            row = await self._row(sandbox_id)
+            status = self.effective_status(row)
+            if status is SandboxStatus.RUNNING:
+                return row
+            if status in (SandboxStatus.ERROR, SandboxStatus.MISSING):
+                raise SandboxGone(f"sandbox {sandbox_id} is {status.value}: {row.detail or 'agent server not running'}")
+            if status is SandboxStatus.PAUSED:
+                raise Conflict(f"sandbox {sandbox_id} is PAUSED")
+            if loop.time() > deadline:
+                raise Problem(f"sandbox {sandbox_id} did not start in time", status=503)
+            await asyncio.sleep(0.2)
+
+    async def pause(self, user_id: str, sandbox_id: str) -> None:
+        row = await self.get_row(user_id, sandbox_id)
+        status = self.effective_status(row)
+        if status is SandboxStatus.PAUSED:
+            return
+        if status is SandboxStatus.MISSING:
+            raise SandboxGone(f"sandbox {sandbox_id} is MISSING")
+        # Pausing a process sandbox stops its agent server; conversations persist in its directory.
+        await self.backend.stop(sandbox_id, row.pid, self.settings.sandbox_stop_grace_seconds)
+        await self._set(sandbox_id, status=SandboxStatus.PAUSED.value, pid=None, detail=None)
+
+    async def resume(self, user_id: str, sandbox_id: str) -> None:
+        row = await self.get_row(user_id, sandbox_id)
+        status = self.effective_status(row)
+        if status in (SandboxStatus.RUNNING, SandboxStatus.STARTING):
+            return
+        if status is SandboxStatus.MISSING or not row.work_dir or not Path(row.work_dir).exists():
+            raise SandboxGone(f"sandbox {sandbox_id} is gone and cannot be resumed")
+        if status is SandboxStatus.ERROR:
+            await self.backend.stop(sandbox_id, row.pid, 0)
+        await self._set(sandbox_id, status=SandboxStatus.STARTING.value, pid=None)
+        await self._launch(sandbox_id, Path(row.work_dir), self.session_key(row))
+
+    async def delete(self, user_id: str, sandbox_id: str) -> None:
+        row = await self.get_row(user_id, sandbox_id)
+        await self._destroy(row)
+
+    async def _destroy(self, row: Any) -> None:
+        await self.backend.stop(row.id, row.pid, self.settings.sandbox_stop_grace_seconds)
+        if row.work_dir:
+            await asyncio.to_thread(remove_work_dir, Path(row.work_dir))
+        async with self.db.write() as conn:
+            await conn.execute(delete(sandboxes).where(sandboxes.c.id == row.id))
+
+    async def release_if_unused(self, sandbox_id: str) -> bool:
+        """Delete a sandbox no conversation uses any more (after a conversation was deleted)."""
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(sandboxes).where(sandboxes.c.id == sandbox_id))).first()
+            users = (
+                await conn.execute(select(conversations.c.id).where(conversations.c.sandbox_id == sandbox_id).limit(1))
+            ).first()
+        if row is None or users is not None:
+            return False
+        await self._destroy(row)
+        return True
+
+    # -- process lifetime -----------------------------------------------------------------------
+
+    async def reconcile_on_startup(self) -> None:
+        """Re-attach live sandboxes, mark dead ones MISSING, kill processes that lack a live record."""
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(sandboxes).where(sandboxes.c.status.in_(list(_LIVE))))).all()
+        live: set[str] = set()
+        for row in rows:
+            if row.backend != self.backend.name:
+                continue
+            if self.backend.is_alive(row.id, row.pid):
+                live.add(row.id)
+                if row.status == SandboxStatus.STARTING.value:
+                    task = asyncio.create_task(self._watch_startup(row.id))
+                    self._watchers.add(task)
+                    task.add_done_callback(self._watchers.discard)
+            else:
+                await self._set(
+                    row.id, status=SandboxStatus.MISSING.value, pid=None, detail="agent server gone after a restart"
+                )
+        killed = await self.backend.reap_orphans(live)
+        if killed:
+            log.warning("killed %d sandbox processes that had no live record: %s", len(killed), killed)
+
+    async def shutdown(self) -> None:
+        for task in list(self._watchers):
+            task.cancel()
+        for task in list(self._watchers):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if not self.settings.stop_sandboxes_on_shutdown:
+            return
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(sandboxes).where(sandboxes.c.status.in_(list(_LIVE))))).all()
+        # Stop them all at once; each is recorded PAUSED so a later start can resume it.
+        await asyncio.gather(*(self._stop_for_shutdown(r) for r in rows if r.backend == self.backend.name))
+
+    async def _stop_for_shutdown(self, row: Any) -> None:
+        try:
+            await self.backend.stop(row.id, row.pid, self.settings.sandbox_stop_grace_seconds)
+            await self._set(row.id, status=SandboxStatus.PAUSED.value, pid=None, detail="stopped with the server")
+        except Exception:
+            log.exception("failed to stop sandbox %s on shutdown", row.id)

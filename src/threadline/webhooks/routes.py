@@ -1,0 +1,47 @@
+"""Callback endpoints for agent servers, authenticated by the sandbox's session key."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header
+
+from threadline.api.context import AppContext, get_context
+from threadline.api.errors import Unauthorized
+from threadline.conversations.models import Success
+from threadline.sandboxes.service import SandboxService
+from threadline.webhooks import service
+
+router = APIRouter(prefix="/api/v1/webhooks", tags=["Webhooks"])
+
+
+async def calling_sandbox(
+    x_session_api_key: Annotated[str | None, Header()] = None,
+    ctx: AppContext = Depends(get_context),
+) -> Any:
+    sandboxes: SandboxService = ctx.services["sandboxes"]
+    row = await sandboxes.by_session_key(x_session_api_key) if x_session_api_key else None
+    if row is None:
+        raise Unauthorized("a valid X-Session-API-Key of a sandbox is required")
+    return row
+
+
+@router.post("/conversations", response_model=Success)
+async def on_conversation_update(
+    info: Annotated[dict[str, Any], Body()],
+    sandbox: Any = Depends(calling_sandbox),
+    ctx: AppContext = Depends(get_context),
+) -> Success:
+    await service.on_conversation_update(ctx.db, sandbox.id, info)
+    return Success()
+
+
+@router.post("/events/{conversation_id}", response_model=Success)
+async def on_event(
+    conversation_id: str,
+    events: Annotated[list[Any], Body()],
+    sandbox: Any = Depends(calling_sandbox),
+    ctx: AppContext = Depends(get_context),
+) -> Success:
+    await service.on_events(ctx.db, sandbox.id, conversation_id, events)
+    return Success()
