@@ -75,7 +75,7 @@ def parse_update_request(raw: bytes) -> SettingsUpdateRequest:
         return SettingsUpdateRequest.model_validate_json(raw)
     except ValidationError as exc:
         errors: list[dict[str, Any]] = [
-            {"loc": ("body", *err["loc"]), "msg": err["msg"], "type": err["type"], "input": err.get("input")}
-            for err in exc.errors(include_url=False, include_context=False, include_input=True)
+            {"loc": ("body", *err["loc"]), "msg": err["msg"], "type": err["type"]}
+            for err in exc.errors(include_url=False, include_context=False, include_input=False)
         ]
         raise RequestValidationError(errors) from None

@@ -68,6 +68,8 @@ def _merge(settings: Settings, row: Any | None) -> _Merged:
     key_enc = row.llm_api_key_enc if row else None
     server_base_url = settings.llm_base_url or None
     server_key = settings.llm_api_key or None
+    if base_url != server_base_url:
+        server_key = None
     return _Merged(model, model_source, base_url, base_url_source, key_enc, server_key)
 
 
