@@ -41,6 +41,18 @@ def sandbox_pids(home: Path, sandbox_id: str) -> list[int]:
     return pids
 
 
+def agent_pid(home: Path, sandbox_id: str) -> int | None:
+    """The agent server process of a sandbox (its tmux servers and shells are tagged too)."""
+    for pid in sandbox_pids(home, sandbox_id):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"openhands.agent_server" in cmdline:
+            return pid
+    return None
+
+
 def start_and_wait(client: httpx.Client, body: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
     r = client.post(API, json=body)
     assert r.status_code == 200, r.text
@@ -64,7 +76,7 @@ def conversation(client: httpx.Client, conversation_id: str) -> dict[str, Any]:
 
 def test_full_life_of_a_conversation(agent_server_factory: Any, fake_llm: Any) -> None:
     server: LiveServer = agent_server_factory()
-    user, key = server.user("ada")
+    _, key = server.user("ada")
     client = server.client(key)
     task = start_and_wait(
         client,
@@ -123,8 +135,10 @@ def test_full_life_of_a_conversation(agent_server_factory: Any, fake_llm: Any) -
     wait_for(lambda: len(fake_llm.agent_requests) > calls_before, what="agent called the LLM again")
     wait_for(lambda: conversation(client, conv_id)["execution_status"] == "finished", what="finished again")
     cost_after = wait_for(
-        lambda: (c := conversation(client, conv_id)["metrics"]["accumulated_cost"]) > conv["metrics"]["accumulated_cost"]
-        and c,
+        lambda: (
+            (c := conversation(client, conv_id)["metrics"]["accumulated_cost"]) > conv["metrics"]["accumulated_cost"]
+            and c
+        ),
         what="cost grew",
     )
     assert cost_after > conv["metrics"]["accumulated_cost"]
@@ -160,3 +174,216 @@ def test_full_life_of_a_conversation(agent_server_factory: Any, fake_llm: Any) -
     assert not (server.settings.sandboxes_dir / sandbox_id).exists()
     # The API key of the LLM never leaked into anything the user can read.
     assert server.settings.llm_api_key not in str(task)
+
+
+def _bare_repo(root: Path, name: str) -> None:
+    """A local bare repository with one commit on `main` and one on `feature/x` (git over file://)."""
+    work = root / "work"
+    bare = root / "git" / f"{name}.git"
+    bare.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(
+        os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t"
+    )
+
+    def git(*args: str, cwd: Path = work) -> None:
+        subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
+
+    work.mkdir(parents=True)
+    git("init", "-q", "-b", "main")
+    (work / "README.md").write_text("hello from main\n")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    git("checkout", "-q", "-b", "feature/x")
+    (work / "FEATURE.md").write_text("feature\n")
+    git("add", ".")
+    git("commit", "-qm", "feature")
+    git("init", "-q", "--bare", str(bare), cwd=root)
+    git("push", "-q", str(bare), "main", "feature/x")
+
+
+def test_stream_start_with_repository_and_sub_conversation(agent_server_factory: Any, tmp_path: Path) -> None:
+    _bare_repo(tmp_path, "acme/widgets")
+    server: LiveServer = agent_server_factory()
+    _, key = server.user("bea")
+    client = server.client(key)
+    body = {
+        "initial_message": {"content": [{"type": "text", "text": "Look at the repo"}]},
+        "selected_repository": "acme/widgets",
+        "selected_branch": "feature/x",
+        "git_provider": "github",
+        "title": "My own title",
+    }
+    with client.stream("POST", f"{API}/stream-start", json=body, timeout=180) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/json")
+        raw = response.read()
+    import json
+
+    tasks = json.loads(raw)
+    statuses = [t["status"] for t in tasks]
+    assert statuses[0] == "WORKING" and statuses[-1] == "READY", tasks[-1]["detail"]
+    assert statuses == [
+        "WORKING",
+        "WAITING_FOR_SANDBOX",
+        "PREPARING_REPOSITORY",
+        "RUNNING_SETUP_SCRIPT",
+        "SETTING_UP_GIT_HOOKS",
+        "SETTING_UP_SKILLS",
+        "STARTING_CONVERSATION",
+        "READY",
+    ] or set(statuses) <= {s["status"] for s in tasks[-1]["history"]}
+    final = tasks[-1]
+    assert [h["status"] for h in final["history"]][-1] == "READY"
+    conv_id, sandbox_id = final["app_conversation_id"], final["sandbox_id"]
+    clone = server.settings.sandboxes_dir / sandbox_id / "workspace" / "widgets"
+    assert (clone / "FEATURE.md").read_text() == "feature\n"  # the branch asked for was checked out
+
+    conv = conversation(client, conv_id)
+    assert conv["selected_repository"] == "acme/widgets" and conv["selected_branch"] == "feature/x"
+    assert conv["git_provider"] == "github"
+    # A user-set title is never replaced by the agent's automatic title.
+    wait_for(lambda: conversation(client, conv_id)["execution_status"] == "finished", timeout=90, what="finished")
+    assert conversation(client, conv_id)["title"] == "My own title"
+
+    # A sub-conversation shares the parent's sandbox and is listed on the parent.
+    sub = start_and_wait(
+        client,
+        {
+            "parent_conversation_id": conv_id,
+            "initial_message": {"content": [{"type": "text", "text": "sub task"}]},
+        },
+    )
+    assert sub["status"] == "READY", sub["detail"]
+    assert sub["sandbox_id"] == sandbox_id
+    parent = conversation(client, conv_id)
+    assert parent["sub_conversation_ids"] == [sub["app_conversation_id"]]
+    assert client.get(f"{API}/count").json() == 1
+    assert client.get(f"{API}/count", params={"include_sub_conversations": True}).json() == 2
+    page = client.get(f"{API}/search", params={"sandbox_id__eq": sandbox_id, "include_sub_conversations": True})
+    assert {c["id"] for c in page.json()["items"]} == {conv_id, sub["app_conversation_id"]}
+    assert all(c["sandbox_status"] == "RUNNING" for c in page.json()["items"])
+    # Start tasks are searchable per conversation and counted alike.
+    found = client.get(f"{API}/start-tasks/search", params={"conversation_id__eq": conv_id}).json()["items"]
+    assert [t["id"] for t in found] == [final["id"]]
+    assert client.get(f"{API}/start-tasks/count").json() == 2
+
+    # Deleting the parent keeps the sandbox: the sub-conversation still uses it.
+    assert client.delete(f"{API}/{conv_id}").status_code == 200
+    assert client.get("/api/v1/sandboxes", params={"id": [sandbox_id]}).json()[0]["status"] == "RUNNING"
+    assert client.delete(f"{API}/{sub['app_conversation_id']}").status_code == 200
+    assert client.get("/api/v1/sandboxes", params={"id": [sandbox_id]}).json() == [None]
+    assert not sandbox_pids(server.settings.home, sandbox_id)
+
+
+def test_restart_reattaches_and_dead_sandboxes_are_reported(agent_server_factory: Any) -> None:
+    first: LiveServer = agent_server_factory(stop_sandboxes_on_shutdown=False)
+    _, key = first.user("cy")
+    client = first.client(key)
+    task = start_and_wait(client, {"initial_message": {"content": [{"type": "text", "text": "hi"}]}})
+    assert task["status"] == "READY", task["detail"]
+    conv_id, sandbox_id = task["app_conversation_id"], task["sandbox_id"]
+    pid = agent_pid(first.settings.home, sandbox_id)
+    assert pid
+    first.stop()  # type: ignore[attr-defined]
+    assert pid_alive(pid)  # kept running, as configured
+
+    # A new Threadline on the same database re-attaches the live sandbox.
+    second: LiveServer = agent_server_factory(stop_sandboxes_on_shutdown=True)
+    client = second.client(key)
+    conv = conversation(client, conv_id)
+    assert conv["sandbox_status"] == "RUNNING"
+    assert conv["execution_status"] in ("finished", "idle", "running")
+    assert agent_pid(second.settings.home, sandbox_id) == pid
+    r = client.post(f"{API}/{conv_id}/send-message", json={"content": [{"type": "text", "text": "still there?"}]})
+    assert r.status_code == 200, r.text
+
+    # Killed from outside: ERROR at once, never a hung request; messages get 410.
+    for pid in sandbox_pids(second.settings.home, sandbox_id):
+        os.kill(pid, 9)
+    wait_for(lambda: not sandbox_pids(second.settings.home, sandbox_id), what="processes gone")
+    started = time.monotonic()
+    conv = conversation(client, conv_id)
+    assert time.monotonic() - started < 5
+    assert conv["sandbox_status"] == "ERROR" and conv["execution_status"] is None
+    assert conv["session_api_key"] is None and conv["conversation_url"] is None
+    r = client.post(f"{API}/{conv_id}/send-message", json={"content": [{"type": "text", "text": "x"}]})
+    assert r.status_code == 410
+
+    # Another restart: the dead sandbox is MISSING.
+    second.stop()  # type: ignore[attr-defined]
+    third: LiveServer = agent_server_factory()
+    client = third.client(key)
+    assert conversation(client, conv_id)["sandbox_status"] == "MISSING"
+    assert client.get("/api/v1/sandboxes", params={"id": [sandbox_id]}).json()[0]["status"] == "MISSING"
+
+
+def test_shutdown_stops_sandboxes_and_they_resume_after_restart(agent_server_factory: Any) -> None:
+    first: LiveServer = agent_server_factory()
+    _, key = first.user("dee")
+    client = first.client(key)
+    task = start_and_wait(client, {"initial_message": {"content": [{"type": "text", "text": "hi"}]}})
+    assert task["status"] == "READY", task["detail"]
+    sandbox_id = task["sandbox_id"]
+    pids = sandbox_pids(first.settings.home, sandbox_id)
+    first.stop()  # type: ignore[attr-defined]
+    assert not [p for p in pids if pid_alive(p)]  # nothing outlives a stopped Threadline by default
+
+    second: LiveServer = agent_server_factory()
+    client = second.client(key)
+    assert conversation(client, task["app_conversation_id"])["sandbox_status"] == "PAUSED"
+    assert client.post(f"/api/v1/sandboxes/{sandbox_id}/resume").status_code == 200
+    wait_for(
+        lambda: conversation(client, task["app_conversation_id"])["sandbox_status"] == "RUNNING",
+        timeout=90,
+        what="resumed after restart",
+    )
+    events = client.get(f"/api/v1/conversation/{task['app_conversation_id']}/events/count").json()
+    assert events > 0
+
+
+def test_sandboxes_api_and_isolation(agent_server_factory: Any) -> None:
+    server: LiveServer = agent_server_factory()
+    _, alice_key = server.user("alice")
+    _, bob_key = server.user("bob")
+    alice, bob = server.client(alice_key), server.client(bob_key)
+    created = alice.post("/api/v1/sandboxes")
+    assert created.status_code == 200, created.text
+    sandbox = created.json()
+    assert sandbox["status"] == "STARTING" and sandbox["session_api_key"] is None
+    sid = sandbox["id"]
+    running = wait_for(
+        lambda: (s := alice.get("/api/v1/sandboxes", params={"id": [sid]}).json()[0])["status"] == "RUNNING" and s,
+        timeout=90,
+        what="sandbox RUNNING",
+    )
+    assert running["session_api_key"] and running["exposed_urls"][0]["url"].startswith("http://127.0.0.1:")
+    assert [s["id"] for s in alice.get("/api/v1/sandboxes/search").json()["items"]] == [sid]
+    # Bob sees nothing of it and can do nothing to it.
+    assert bob.get("/api/v1/sandboxes/search").json()["items"] == []
+    assert bob.get("/api/v1/sandboxes", params={"id": [sid]}).json() == [None]
+    for method, path in (
+        ("POST", f"/api/v1/sandboxes/{sid}/pause"),
+        ("POST", f"/api/v1/sandboxes/{sid}/resume"),
+        ("DELETE", f"/api/v1/sandboxes/{sid}"),
+    ):
+        assert bob.request(method, path).status_code == 404
+    # Bob cannot start a conversation in Alice's sandbox.
+    task = start_and_wait(bob, {"sandbox_id": sid})
+    assert task["status"] == "ERROR" and "not found" in task["detail"]
+    # Alice's session key is no API key, and Bob's key cannot call back as her sandbox.
+    assert (
+        httpx.get(
+            f"{server.base_url}/api/v1/users/me", headers={"X-Access-Token": running["session_api_key"]}
+        ).status_code
+        == 401
+    )
+    r = httpx.post(f"{server.base_url}/api/v1/webhooks/conversations", json={}, headers={"X-Session-API-Key": bob_key})
+    assert r.status_code == 401
+    specs = alice.get("/api/v1/sandbox-specs/search").json()["items"]
+    assert [s["id"] for s in specs] == ["process"]
+    assert alice.get("/api/v1/sandbox-specs", params={"id": ["process", "nope"]}).json()[1] is None
+    assert alice.post("/api/v1/sandboxes", params={"sandbox_spec_id": "docker"}).status_code == 404
+    pids = sandbox_pids(server.settings.home, sid)
+    assert alice.delete(f"/api/v1/sandboxes/{sid}").json() == {"success": True}
+    assert not [p for p in pids if pid_alive(p)]
+    assert alice.get("/api/v1/sandboxes", params={"id": [sid]}).json() == [None]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from threadline.api.errors import Conflict, NotFound, Problem
 from threadline.auth.service import hash_key
@@ -25,12 +25,12 @@ from threadline.config import Settings
 from threadline.conversations.models import SandboxStatus
 from threadline.crypto import SecretBox
 from threadline.db.engine import Database
-from threadline.db.tables import conversations, sandboxes
+from threadline.db.tables import conversations, events, sandboxes
 from threadline.db.types import utcnow
 from threadline.ids import new_id
 from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint
 from threadline.sandboxes import runtime
-from threadline.sandboxes.agent_client import AgentServerClient
+from threadline.sandboxes.agent_client import AgentServerClient, AgentServerError
 from threadline.sandboxes.backend import SandboxBackend, remove_work_dir
 from threadline.sandboxes.models import ExposedUrl, SandboxInfo, SandboxPage, SandboxSpecInfo
 
@@ -58,7 +58,7 @@ class SandboxService:
         self.backend = backend
         self.http = http
         self.box = box
-        self._watchers: set[asyncio.Task[None]] = set()
+        self._watchers: set[asyncio.Task[Any]] = set()
         self._started_at = utcnow()
 
     # -- specs ----------------------------------------------------------------------------------
@@ -235,6 +235,7 @@ class SandboxService:
                 return
             if await agent.alive():
                 await self._set(sandbox_id, only_if=[SandboxStatus.STARTING.value], status=SandboxStatus.RUNNING.value)
+                await self.backfill_events(sandbox_id)
                 return
             if asyncio.get_running_loop().time() > deadline:
                 await self.backend.stop(sandbox_id, row.pid, self.settings.sandbox_stop_grace_seconds)
@@ -246,6 +247,49 @@ class SandboxService:
                 )
                 return
             await asyncio.sleep(0.25)
+
+    async def backfill_events(self, sandbox_id: str) -> int:
+        """Store events the agent server has and we lack (callbacks lost while Threadline was down).
+
+        Runs whenever a sandbox becomes RUNNING or is re-attached; reads only from the newest stored
+        event on, and storing is idempotent, so running it twice costs little and changes nothing.
+        """
+        from threadline.webhooks.service import on_events  # webhooks build on sandboxes, not the reverse
+
+        row = await self._row(sandbox_id)
+        async with self.db.read() as conn:
+            ids = (await conn.execute(select(conversations.c.id).where(conversations.c.sandbox_id == sandbox_id))).all()
+            latest = {
+                cid: ts
+                for cid, ts in (
+                    await conn.execute(
+                        select(events.c.conversation_id, func.max(events.c.timestamp))
+                        .where(events.c.conversation_id.in_([i.id for i in ids]))
+                        .group_by(events.c.conversation_id)
+                    )
+                ).all()
+            }
+        agent = self.client(row, timeout=10.0)
+        stored = 0
+        for (conversation_id,) in ids:
+            since = latest.get(conversation_id)
+            page_id = None
+            try:
+                for _ in range(10_000):
+                    page = await agent.search_events(
+                        conversation_id,
+                        page_id=page_id,
+                        timestamp_gte=since.replace(tzinfo=None).isoformat() if since else None,
+                    )
+                    items = [i for i in page.get("items") or [] if isinstance(i, dict)]
+                    if items:
+                        stored += await on_events(self.db, sandbox_id, conversation_id, items)
+                    page_id = page.get("next_page_id")
+                    if not page_id:
+                        break
+            except (AgentServerError, NotFound) as exc:
+                log.info("event backfill of conversation %s stopped: %s", conversation_id, exc)
+        return stored
 
     async def wait_until_running(self, sandbox_id: str, timeout: float | None = None) -> Any:
         """Poll the record until the sandbox is RUNNING; raise on ERROR, MISSING or deadline."""
@@ -322,10 +366,10 @@ class SandboxService:
                 continue
             if self.backend.is_alive(row.id, row.pid):
                 live.add(row.id)
-                if row.status == SandboxStatus.STARTING.value:
-                    task = asyncio.create_task(self._watch_startup(row.id))
-                    self._watchers.add(task)
-                    task.add_done_callback(self._watchers.discard)
+                job = self._watch_startup(row.id) if row.status == SandboxStatus.STARTING.value else None
+                task = asyncio.create_task(job or self.backfill_events(row.id))
+                self._watchers.add(task)
+                task.add_done_callback(self._watchers.discard)
             else:
                 await self._set(
                     row.id, status=SandboxStatus.MISSING.value, pid=None, detail="agent server gone after a restart"
@@ -348,6 +392,8 @@ class SandboxService:
         await asyncio.gather(*(self._stop_for_shutdown(r) for r in rows if r.backend == self.backend.name))
 
     async def _stop_for_shutdown(self, row: Any) -> None:
+        if not self.backend.is_alive(row.id, row.pid):
+            return  # already dead: the next start reports it MISSING, not as resumable
         try:
             await self.backend.stop(row.id, row.pid, self.settings.sandbox_stop_grace_seconds)
             await self._set(row.id, status=SandboxStatus.PAUSED.value, pid=None, detail="stopped with the server")
