@@ -20,7 +20,7 @@ from threadline.conversations.models import (
     metrics_from_row,
 )
 from threadline.db.engine import Database
-from threadline.db.tables import conversations, events, start_tasks
+from threadline.db.tables import conversation_tags, conversations, events, start_tasks
 from threadline.db.types import utcnow
 from threadline.ids import new_id
 from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint
@@ -171,8 +171,22 @@ async def create_record(
     values.update({k: (v.value if hasattr(v, "value") else v) for k, v in fields.items()})
     async with db.write() as conn:
         await conn.execute(conversations.insert().values(**values))
+        await _store_tags(conn, values["id"], user_id, values["tags"])
         row = (await conn.execute(select(conversations).where(conversations.c.id == values["id"]))).one()
         return (await _rows_to_models(conn, user_id, [row]))[0]
+
+
+async def _store_tags(
+    conn: AsyncConnection, conversation_id: str, user_id: str, tags: dict[str, str], *, replace: bool = False
+) -> None:
+    """Keep the tag index table in step with the conversation's tags (same transaction)."""
+    if replace:
+        await conn.execute(delete(conversation_tags).where(conversation_tags.c.conversation_id == conversation_id))
+    if tags:
+        await conn.execute(
+            conversation_tags.insert(),
+            [{"conversation_id": conversation_id, "key": k, "value": v, "user_id": user_id} for k, v in tags.items()],
+        )
 
 
 async def get_row(conn: AsyncConnection, user_id: str, conversation_id: str) -> Any:
@@ -355,6 +369,7 @@ async def delete_conversation(db: Database, user_id: str, conversation_id: str) 
             .values(parent_conversation_id=None, version=conversations.c.version + 1, updated_at=utcnow())
         )
         await conn.execute(delete(events).where(events.c.conversation_id == conversation_id))
+        await conn.execute(delete(conversation_tags).where(conversation_tags.c.conversation_id == conversation_id))
         await conn.execute(delete(start_tasks).where(start_tasks.c.app_conversation_id == conversation_id))
         await conn.execute(delete(conversations).where(conversations.c.id == conversation_id))
         return row

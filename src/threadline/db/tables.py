@@ -157,3 +157,49 @@ user_settings = Table(
     Column("llm_api_key_enc", Text, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# One row per tag, kept in step with conversations.tags, so tag filters are index lookups on both databases.
+conversation_tags = Table(
+    "conversation_tags",
+    metadata,
+    Column("conversation_id", String(32), ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("value", String(512), nullable=False),
+    Column("user_id", String(32), nullable=False),
+    Index("ix_conversation_tags_user_key_value", "user_id", "key", "value"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    # METHOD and route the key was used for, and a hash of the body: a different body is a 422.
+    Column("operation", String(255), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    # "in_flight" until the first request finishes (a retry meanwhile is a 409), then "done".
+    Column("state", String(16), nullable=False),
+    Column("response_status", Integer, nullable=True),
+    Column("response_body", JSONType, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_idempotency_keys_expires", "expires_at"),
+)
+
+rate_limit_buckets = Table(
+    "rate_limit_buckets",
+    metadata,
+    Column("bucket", String(128), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    # Seconds since the epoch, as a float: the bucket refills by elapsed time.
+    Column("updated_at", Float, nullable=False),
+)
+
+for _column in ("selected_repository", "git_provider", "trigger", "public", "execution_status", "llm_model"):
+    Index(
+        f"ix_conversations_user_{_column}",
+        conversations.c.user_id,
+        conversations.c[_column],
+        conversations.c.created_at,
+    )
+Index("ix_conversations_user_cost", conversations.c.user_id, conversations.c.accumulated_cost)
