@@ -24,7 +24,8 @@ app.add_typer(keys_app, name="keys")
 runtime_app = typer.Typer(help="Manage the agent runtime (openhands-agent-server).", no_args_is_help=True)
 app.add_typer(runtime_app, name="runtime")
 
-err = Console(stderr=True)
+# soft_wrap: messages are never broken across lines (people grep them, tests match them).
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 
