@@ -134,6 +134,11 @@ def make_settings(home: Path, database: Database, **overrides: Any) -> Settings:
         "secret_key": "test-secret-" + uuid.uuid4().hex,
         # The port is known before the server starts: agent servers call back to it.
         "port": free_port(),
+        # The suite makes many requests quickly: generous rate limits unless a test sets its own.
+        "rate_limit_per_second": 100_000.0,
+        "rate_limit_burst": 100_000,
+        "start_rate_limit_per_second": 100_000.0,
+        "start_rate_limit_burst": 100_000,
     }
     values.update(overrides)
     return Settings(**values)

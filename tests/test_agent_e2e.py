@@ -387,3 +387,40 @@ def test_sandboxes_api_and_isolation(agent_server_factory: Any) -> None:
     assert alice.delete(f"/api/v1/sandboxes/{sid}").json() == {"success": True}
     assert not [p for p in pids if pid_alive(p)]
     assert alice.get("/api/v1/sandboxes", params={"id": [sid]}).json() == [None]
+
+
+def test_warm_pool_hands_out_running_sandboxes_and_refills(agent_server_factory: Any) -> None:
+    from sqlalchemy import select
+
+    from threadline.db.tables import sandboxes
+
+    server: LiveServer = agent_server_factory(warm_pool_size=1, warm_pool_refill_interval=1.0)
+    _, key = server.user("wu")
+    client = server.client(key)
+
+    def pool_ids() -> list[str]:
+        async def query() -> list[str]:
+            async with server.ctx.db.read() as conn:
+                rows = await conn.execute(select(sandboxes.c.id).where(sandboxes.c.user_id.is_(None)))
+                return [r.id for r in rows]
+
+        return server.run(query())
+
+    wait_for(lambda: client.get("/server_info").json()["warm_pool"]["ready"] == 1, timeout=90, what="pool ready")
+    (pooled,) = pool_ids()
+    # Pool sandboxes belong to nobody: no user sees them.
+    assert client.get("/api/v1/sandboxes/search").json()["items"] == []
+    assert client.get("/api/v1/sandboxes", params={"id": [pooled]}).json() == [None]
+
+    task = start_and_wait(client, {"initial_message": {"content": [{"type": "text", "text": "warm"}]}})
+    assert task["status"] == "READY", task["detail"]
+    assert task["sandbox_id"] == pooled  # handed the pre-started agent server, not a new one
+    assert [s["id"] for s in client.get("/api/v1/sandboxes/search").json()["items"]] == [pooled]
+    wait_for(
+        lambda: conversation(client, task["app_conversation_id"])["execution_status"] == "finished",
+        timeout=90,
+        what="conversation on the pooled sandbox finished",
+    )
+    # The pool refills with a new sandbox.
+    wait_for(lambda: (ids := pool_ids()) and ids[0] != pooled, timeout=30, what="pool refilled")
+    wait_for(lambda: client.get("/server_info").json()["warm_pool"]["ready"] == 1, timeout=90, what="refill ready")

@@ -849,6 +849,43 @@ def test_captured_stats_batches_in_either_order_keep_the_latest(server: LiveServ
     assert _stored(server, cid)["execution_status"] == "finished"
 
 
+def test_stats_snapshots_in_one_batch_keep_the_newest_whatever_the_time_notation(
+    server: LiveServer, alice: Owner
+) -> None:
+    # Two snapshots in one batch, the newer listed last; the older one's timestamp is written with a UTC
+    # offset (valid ISO-8601, stored and ordered correctly as an event) and so sorts after the newer one as
+    # text. The stored metrics must be the newer snapshot's: cumulative counters never lose an increment.
+    conv = server.conversation(alice.user.id, sandbox_id=alice.sandbox_id)
+    cid = conv["id"]
+    older = _state("stats", {"usage_to_metrics": _snapshot_usage(3)}, T0)
+    older["timestamp"] = T0.replace(hour=T0.hour + 1).isoformat() + "+01:00"  # the same instant as T0
+    newer = _state("stats", {"usage_to_metrics": _snapshot_usage(5)}, T0 + dt.timedelta(seconds=30))
+    _ok(_post_events(server, alice.key, _hex(cid), [older, newer]))
+    # The events themselves are ordered by instant.
+    assert [e["id"] for e in _search(alice.client, cid)] == [older["id"], newer["id"]]
+    assert _get(alice.client, cid)["metrics"] == _expected_metrics(5)
+
+
+def test_agent_text_the_database_cannot_store_never_fails_a_delivery(server: LiveServer, alice: Owner) -> None:
+    # Titles come from an LLM: a NUL character in one must not abort the delivery (PostgreSQL text cannot
+    # hold NUL; the event store replaces it for the same reason), least of all an events batch, whose
+    # events would be lost with it.
+    by_body = server.conversation(alice.user.id, sandbox_id=alice.sandbox_id)
+    by_event = server.conversation(alice.user.id, sandbox_id=alice.sandbox_id)
+    body = _info(by_body["id"], title="Agent\x00title", model="openai/fake\x00model", updated_at=_z(T0))
+    r1 = _post_conversation(server, alice.key, body)
+    message = _message("kept", T0)
+    batch = [message, _state("title", "Event\x00title", T0 + dt.timedelta(seconds=1))]
+    r2 = _post_events(server, alice.key, _hex(by_event["id"]), batch)
+    _ok(r1)
+    _ok(r2)
+    for cid, prefix in ((by_body["id"], "Agent"), (by_event["id"], "Event")):
+        title = _get(alice.client, cid)["title"]
+        # Stored as sent or with the NUL replaced (as the event store does): either way, stored.
+        assert title in (f"{prefix}\x00title", f"{prefix}\ufffdtitle"), title
+    assert [e["id"] for e in _search(alice.client, by_event["id"])] == [e["id"] for e in batch]
+
+
 # -- 6. execution status ordering ---------------------------------------------------------------------
 
 
@@ -878,6 +915,15 @@ def test_an_older_execution_status_never_overwrites_a_newer_one(server: LiveServ
     batch = [_state("execution_status", "running", t5), _state("execution_status", "idle", t4)]
     _ok(_post_events(server, alice.key, _hex(cid), batch))
     assert status() == ("running", _aware(t5))
+    # Times are compared as instants, not as text: "10:00:04.5+01:00" is 09:00:04.5 UTC, older than t5
+    # although its text sorts after it.
+    older = _state("execution_status", "idle", t5)
+    older["timestamp"] = (t5 - dt.timedelta(seconds=0.5)).replace(hour=t5.hour + 1).isoformat() + "+01:00"
+    newer = _state("execution_status", "stuck", t5 + dt.timedelta(seconds=0.25))
+    _ok(_post_events(server, alice.key, _hex(cid), [older, newer]))
+    assert status() == ("stuck", _aware(t5 + dt.timedelta(seconds=0.25)))
+    _ok(_post_events(server, alice.key, _hex(cid), [older]))
+    assert status() == ("stuck", _aware(t5 + dt.timedelta(seconds=0.25)))
 
     # The conversation path, newer than everything: applies.
     _ok(_post_conversation(server, alice.key, _info(cid, execution_status="paused", updated_at=_z(t6))))
@@ -1011,8 +1057,6 @@ def test_updated_at_moves_only_when_something_visible_changes(server: LiveServer
     u0 = updated_at()
     assert u0 == conv["updated_at"]
 
-    steps: list[tuple[str, Any, bool]] = []
-
     def step(name: str, deliver: Any, moves: bool) -> None:
         nonlocal u0
         before_row = _stored(server, cid)
@@ -1024,7 +1068,6 @@ def test_updated_at_moves_only_when_something_visible_changes(server: LiveServer
         else:
             assert now == u0, name
             assert _stored(server, cid)["version"] == before_row["version"], name
-        steps.append((name, now, moves))
         u0 = now
 
     t = [T0 + dt.timedelta(seconds=s) for s in range(10)]

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     sandbox_startup_timeout: float = 120.0
     sandbox_stop_grace_seconds: float = 10.0
     stop_sandboxes_on_shutdown: bool = True
+    # Pre-started agent servers waiting for a conversation (0: off, the embedded default).
+    warm_pool_size: int = 0
+    warm_pool_refill_interval: float = 30.0
+    # On SIGTERM: stop accepting, let requests in flight finish for this long, then stop.
+    shutdown_grace_seconds: float = 30.0
     agent_timeout: float = 5.0
     webhook_flush_delay: float = 1.0
     # Where repositories are cloned from, e.g. "https://git.example.com/{repository}.git" or
@@ -45,6 +50,24 @@ class Settings(BaseSettings):
     llm_api_key: str | None = None
     llm_input_cost_per_token: float | None = None
     llm_output_cost_per_token: float | None = None
+
+    # Idempotency-Key: how long a stored result is replayed, and how long an unfinished first request
+    # holds its key (after that its process is taken for dead and the key is free again).
+    idempotency_ttl_seconds: float = Field(default=24 * 3600, gt=0)
+    idempotency_lock_seconds: float = Field(default=300.0, gt=0)
+
+    # Rate limits per API key (token buckets, per process: see docs/rate-limits.md).
+    rate_limits_enabled: bool = True
+    rate_limit_per_second: float = Field(default=20.0, gt=0)
+    rate_limit_burst: int = Field(default=40, ge=1)
+    # Requests that start something (POST app-conversations, stream-start, POST sandboxes).
+    start_rate_limit_per_second: float = Field(default=1.0, gt=0)
+    start_rate_limit_burst: int = Field(default=5, ge=1)
+    # Threadline processes sharing the load: each enforces its share of the limits above.
+    rate_limit_replicas: int = Field(default=1, ge=1)
+
+    # Sandboxes a user may have STARTING or RUNNING at once (0: no limit).
+    max_running_sandboxes_per_user: int = Field(default=10, ge=0)
 
     @property
     def resolved_database_url(self) -> str:

@@ -23,11 +23,15 @@ from threadline.crypto import SecretBox
 from threadline.db.engine import Database
 from threadline.db.migrate import upgrade_to_head
 from threadline.events.routes import router as events_router
+from threadline.idempotency.service import IdempotencyService
+from threadline.ratelimit.service import RateLimiter, RateLimitHeaders
 from threadline.sandboxes.backend import ProcessBackend
 from threadline.sandboxes.live import fill_live_fields
+from threadline.sandboxes.pool import WarmPool
 from threadline.sandboxes.routes import router as sandboxes_router
 from threadline.sandboxes.service import SandboxService
 from threadline.settings.routes import router as settings_router
+from threadline.sharing.routes import router as sharing_router
 from threadline.webhooks.routes import router as webhooks_router
 
 log = logging.getLogger("threadline")
@@ -49,20 +53,25 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
             settings.resolved_runtime_dir, settings.sandboxes_dir, flush_delay=settings.webhook_flush_delay
         )
         sandboxes = SandboxService(db, settings, backend, http, box)
-        starts = StartService(db, settings, sandboxes)
+        pool = WarmPool(sandboxes, settings.warm_pool_size, refill_interval=settings.warm_pool_refill_interval)
+        starts = StartService(db, settings, sandboxes, pool)
         ctx = AppContext(settings=settings, db=db)
         ctx.services.update(
             {
                 "sandboxes": sandboxes,
                 "starts": starts,
+                "pool": pool,
                 "box": box,
                 "http": http,
                 "live_status": fill_live_fields,
                 "release_sandbox": release_sandbox,
+                "idempotency": IdempotencyService(db, settings, box),
+                "rate_limiter": RateLimiter.from_settings(settings),
             }
         )
         app.state.ctx = ctx
         await sandboxes.reconcile_on_startup()
+        pool.start()
         interrupted = await starts.close_interrupted()
         if interrupted:
             log.warning("%d start tasks were interrupted by the last shutdown and are now ERROR", interrupted)
@@ -70,6 +79,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
             yield
         finally:
             await starts.shutdown()
+            await pool.stop()
             await sandboxes.shutdown()
             await http.aclose()
             await db.dispose()
@@ -89,7 +99,9 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
     app.include_router(sandboxes_router)
     app.include_router(settings_router)
     app.include_router(webhooks_router)
+    app.include_router(sharing_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RateLimitHeaders)
     return app
 
 

@@ -44,4 +44,5 @@ async def server_info(ctx: AppContext = Depends(get_context)) -> dict[str, Any]:
         "api": "openhands-app-conversations-v1",
         "database": "sqlite" if ctx.db.is_sqlite else "postgresql",
         "uptime_seconds": round(time.monotonic() - _STARTED, 3),
+        "warm_pool": await ctx.services["pool"].stats() if "pool" in ctx.services else None,
     }

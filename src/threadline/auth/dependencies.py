@@ -1,4 +1,4 @@
-"""Request authentication: `X-Access-Token: KEY` or `Authorization: Bearer KEY`."""
+"""Request authentication: `X-Access-Token: KEY` or `Authorization: Bearer KEY`, then the key's rate limit."""
 
 from __future__ import annotations
 
@@ -6,12 +6,48 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from threadline.api.context import AppContext, get_context
-from threadline.api.errors import Unauthorized
-from threadline.auth.service import User, authenticate
+from threadline.api.errors import Problem, Unauthorized
+from threadline.auth.service import User, authenticate_key
+from threadline.ratelimit.service import DEFAULT, START, STATE_KEY, RateLimiter
 
 # auto_error=False: we answer missing credentials with our own problem+json 401.
 _access_token = APIKeyHeader(name="X-Access-Token", auto_error=False)
 _bearer = HTTPBearer(auto_error=False)
+
+
+async def _authenticated(
+    request: Request,
+    access_token: str | None,
+    bearer: HTTPAuthorizationCredentials | None,
+    ctx: AppContext,
+    policy: str,
+) -> User:
+    key = access_token or (bearer.credentials if bearer else None)
+    if not key:
+        raise Unauthorized(
+            "an API key is required: send it as 'X-Access-Token: KEY' or 'Authorization: Bearer KEY'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    found = await authenticate_key(ctx.db, key)
+    if found is None:
+        raise Unauthorized("the API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"})
+    user, key_id = found
+    request.state.user = user
+    request.state.api_key_id = key_id
+    limiter: RateLimiter | None = ctx.services.get("rate_limiter")
+    if limiter is not None:
+        decision = limiter.take(policy, key_id)
+        # The RateLimitHeaders middleware puts the headers on the response, whatever it turns out to be.
+        setattr(request.state, STATE_KEY, decision)
+        if not decision.allowed:
+            raise Problem(
+                f"rate limit {policy!r} exceeded for this API key: at most {decision.policy.burst} requests at once, "
+                f"refilling at {decision.policy.rate:g} per second; retry in {decision.retry_after} s",
+                status=429,
+                type_slug="rate-limited",
+                headers=decision.headers(),
+            )
+    return user
 
 
 async def current_user(
@@ -20,14 +56,14 @@ async def current_user(
     bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
     ctx: AppContext = Depends(get_context),
 ) -> User:
-    key = access_token or (bearer.credentials if bearer else None)
-    if not key:
-        raise Unauthorized(
-            "an API key is required: send it as 'X-Access-Token: KEY' or 'Authorization: Bearer KEY'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    user = await authenticate(ctx.db, key)
-    if user is None:
-        raise Unauthorized("the API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"})
-    request.state.user = user
-    return user
+    return await _authenticated(request, access_token, bearer, ctx, DEFAULT)
+
+
+async def starting_user(
+    request: Request,
+    access_token: str | None = Depends(_access_token),
+    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    ctx: AppContext = Depends(get_context),
+) -> User:
+    """`current_user` for requests that start something: charged to the lower `start` bucket instead."""
+    return await _authenticated(request, access_token, bearer, ctx, START)

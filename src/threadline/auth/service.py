@@ -148,11 +148,17 @@ async def revoke_key(db: Database, key_id: str) -> None:
 
 async def authenticate(db: Database, key: str) -> User | None:
     """The user a live key belongs to, or None for an unknown or revoked key."""
+    found = await authenticate_key(db, key)
+    return found[0] if found else None
+
+
+async def authenticate_key(db: Database, key: str) -> tuple[User, str] | None:
+    """The user a live key belongs to and the key's id (rate limits are per key), or None."""
     if not key.startswith(KEY_PREFIX) or len(key) > 256:
         return None
     digest = hash_key(key)
     query = (
-        select(users, api_keys.c.key_hash, api_keys.c.revoked_at)
+        select(users, api_keys.c.id.label("key_id"), api_keys.c.key_hash, api_keys.c.revoked_at)
         .join(api_keys, api_keys.c.user_id == users.c.id)
         .where(api_keys.c.key_hash == digest)
     )
@@ -163,4 +169,4 @@ async def authenticate(db: Database, key: str) -> User | None:
     # The lookup went by hash; compare again in constant time so timing says nothing about the key.
     if not hmac.compare_digest(row.key_hash, digest):
         return None
-    return _user(row)
+    return _user(row), row.key_id

@@ -76,7 +76,13 @@ def serve(
         err.print("[bold]Created user 'admin'.[/bold] Its API key is shown this once; keep it safe:")
         print(admin_key, flush=True)
     err.print(f"Threadline on http://{settings.host}:{settings.port} (data in {settings.home})")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    )
 
 
 @users_app.command("create")

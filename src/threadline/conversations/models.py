@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from threadline.conversations.validation import BranchName, RepositoryName
 
@@ -120,6 +120,16 @@ class AppConversation(BaseModel):
     session_api_key: str | None = Field(default=None, description="The Session Api Key for REST operations.")
     acp_server: str | None = None
     launched_agent_profile: LaunchedAgentProfile | None = None
+    etag: str = Field(
+        default="",
+        description=(
+            "Threadline: the strong entity tag of this stored version, quotes included, as in the ETag header "
+            "of a single GET; send it as If-Match on PATCH or DELETE to change only this version."
+        ),
+    )
+    # Stored state the live-status step needs but clients never see.
+    _title_set_by_user: bool = PrivateAttr(default=False)
+    _stored_execution_status: str | None = PrivateAttr(default=None)
 
 
 class AppConversationPage(BaseModel):

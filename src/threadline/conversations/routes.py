@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Query
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 
 from threadline.api.context import AppContext, get_context
 from threadline.api.errors import Invalid, NotFound
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
 from threadline.conversations import service
+from threadline.conversations.etag import etag_for, if_none_match_matches
 from threadline.conversations.models import (
     AppConversation,
     AppConversationPage,
     AppConversationUpdateRequest,
+    ConversationExecutionStatus,
+    ConversationTrigger,
+    ProviderType,
     SortOrder,
     Success,
 )
@@ -51,6 +55,28 @@ def parse_id_list(values: list[str], field: str, max_items: int) -> list[str]:
     return parsed
 
 
+MAX_TAG_FILTERS = 50
+
+
+def _tag_pairs(values: list[str]) -> tuple[tuple[str, str], ...]:
+    pairs = set()
+    for value in values:
+        key, sep, tag_value = value.partition(":")
+        if not sep or not key:
+            raise Invalid(
+                "tag", f"{value!r} is not key:value (a non-empty key, then ':')", location="query", input=value
+            )
+        pairs.add((key, tag_value))
+    return tuple(sorted(pairs))
+
+
+def _tag_keys(values: list[str]) -> tuple[str, ...]:
+    for value in values:
+        if not value:
+            raise Invalid("tag_key", "a tag key must not be empty", location="query", input=value)
+    return tuple(sorted(set(values)))
+
+
 def search_filters(
     title__contains: Annotated[str | None, Query(title="Filter by title containing this string")] = None,
     created_at__gte: Annotated[datetime | None, Query()] = None,
@@ -61,7 +87,36 @@ def search_filters(
     include_sub_conversations: Annotated[
         bool, Query(title="If True, include sub-conversations in the results.")
     ] = False,
+    tag: Annotated[
+        list[str] | None,
+        Query(description="key:value (split at the first ':'); repeatable, every one must match"),
+    ] = None,
+    tag_key: Annotated[
+        list[str] | None, Query(description="Has a tag with this key; repeatable, every one must match")
+    ] = None,
+    selected_repository__eq: Annotated[str | None, Query()] = None,
+    git_provider__eq: Annotated[ProviderType | None, Query()] = None,
+    trigger__eq: Annotated[ConversationTrigger | None, Query()] = None,
+    public__eq: Annotated[
+        bool | None, Query(description="true: shared; false: not shared (public false or never set)")
+    ] = None,
+    parent_conversation_id__eq: Annotated[
+        str | None,
+        Query(description="Sub-conversations of this conversation (included whatever include_sub_conversations says)"),
+    ] = None,
+    execution_status__eq: Annotated[
+        ConversationExecutionStatus | None,
+        Query(description="The last execution status the agent reported (the stored copy)"),
+    ] = None,
+    llm_model__eq: Annotated[str | None, Query()] = None,
+    accumulated_cost__gte: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
 ) -> service.ConversationFilters:
+    tags, tag_keys = tag or [], tag_key or []
+    if len(tags) + len(tag_keys) > MAX_TAG_FILTERS:
+        raise Invalid("tag", f"at most {MAX_TAG_FILTERS} tag and tag_key filters per request", location="query")
+    parent = None
+    if parent_conversation_id__eq is not None:
+        parent = parse_id_list([parent_conversation_id__eq], "parent_conversation_id__eq", 1)[0]
     return service.ConversationFilters(
         title__contains=title__contains,
         created_at__gte=created_at__gte,
@@ -70,6 +125,16 @@ def search_filters(
         updated_at__lt=updated_at__lt,
         sandbox_id__eq=sandbox_id__eq,
         include_sub_conversations=include_sub_conversations,
+        tags=_tag_pairs(tags),
+        tag_keys=_tag_keys(tag_keys),
+        selected_repository__eq=selected_repository__eq,
+        git_provider__eq=git_provider__eq,
+        trigger__eq=trigger__eq,
+        public__eq=public__eq,
+        parent_conversation_id__eq=parent,
+        execution_status__eq=execution_status__eq,
+        llm_model__eq=llm_model__eq,
+        accumulated_cost__gte=accumulated_cost__gte,
     )
 
 
@@ -125,36 +190,65 @@ async def batch_get_app_conversations(
     return found
 
 
-@router.get("/{conversation_id}", response_model=AppConversation)
+_IF_MATCH = Header(
+    description="Change only if the conversation's ETag is one of these (strong comparison; `*`: any version)"
+)
+_PRECONDITION: dict[int | str, dict[str, Any]] = {
+    412: {"description": "If-Match does not match; the body's `etag` and the ETag header are current"}
+}
+
+
+@router.get(
+    "/{conversation_id}", response_model=AppConversation, responses={304: {"description": "If-None-Match matched"}}
+)
 async def get_app_conversation(
+    response: Response,
+    if_none_match: Annotated[str | None, Header(description="Answer 304 if the ETag is one of these")] = None,
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
     ctx: AppContext = Depends(get_context),
-) -> AppConversation:
+) -> AppConversation | Response:
     conversation = await service.get(ctx.db, user.id, conversation_id)
-    return (await present(ctx, user, [conversation]))[0]
+    # Live fields first: storing the agent's automatic title moves the version on.
+    conversation = (await present(ctx, user, [conversation]))[0]
+    if if_none_match is not None and if_none_match_matches(if_none_match, conversation.etag):
+        return Response(status_code=304, headers={"ETag": conversation.etag})
+    response.headers["ETag"] = conversation.etag
+    return conversation
 
 
-@router.patch("/{conversation_id}", response_model=AppConversation)
+@router.patch("/{conversation_id}", response_model=AppConversation, responses=_PRECONDITION)
 async def update_app_conversation(
     request: Annotated[AppConversationUpdateRequest, Body()],
+    response: Response,
+    if_match: Annotated[str | None, _IF_MATCH] = None,
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
     ctx: AppContext = Depends(get_context),
 ) -> AppConversation:
     s = ctx.settings
     limits = service.TagLimits(s.max_tags, s.max_tag_key_length, s.max_tag_value_length)
-    conversation = await service.update_conversation(ctx.db, user.id, conversation_id, request, limits)
-    return (await present(ctx, user, [conversation]))[0]
+    conversation = await service.update_conversation(
+        ctx.db, user.id, conversation_id, request, limits, expected_etag=if_match
+    )
+    conversation = (await present(ctx, user, [conversation]))[0]
+    response.headers["ETag"] = conversation.etag
+    return conversation
 
 
-@router.delete("/{conversation_id}", response_model=Success, responses={404: {"description": "Not found"}})
+@router.delete(
+    "/{conversation_id}", response_model=Success, responses={404: {"description": "Not found"}, **_PRECONDITION}
+)
 async def delete_app_conversation(
+    response: Response,
+    if_match: Annotated[str | None, _IF_MATCH] = None,
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
     ctx: AppContext = Depends(get_context),
 ) -> Success:
-    row = await service.delete_conversation(ctx.db, user.id, conversation_id)
+    row = await service.delete_conversation(ctx.db, user.id, conversation_id, expected_etag=if_match)
+    # The ETag of the version that was deleted.
+    response.headers["ETag"] = etag_for(row.id, row.version)
     release = ctx.services.get("release_sandbox")
     if release is not None:
         await release(ctx, conversation_id, row.sandbox_id)

@@ -7,15 +7,19 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, false, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
 
 from threadline.api.errors import Invalid, NotFound
+from threadline.conversations.etag import check_if_match, etag_for
 from threadline.conversations.models import (
     AppConversation,
     AppConversationPage,
     AppConversationUpdateRequest,
+    ConversationExecutionStatus,
+    ConversationTrigger,
+    ProviderType,
     SortOrder,
     metrics_from_row,
 )
@@ -45,9 +49,23 @@ class ConversationFilters:
     updated_at__lt: datetime | None = None
     sandbox_id__eq: str | None = None
     include_sub_conversations: bool = False
+    # (key, value) pairs that must all be present, and keys that must all be present; sorted, no repeats.
+    tags: tuple[tuple[str, str], ...] = ()
+    tag_keys: tuple[str, ...] = ()
+    selected_repository__eq: str | None = None
+    git_provider__eq: ProviderType | None = None
+    trigger__eq: ConversationTrigger | None = None
+    public__eq: bool | None = None
+    # When given, sub-conversations are included whatever include_sub_conversations says.
+    parent_conversation_id__eq: str | None = None
+    execution_status__eq: ConversationExecutionStatus | None = None
+    llm_model__eq: str | None = None
+    accumulated_cost__gte: float | None = None
 
     def fingerprint(self) -> str:
-        return filters_fingerprint(asdict(self))
+        # Empty tag filters are left out, so page tokens issued before they existed stay valid.
+        values = {k: v for k, v in asdict(self).items() if not (isinstance(v, tuple | list) and not v)}
+        return filters_fingerprint(values)
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -70,13 +88,42 @@ def _where(user_id: str, f: ConversationFilters) -> list[ColumnElement[bool]]:
         clauses.append(c.updated_at < _as_utc(f.updated_at__lt))
     if f.sandbox_id__eq is not None:
         clauses.append(c.sandbox_id == f.sandbox_id__eq)
-    if not f.include_sub_conversations:
+    if f.selected_repository__eq is not None:
+        clauses.append(c.selected_repository == f.selected_repository__eq)
+    if f.git_provider__eq is not None:
+        clauses.append(c.git_provider == f.git_provider__eq.value)
+    if f.trigger__eq is not None:
+        clauses.append(c.trigger == f.trigger__eq.value)
+    # `= true`/`= false`, not `IS TRUE`: only an equality can use the (user_id, public, ...) index.
+    if f.public__eq is True:
+        clauses.append(c.public == true())
+    elif f.public__eq is False:
+        # Never shared: public false, or never set (null).
+        clauses.append(or_(c.public == false(), c.public.is_(None)))
+    if f.execution_status__eq is not None:
+        clauses.append(c.execution_status == f.execution_status__eq.value)
+    if f.llm_model__eq is not None:
+        clauses.append(c.llm_model == f.llm_model__eq)
+    if f.accumulated_cost__gte is not None:
+        clauses.append(c.accumulated_cost >= f.accumulated_cost__gte)
+    t = conversation_tags.c
+    # Each tag filter is a semi-join on the tag table's (user_id, key, value) index. Written as an
+    # uncorrelated IN: PostgreSQL plans it exactly like EXISTS, and SQLite can then drive the query from
+    # that index (a correlated EXISTS makes SQLite probe it once per conversation of the user).
+    for key, value in f.tags:
+        matching = select(t.conversation_id).where(t.user_id == user_id, t.key == key, t.value == value)
+        clauses.append(c.id.in_(matching))
+    for key in f.tag_keys:
+        clauses.append(c.id.in_(select(t.conversation_id).where(t.user_id == user_id, t.key == key)))
+    if f.parent_conversation_id__eq is not None:
+        clauses.append(c.parent_conversation_id == f.parent_conversation_id__eq)
+    elif not f.include_sub_conversations:
         clauses.append(c.parent_conversation_id.is_(None))
     return clauses
 
 
 def row_to_conversation(row: Any, sub_ids: Sequence[str] = ()) -> AppConversation:
-    return AppConversation(
+    conversation = AppConversation(
         id=row.id,
         created_by_user_id=row.user_id,
         sandbox_id=row.sandbox_id,
@@ -95,7 +142,11 @@ def row_to_conversation(row: Any, sub_ids: Sequence[str] = ()) -> AppConversatio
         tags=dict(row.tags or {}),
         created_at=row.created_at,
         updated_at=row.updated_at,
+        etag=etag_for(row.id, row.version),
     )
+    conversation._title_set_by_user = bool(row.title_set_by_user)
+    conversation._stored_execution_status = row.execution_status
+    return conversation
 
 
 async def _sub_ids(conn: AsyncConnection, user_id: str, parent_ids: Sequence[str]) -> dict[str, list[str]]:
@@ -172,6 +223,8 @@ async def create_record(
     async with db.write() as conn:
         await conn.execute(conversations.insert().values(**values))
         await _store_tags(conn, values["id"], user_id, values["tags"])
+        if values["parent_conversation_id"] is not None:
+            await _bump_version(conn, user_id, values["parent_conversation_id"])
         row = (await conn.execute(select(conversations).where(conversations.c.id == values["id"]))).one()
         return (await _rows_to_models(conn, user_id, [row]))[0]
 
@@ -243,6 +296,18 @@ def _keyset(query: Select[Any], sort: SortOrder, after: list[Any] | None) -> Sel
     return query.order_by(column.asc(), id_col.asc())
 
 
+def search_query(
+    user_id: str,
+    filters: ConversationFilters,
+    *,
+    sort: SortOrder = SortOrder.CREATED_AT_DESC,
+    after: list[Any] | None = None,
+    limit: int = 101,
+) -> Select[Any]:
+    """The SELECT behind one search page (also what the query-plan test explains)."""
+    return _keyset(select(conversations).where(*_where(user_id, filters)), sort, after).limit(limit)
+
+
 async def search(
     db: Database,
     secret: str,
@@ -257,7 +322,7 @@ async def search(
     after = None
     if page_id:
         after = decode_page_token(secret, page_id, "conversations", sort.value, fingerprint).key
-    query = _keyset(select(conversations).where(*_where(user_id, filters)), sort, after).limit(limit + 1)
+    query = search_query(user_id, filters, sort=sort, after=after, limit=limit + 1)
     async with db.read() as conn:
         rows = (await conn.execute(query)).all()
         has_more = len(rows) > limit
@@ -325,14 +390,20 @@ async def update_conversation(
     conversation_id: str,
     request: AppConversationUpdateRequest,
     limits: TagLimits,
+    *,
+    expected_etag: str | None = None,
 ) -> AppConversation:
+    """Apply a PATCH. `expected_etag` is the If-Match value: checked under the row lock, 412 if stale."""
     async with db.write() as conn:
         row = await get_row_for_update(conn, user_id, conversation_id)
+        check_if_match(expected_etag, conversation_id, etag_for(row.id, row.version))
         changes = _changes(row, request, limits)
         if changes:
             changes["updated_at"] = max(utcnow(), row.updated_at + _ONE_TICK)
             changes["version"] = row.version + 1
             await conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(**changes))
+            if "tags" in changes:
+                await _store_tags(conn, conversation_id, user_id, changes["tags"], replace=True)
             row = await get_row(conn, user_id, conversation_id)
         return (await _rows_to_models(conn, user_id, [row]))[0]
 
@@ -358,10 +429,29 @@ async def get_row_for_any_user(conn: AsyncConnection, conversation_id: str, *, l
     return (await conn.execute(query)).first()
 
 
-async def delete_conversation(db: Database, user_id: str, conversation_id: str) -> Any:
-    """Delete the record and everything hanging off it; returns the deleted row."""
+async def _bump_version(conn: AsyncConnection, user_id: str, conversation_id: str) -> None:
+    """A change others see (its sub_conversation_ids) without a change of stored fields: a new ETag."""
+    c = conversations.c
+    await conn.execute(
+        update(conversations).where(c.id == conversation_id, c.user_id == user_id).values(version=c.version + 1)
+    )
+
+
+async def delete_conversation(
+    db: Database, user_id: str, conversation_id: str, *, expected_etag: str | None = None
+) -> Any:
+    """Delete the record and everything hanging off it; returns the deleted row.
+
+    `expected_etag` is the If-Match value: checked under the row lock, 412 if stale.
+    """
     async with db.write() as conn:
+        parent_id = (await get_row(conn, user_id, conversation_id)).parent_conversation_id
+        if parent_id is not None:
+            # The parent's sub_conversation_ids change. Its row is locked before this one, the order
+            # deleting a parent takes (parent, then its children), so the two can never deadlock.
+            await _bump_version(conn, user_id, parent_id)
         row = await get_row_for_update(conn, user_id, conversation_id)
+        check_if_match(expected_etag, conversation_id, etag_for(row.id, row.version))
         # Sub-conversations outlive their parent as top-level conversations rather than vanish.
         await conn.execute(
             update(conversations)

@@ -36,6 +36,7 @@ from threadline.db.types import utcnow
 from threadline.ids import new_id
 from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint
 from threadline.sandboxes.agent_client import AgentServerError, llm_agent_settings
+from threadline.sandboxes.pool import WarmPool
 from threadline.sandboxes.service import SandboxService
 from threadline.settings.service import effective_llm
 
@@ -87,10 +88,13 @@ def clone_url(settings: Settings, repository: str, provider: ProviderType | None
 
 
 class StartService:
-    def __init__(self, db: Database, settings: Settings, sandboxes: SandboxService) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, sandboxes: SandboxService, pool: WarmPool | None = None
+    ) -> None:
         self.db = db
         self.settings = settings
         self.sandboxes = sandboxes
+        self.pool = pool
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- reads ----------------------------------------------------------------------------------
@@ -178,6 +182,7 @@ class StartService:
         s = self.settings
         limits = conversations_service.TagLimits(s.max_tags, s.max_tag_key_length, s.max_tag_value_length)
         conversations_service.check_tags(request.tags, limits)
+        await self._check_sandbox_capacity(user_id, request)
         task_id = new_id()
         now = utcnow()
         async with self.db.write() as conn:
@@ -200,6 +205,34 @@ class StartService:
         self._tasks.add(job)
         job.add_done_callback(self._tasks.discard)
         return await self.get(user_id, task_id)
+
+    async def _check_sandbox_capacity(self, user_id: str, request: AppConversationStartRequest) -> None:
+        """429 now, not an ERROR task later, when the start would create or resume a sandbox beyond the cap.
+
+        Mirrors how `_start` picks the sandbox; what cannot be resolved here (a missing parent or sandbox)
+        is left for the task to report. The sandbox service re-checks atomically when it takes the slot.
+        """
+        sandbox_id = request.sandbox_id or None
+        if sandbox_id is None and request.parent_conversation_id is not None:
+            async with self.db.read() as conn:
+                parent = (
+                    await conn.execute(
+                        select(conversations.c.sandbox_id).where(
+                            conversations.c.id == request.parent_conversation_id.hex,
+                            conversations.c.user_id == user_id,
+                        )
+                    )
+                ).first()
+            if parent is None:
+                return
+            sandbox_id = parent.sandbox_id
+        if sandbox_id is None:
+            await self.sandboxes.check_capacity(user_id)
+            return
+        row = (await self.sandboxes.rows_by_id([sandbox_id])).get(sandbox_id)
+        if row is not None and row.user_id == user_id:
+            if self.sandboxes.effective_status(row) in (SandboxStatus.PAUSED, SandboxStatus.ERROR):
+                await self.sandboxes.check_capacity(user_id, exclude=sandbox_id)
 
     async def stream(self, user_id: str, task_id: str, poll: float = 0.2) -> AsyncIterator[AppConversationStartTask]:
         """Yield the task each time its status changes, ending with READY or ERROR."""
@@ -267,7 +300,9 @@ class StartService:
             if self.sandboxes.effective_status(row) in (SandboxStatus.PAUSED, SandboxStatus.ERROR):
                 await self.sandboxes.resume(user_id, sandbox_id)
         else:
-            sandbox_id = (await self.sandboxes.create(user_id)).id
+            # A pre-started sandbox from the warm pool when one is ready, else a new one.
+            claimed = await self.pool.claim(user_id) if self.pool is not None else None
+            sandbox_id = claimed or (await self.sandboxes.create(user_id)).id
         await self._transition(task_id, Status.WAITING_FOR_SANDBOX, sandbox_id=sandbox_id)
         sandbox = await self.sandboxes.wait_until_running(sandbox_id)
         secrets.append(self.sandboxes.session_key(sandbox))

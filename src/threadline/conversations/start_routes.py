@@ -11,11 +11,11 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from threadline.api.context import AppContext, get_context
 from threadline.api.errors import Invalid
-from threadline.auth.dependencies import current_user
+from threadline.auth.dependencies import current_user, starting_user
 from threadline.auth.service import User
 from threadline.conversations.messages import send_message
 from threadline.conversations.routes import conversation_id_path, parse_id_list
@@ -28,6 +28,7 @@ from threadline.conversations.start_models import (
     AppSendMessageRequest,
     AppSendMessageResponse,
 )
+from threadline.idempotency.service import Idempotent, idempotency
 from threadline.ids import MalformedId, parse_id
 
 router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
@@ -39,33 +40,40 @@ def starts_of(ctx: AppContext = Depends(get_context)) -> StartService:
     return service
 
 
-@router.post("", response_model=AppConversationStartTask)
+@router.post("", response_model=AppConversationStartTask, responses={409: {}, 422: {}, 429: {}})
 async def start_app_conversation(
     request: Annotated[AppConversationStartRequest, Body()],
-    user: User = Depends(current_user),
+    user: User = Depends(starting_user),
     starts: StartService = Depends(starts_of),
-) -> AppConversationStartTask:
-    return await starts.begin(user.id, request)
+    idempotent: Idempotent = Depends(idempotency),
+) -> Response:
+    result = await idempotent.run(user.id, request, lambda: starts.begin(user.id, request))
+    return result.response()
 
 
-@router.post("/stream-start", response_model=list[AppConversationStartTask])
+@router.post("/stream-start", response_model=list[AppConversationStartTask], responses={409: {}, 422: {}, 429: {}})
 async def stream_app_conversation_start(
     request: Annotated[AppConversationStartRequest, Body()],
-    user: User = Depends(current_user),
+    user: User = Depends(starting_user),
     starts: StartService = Depends(starts_of),
-) -> StreamingResponse:
-    first = await starts.begin(user.id, request)
+    idempotent: Idempotent = Depends(idempotency),
+) -> Response:
+    result = await idempotent.run(user.id, request, lambda: starts.begin(user.id, request))
+    if result.status != 200:
+        return result.response()
+    # A replay starts nothing: it streams the stored task from where it is now.
+    task_id = result.json()["id"]
 
     async def body() -> AsyncIterator[bytes]:
         # A JSON array, one element per status the task passes through, flushed as it happens.
         yield b"["
         separator = b""
-        async for task in starts.stream(user.id, first.id):
+        async for task in starts.stream(user.id, task_id):
             yield separator + json.dumps(task.model_dump(mode="json")).encode()
             separator = b","
         yield b"]"
 
-    return StreamingResponse(body(), media_type="application/json")
+    return StreamingResponse(body(), media_type="application/json", headers=result.headers)
 
 
 @router.get("/start-tasks/search", response_model=AppConversationStartTaskPage)
@@ -113,15 +121,19 @@ async def batch_get_app_conversation_start_tasks(
 @router.post(
     "/{conversation_id}/send-message",
     response_model=AppSendMessageResponse,
-    responses={404: {}, 409: {}, 410: {}, 502: {}, 503: {}},
+    responses={404: {}, 409: {}, 410: {}, 422: {}, 502: {}, 503: {}},
 )
 async def send_message_to_conversation(
     request: Annotated[AppSendMessageRequest, Body()],
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
     ctx: AppContext = Depends(get_context),
-) -> AppSendMessageResponse:
-    return await send_message(ctx.db, ctx.services["sandboxes"], user.id, conversation_id, request)
+    idempotent: Idempotent = Depends(idempotency),
+) -> Response:
+    result = await idempotent.run(
+        user.id, request, lambda: send_message(ctx.db, ctx.services["sandboxes"], user.id, conversation_id, request)
+    )
+    return result.response()
 
 
 def _optional_id(value: str | None) -> str | None:

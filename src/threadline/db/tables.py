@@ -93,7 +93,8 @@ sandboxes = Table(
     "sandboxes",
     metadata,
     Column("id", String(32), primary_key=True),
-    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # NULL while the sandbox waits in the warm pool; set when a start claims it.
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
     Column("spec_id", String(64), nullable=False),
     Column("backend", String(32), nullable=False),
     # Desired/last known state: STARTING, RUNNING, PAUSED, ERROR, MISSING.

@@ -57,7 +57,7 @@ def _valid_key(value: Any, max_length: int) -> bool:
     return isinstance(value, str) and 0 < len(value) <= max_length and "\x00" not in value
 
 
-def _clean_text(value: str) -> str:
+def clean_text(value: str) -> str:
     """Replace what PostgreSQL cannot store in text/jsonb (NUL, lone surrogates) with U+FFFD."""
     if "\x00" in value:
         value = value.replace("\x00", "\ufffd")
@@ -72,9 +72,9 @@ def _clean(value: Any) -> Any:
     # Tool output can hold NUL bytes; stored as given they would abort the whole webhook
     # transaction on PostgreSQL, so both backends store the same, replaced, text.
     if isinstance(value, str):
-        return _clean_text(value)
+        return clean_text(value)
     if isinstance(value, dict):
-        return {_clean_text(str(k)): _clean(v) for k, v in value.items()}
+        return {clean_text(str(k)): _clean(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_clean(v) for v in value]
     return value

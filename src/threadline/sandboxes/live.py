@@ -16,7 +16,13 @@ from typing import Any
 from threadline.api.context import AppContext
 from threadline.api.errors import NotFound
 from threadline.auth.service import User
-from threadline.conversations.models import AppConversation, ConversationExecutionStatus, SandboxStatus
+from threadline.conversations.etag import etag_for
+from threadline.conversations.models import (
+    AppConversation,
+    ConversationExecutionStatus,
+    SandboxStatus,
+    metrics_from_row,
+)
 from threadline.sandboxes.agent_client import AgentServerError
 from threadline.sandboxes.service import SandboxService
 from threadline.webhooks import service as webhooks
@@ -60,26 +66,17 @@ async def fill_live_fields(ctx: AppContext, user: User, items: list[AppConversat
                 if isinstance(value, str) and value in ConversationExecutionStatus._value2member_map_:
                     conv.execution_status = ConversationExecutionStatus(value)
                 await _sync(ctx, sid, conv, info)
-            elif conv.execution_status is None:
-                conv.execution_status = await _stored_status(ctx, conv.id)
+            elif (stored := conv._stored_execution_status) in ConversationExecutionStatus._value2member_map_:
+                # The agent did not answer in time: fall back to the copy callbacks keep.
+                conv.execution_status = ConversationExecutionStatus(str(stored))
             conv.conversation_url = f"{row.url}/api/conversations/{conv.id}"
             conv.session_api_key = service.session_key(row)
-
-
-async def _stored_status(ctx: AppContext, conversation_id: str) -> ConversationExecutionStatus | None:
-    from threadline.conversations.service import get_row_for_any_user
-
-    async with ctx.db.read() as conn:
-        row = await get_row_for_any_user(conn, conversation_id)
-    if row is None or row.execution_status is None:
-        return None
-    return ConversationExecutionStatus(row.execution_status)
 
 
 async def _sync(ctx: AppContext, sandbox_id: str, conv: AppConversation, info: dict[str, Any]) -> None:
     """Store what the agent knows and the record lacks (automatic title, newer metrics)."""
     title = info.get("title")
-    wants_title = isinstance(title, str) and title.strip() and conv.title != title
+    wants_title = isinstance(title, str) and title.strip() and conv.title != title and not conv._title_set_by_user
     if not wants_title:
         return
     try:
@@ -89,3 +86,7 @@ async def _sync(ctx: AppContext, sandbox_id: str, conv: AppConversation, info: d
     if updated is not None:
         conv.title = updated.title
         conv.updated_at = updated.updated_at
+        # A callback may have moved other stored fields too; the response must match its new ETag.
+        conv.llm_model = updated.llm_model
+        conv.metrics = metrics_from_row(updated)
+        conv.etag = etag_for(updated.id, updated.version)

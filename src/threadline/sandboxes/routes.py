@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import Response
 
 from threadline.api.context import AppContext, get_context
 from threadline.api.errors import Invalid, NotFound
-from threadline.auth.dependencies import current_user
+from threadline.auth.dependencies import current_user, starting_user
 from threadline.auth.service import User
 from threadline.conversations.models import Success
+from threadline.idempotency.service import Idempotent, idempotency
 from threadline.ids import MalformedId, parse_id
 from threadline.sandboxes.models import SandboxInfo, SandboxPage, SandboxSpecInfo, SandboxSpecInfoPage
 from threadline.sandboxes.service import SandboxService
@@ -62,14 +64,18 @@ async def batch_get_sandboxes(
     return await service.batch_get(user.id, _ids(id))
 
 
-@router.post("/api/v1/sandboxes", response_model=SandboxInfo)
+@router.post("/api/v1/sandboxes", response_model=SandboxInfo, responses={404: {}, 409: {}, 422: {}, 429: {}})
 async def start_sandbox(
     sandbox_spec_id: str | None = None,
-    user: User = Depends(current_user),
+    user: User = Depends(starting_user),
     service: SandboxService = Depends(sandboxes_of),
-) -> SandboxInfo:
-    row = await service.create(user.id, sandbox_spec_id)
-    return service.to_info(row)
+    idempotent: Idempotent = Depends(idempotency),
+) -> Response:
+    async def create() -> SandboxInfo:
+        return service.to_info(await service.create(user.id, sandbox_spec_id))
+
+    result = await idempotent.run(user.id, None, create)
+    return result.response()
 
 
 @router.post("/api/v1/sandboxes/{sandbox_id}/pause", response_model=Success, responses={404: {}})
@@ -82,7 +88,7 @@ async def pause_sandbox(
     return Success()
 
 
-@router.post("/api/v1/sandboxes/{sandbox_id}/resume", response_model=Success, responses={404: {}})
+@router.post("/api/v1/sandboxes/{sandbox_id}/resume", response_model=Success, responses={404: {}, 429: {}})
 async def resume_sandbox(
     sandbox_id: str = Depends(sandbox_id_path),
     user: User = Depends(current_user),

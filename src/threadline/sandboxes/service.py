@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 from collections.abc import Sequence
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from threadline.api.errors import Conflict, NotFound, Problem
 from threadline.auth.service import hash_key
@@ -37,11 +39,32 @@ from threadline.sandboxes.models import ExposedUrl, SandboxInfo, SandboxPage, Sa
 log = logging.getLogger("threadline.sandboxes")
 PROCESS_SPEC_ID = "process"
 _LIVE = (SandboxStatus.STARTING.value, SandboxStatus.RUNNING.value)
+# First key of the PostgreSQL advisory lock that serialises a user's sandbox starts (second: the user).
+_CAP_LOCK_CLASS = 0x7D1E
 
 
 class SandboxGone(Problem):
     status = 410
     type_slug = "sandbox-gone"
+
+
+class SandboxLimitReached(Problem):
+    """429: the user has as many STARTING or RUNNING sandboxes as allowed; nothing is paused to make room."""
+
+    status = 429
+    type_slug = "sandbox-limit-reached"
+
+    def __init__(self, limit: int, current: int) -> None:
+        super().__init__(
+            f"at most {limit} sandboxes may be STARTING or RUNNING per user and {current} are; "
+            "pause or delete one first",
+            limit=limit,
+            current=current,
+        )
+
+
+def _user_lock_key(user_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(user_id.encode()).digest()[:4], "big", signed=True)
 
 
 class SandboxService:
@@ -153,12 +176,56 @@ class SandboxService:
         async with self.db.read() as conn:
             return (await conn.execute(select(sandboxes).where(sandboxes.c.session_key_hash == hash_key(key)))).first()
 
+    # -- the per-user cap -----------------------------------------------------------------------
+
+    @staticmethod
+    async def _count_live(conn: AsyncConnection, user_id: str, exclude: str | None) -> int:
+        """Sandboxes of the user whose stored status is STARTING or RUNNING (other than `exclude`)."""
+        query = (
+            select(func.count())
+            .select_from(sandboxes)
+            .where(sandboxes.c.user_id == user_id, sandboxes.c.status.in_(list(_LIVE)))
+        )
+        if exclude is not None:
+            query = query.where(sandboxes.c.id != exclude)
+        return int((await conn.execute(query)).scalar_one())
+
+    async def check_capacity(self, user_id: str, exclude: str | None = None) -> None:
+        """Raise SandboxLimitReached if one more sandbox (or `exclude`, resumed) would pass the cap.
+
+        A check only, for an early answer; `take_slot` is the one that holds under concurrency.
+        """
+        limit = self.settings.max_running_sandboxes_per_user
+        if limit <= 0:
+            return
+        async with self.db.read() as conn:
+            current = await self._count_live(conn, user_id, exclude)
+        if current >= limit:
+            raise SandboxLimitReached(limit, current)
+
+    async def take_slot(self, conn: AsyncConnection, user_id: str, exclude: str | None = None) -> None:
+        """In the write transaction that makes a sandbox STARTING: count and claim atomically.
+
+        SQLite writes are serialised already (one writer, BEGIN IMMEDIATE); on PostgreSQL a per-user
+        transaction-scoped advisory lock makes concurrent starts of one user count one after another.
+        """
+        limit = self.settings.max_running_sandboxes_per_user
+        if limit <= 0:
+            return
+        if not self.db.is_sqlite:
+            lock = {"cls": _CAP_LOCK_CLASS, "key": _user_lock_key(user_id)}
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:cls, :key)"), lock)
+        current = await self._count_live(conn, user_id, exclude)
+        if current >= limit:
+            raise SandboxLimitReached(limit, current)
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     def _webhook_base(self) -> str:
         return f"{self.settings.callback_base_url}/api/v1/webhooks"
 
-    async def create(self, user_id: str, spec_id: str | None = None) -> Any:
+    async def create(self, user_id: str | None, spec_id: str | None = None) -> Any:
+        """Record and launch a sandbox; `user_id` None makes a warm-pool sandbox nobody owns yet."""
         spec_id = spec_id or PROCESS_SPEC_ID
         if spec_id != PROCESS_SPEC_ID:
             raise NotFound(f"sandbox spec {spec_id!r} not found")
@@ -168,6 +235,8 @@ class SandboxService:
         now = utcnow()
         # The record exists before the process does, so no process can ever outlive (or lack) its record.
         async with self.db.write() as conn:
+            if user_id is not None:
+                await self.take_slot(conn, user_id)
             await conn.execute(
                 sandboxes.insert().values(
                     id=sandbox_id,
@@ -328,14 +397,20 @@ class SandboxService:
             raise SandboxGone(f"sandbox {sandbox_id} is gone and cannot be resumed")
         if status is SandboxStatus.ERROR:
             await self.backend.stop(sandbox_id, row.pid, 0)
-        await self._set(sandbox_id, status=SandboxStatus.STARTING.value, pid=None)
+        async with self.db.write() as conn:
+            await self.take_slot(conn, user_id, exclude=sandbox_id)
+            await conn.execute(
+                update(sandboxes)
+                .where(sandboxes.c.id == sandbox_id)
+                .values(status=SandboxStatus.STARTING.value, pid=None, updated_at=utcnow())
+            )
         await self._launch(sandbox_id, Path(row.work_dir), self.session_key(row))
 
     async def delete(self, user_id: str, sandbox_id: str) -> None:
         row = await self.get_row(user_id, sandbox_id)
-        await self._destroy(row)
+        await self.destroy(row)
 
-    async def _destroy(self, row: Any) -> None:
+    async def destroy(self, row: Any) -> None:
         await self.backend.stop(row.id, row.pid, self.settings.sandbox_stop_grace_seconds)
         if row.work_dir:
             await asyncio.to_thread(remove_work_dir, Path(row.work_dir))
@@ -351,7 +426,7 @@ class SandboxService:
             ).first()
         if row is None or users is not None:
             return False
-        await self._destroy(row)
+        await self.destroy(row)
         return True
 
     # -- process lifetime -----------------------------------------------------------------------

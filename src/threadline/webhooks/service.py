@@ -10,7 +10,7 @@ tags...) are never touched.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import update
@@ -22,7 +22,7 @@ from threadline.conversations.service import get_row_for_any_user
 from threadline.db.engine import Database
 from threadline.db.tables import conversations
 from threadline.db.types import utcnow
-from threadline.events.service import store_events
+from threadline.events.service import clean_text, store_events
 from threadline.ids import MalformedId, parse_id
 from threadline.sandboxes.agent_client import metrics_from_stats
 
@@ -63,6 +63,11 @@ class Delta:
                 self.execution_status, self.status_at = value, at
 
 
+def _text(value: str, limit: int) -> str:
+    # Agent text comes from an LLM: it may hold what the database cannot store (NUL on PostgreSQL).
+    return clean_text(value)[:limit]
+
+
 def _changes(row: Any, delta: Delta) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if delta.execution_status is not None:
@@ -71,10 +76,12 @@ def _changes(row: Any, delta: Delta) -> dict[str, Any]:
             if delta.execution_status != row.execution_status:
                 changes["execution_status"] = delta.execution_status
             changes["execution_status_at"] = at
-    if delta.title and not row.title_set_by_user and delta.title != row.title:
-        changes["title"] = delta.title[:1000]
-    if delta.llm_model and delta.llm_model != row.llm_model:
-        changes["llm_model"] = delta.llm_model[:256]
+    title = _text(delta.title, 1000) if delta.title else None
+    if title and not row.title_set_by_user and title != row.title:
+        changes["title"] = title
+    model = _text(delta.llm_model, 256) if delta.llm_model else None
+    if model and model != row.llm_model:
+        changes["llm_model"] = model
     if delta.metrics is not None:
         usage = delta.metrics.get("accumulated_token_usage") or {}
         cost = float(delta.metrics.get("accumulated_cost") or 0.0)
@@ -86,9 +93,9 @@ def _changes(row: Any, delta: Delta) -> dict[str, Any]:
                 changes[column] = value
         if any(c in changes for c in ("accumulated_cost", *_TOKEN_COLUMNS)) or not row.has_metrics:
             changes["has_metrics"] = True
-            changes["metrics_model_name"] = str(delta.metrics.get("model_name") or row.metrics_model_name)[:256]
+            changes["metrics_model_name"] = _text(str(delta.metrics.get("model_name") or row.metrics_model_name), 256)
             changes["per_turn_token"] = int(usage.get("per_turn_token") or 0)
-            changes["response_id"] = str(usage.get("response_id") or "")[:256]
+            changes["response_id"] = _text(str(usage.get("response_id") or ""), 256)
             if delta.metrics.get("max_budget_per_task") is not None:
                 changes["max_budget_per_task"] = float(delta.metrics["max_budget_per_task"])
     return changes
@@ -103,7 +110,7 @@ async def _apply(conn: AsyncConnection, sandbox_id: str, conversation_id: str, d
     visible = {k for k in changes if k != "execution_status_at"}
     if visible:
         changes["version"] = row.version + 1
-        changes["updated_at"] = max(utcnow(), row.updated_at)
+        changes["updated_at"] = max(utcnow(), row.updated_at + timedelta(microseconds=1))
     if changes:
         await conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(**changes))
         return await get_row_for_any_user(conn, conversation_id)
@@ -137,7 +144,10 @@ async def on_events(db: Database, sandbox_id: str, conversation_id_text: str, it
     conversation_id = _conversation_id(conversation_id_text)
     delta = Delta()
     events = [e for e in items if isinstance(e, Mapping)]
-    for event in sorted(events, key=lambda e: str(e.get("timestamp") or "")):
+    # By instant, not by text: agents write times with and without offsets; ties keep delivery order.
+    earliest = datetime.min.replace(tzinfo=UTC)
+    ordered = sorted(enumerate(events), key=lambda p: (_parse_time(p[1].get("timestamp")) or earliest, p[0]))
+    for _, event in ordered:
         if event.get("kind") != "ConversationStateUpdateEvent":
             continue
         key, value = event.get("key"), event.get("value")

@@ -1,0 +1,1 @@
+"""Idempotency-Key for requests that create or start something."""

@@ -1,0 +1,1 @@
+"""Rate limits per API key: token buckets, kept per process."""

@@ -1,0 +1,104 @@
+"""The warm pool: pre-started agent servers, owned by no user, handed to a new conversation at start.
+
+An agent server takes about 10 s to boot here; a start that claims a RUNNING pool sandbox skips that.
+The pool refills in the background after every claim and every `refill_interval` seconds (which also
+replaces pool sandboxes that died). Claiming is one conditional UPDATE (`... WHERE user_id IS NULL`), so
+two starts, or two Threadline processes on one database, never get the same sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from sqlalchemy import select, update
+
+from threadline.conversations.models import SandboxStatus
+from threadline.db.tables import sandboxes
+from threadline.db.types import utcnow
+from threadline.sandboxes.service import SandboxService
+
+log = logging.getLogger("threadline.pool")
+_LIVE = (SandboxStatus.STARTING.value, SandboxStatus.RUNNING.value)
+
+
+class WarmPool:
+    def __init__(self, service: SandboxService, size: int, *, refill_interval: float = 30.0) -> None:
+        self.service = service
+        self.size = size
+        self.refill_interval = refill_interval
+        self._wake = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0
+
+    async def _pool_rows(self) -> list[Any]:
+        async with self.service.db.read() as conn:
+            query = select(sandboxes).where(sandboxes.c.user_id.is_(None)).order_by(sandboxes.c.created_at)
+            return list((await conn.execute(query)).all())
+
+    async def stats(self) -> dict[str, int]:
+        rows = await self._pool_rows()
+        statuses = [self.service.effective_status(r) for r in rows]
+        return {
+            "size": self.size,
+            "ready": sum(s is SandboxStatus.RUNNING for s in statuses),
+            "starting": sum(s is SandboxStatus.STARTING for s in statuses),
+        }
+
+    async def claim(self, user_id: str) -> str | None:
+        """Give a RUNNING pool sandbox to the user; None when none is ready (the caller starts one)."""
+        if not self.enabled:
+            return None
+        try:
+            for row in await self._pool_rows():
+                if self.service.effective_status(row) is not SandboxStatus.RUNNING:
+                    continue
+                async with self.service.db.write() as conn:
+                    await self.service.take_slot(conn, user_id)
+                    result = await conn.execute(
+                        update(sandboxes)
+                        .where(sandboxes.c.id == row.id, sandboxes.c.user_id.is_(None))
+                        .values(user_id=user_id, updated_at=utcnow())
+                    )
+                if result.rowcount:
+                    return str(row.id)
+            return None
+        finally:
+            self._wake.set()
+
+    async def refill(self) -> None:
+        """Remove dead or stopped pool sandboxes and start new ones up to the pool size."""
+        live = 0
+        for row in await self._pool_rows():
+            if self.service.effective_status(row).value in _LIVE:
+                live += 1
+            else:
+                await self.service.destroy(row)
+        for _ in range(max(0, self.size - live)):
+            await self.service.create(None)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refill()
+            except Exception:
+                log.exception("refilling the warm pool failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.refill_interval)
+
+    def start(self) -> None:
+        if self.enabled and self._runner is None:
+            self._runner = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None

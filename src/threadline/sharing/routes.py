@@ -1,0 +1,60 @@
+"""HTTP routes of /api/v1/shared-conversations: no credentials, read-only, by id only. Thin."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from threadline.api.context import AppContext, get_context
+from threadline.conversations.routes import conversation_id_path, parse_id_list
+from threadline.events import service as events_service
+from threadline.events.models import EventPage, EventSortOrder
+from threadline.events.routes import EventQuery, event_filters
+from threadline.sharing import service
+from threadline.sharing.models import SharedConversation
+
+router = APIRouter(prefix="/api/v1/shared-conversations", tags=["Sharing"])
+
+# Access ends the moment the owner turns `public` off: nothing on the way may keep a copy.
+_NO_STORE = "no-store"
+
+
+@router.get("", response_model=list[SharedConversation | None], summary="Batch Get Shared Conversations")
+async def batch_get_shared_conversations(
+    response: Response,
+    ids: Annotated[list[str], Query(description=f"Conversation ids, 1-{service.MAX_BATCH_IDS} of them")],
+    ctx: AppContext = Depends(get_context),
+) -> list[SharedConversation | None]:
+    """The shared view of each public conversation; null for one that is missing or not public."""
+    parsed = parse_id_list(ids, "ids", service.MAX_BATCH_IDS)
+    response.headers["Cache-Control"] = _NO_STORE
+    return await service.batch_get(ctx.db, parsed)
+
+
+@router.get("/{conversation_id}/events/search", response_model=EventPage, summary="Search Shared Events")
+async def search_shared_events(
+    response: Response,
+    conversation_id: str = Depends(conversation_id_path),
+    filters: EventQuery = Depends(event_filters),
+    sort_order: Annotated[EventSortOrder, Query(title="Sort order for results")] = EventSortOrder.TIMESTAMP,
+    page_id: Annotated[str | None, Query(title="Optional next_page_id from the previously returned page")] = None,
+    limit: Annotated[
+        int, Query(title="The max number of results in the page", gt=0, le=events_service.MAX_LIMIT)
+    ] = 100,
+    ctx: AppContext = Depends(get_context),
+) -> EventPage:
+    """The events of a public conversation (404 unless it is public), as the owner's events search lists them."""
+    page = await service.search_events(
+        ctx.db,
+        ctx.settings.resolved_secret_key,
+        conversation_id,
+        kind=filters.kind,
+        timestamp_gte=filters.timestamp_gte,
+        timestamp_lt=filters.timestamp_lt,
+        sort=sort_order,
+        limit=limit,
+        page_id=page_id,
+    )
+    response.headers["Cache-Control"] = _NO_STORE
+    return page
