@@ -424,3 +424,39 @@ def test_warm_pool_hands_out_running_sandboxes_and_refills(agent_server_factory:
     # The pool refills with a new sandbox.
     wait_for(lambda: (ids := pool_ids()) and ids[0] != pooled, timeout=30, what="pool refilled")
     wait_for(lambda: client.get("/server_info").json()["warm_pool"]["ready"] == 1, timeout=90, what="refill ready")
+
+
+def test_an_unresponsive_agent_server_degrades_only_its_own_rows(agent_server_factory: Any) -> None:
+    """An agent server that is alive but does not answer (SIGSTOP): reads stay fast and fall back to the
+    stored status for its rows only; send-message is a 503, not a hang; it recovers when it answers again."""
+    import signal
+
+    server: LiveServer = agent_server_factory(agent_timeout=1.0)
+    _, key = server.user("gus")
+    client = server.client(key)
+    frozen_task = start_and_wait(client, {"initial_message": {"content": [{"type": "text", "text": "a"}]}})
+    healthy_task = start_and_wait(client, {"initial_message": {"content": [{"type": "text", "text": "b"}]}})
+    assert frozen_task["status"] == healthy_task["status"] == "READY"
+    assert frozen_task["sandbox_id"] != healthy_task["sandbox_id"]
+    frozen, healthy = frozen_task["app_conversation_id"], healthy_task["app_conversation_id"]
+    for cid in (frozen, healthy):
+        wait_for(lambda c=cid: conversation(client, c)["execution_status"] == "finished", timeout=90, what="finished")
+
+    pid = agent_pid(server.settings.home, frozen_task["sandbox_id"])
+    assert pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        items = {c["id"]: c for c in client.get(f"{API}/search").json()["items"]}
+        assert time.monotonic() - started < 10  # bounded by the agent timeout, not hung
+        assert items[frozen]["sandbox_status"] == "RUNNING"  # the process lives
+        assert items[frozen]["execution_status"] == "finished"  # the stored copy
+        assert items[healthy]["execution_status"] == "finished" and items[healthy]["session_api_key"]
+        r = client.post(f"{API}/{frozen}/send-message", json={"content": [{"type": "text", "text": "x"}]})
+        assert r.status_code == 503 and r.headers["content-type"].startswith("application/problem+json")
+        r = client.post(f"{API}/{healthy}/send-message", json={"content": [{"type": "text", "text": "y"}]})
+        assert r.status_code == 200
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    r = client.post(f"{API}/{frozen}/send-message", json={"content": [{"type": "text", "text": "z"}]})
+    assert r.status_code == 200, r.text

@@ -31,7 +31,8 @@ async def send_message(
     if not text:
         raise Problem("only text content can be sent to the agent", status=422, type_slug="validation-error")
     try:
-        await sandboxes.client(row, timeout=30.0).send_message(conversation_id, text, run=request.run)
+        # Queuing a message is quick on the agent side: the short agent timeout applies.
+        await sandboxes.client(row).send_message(conversation_id, text, run=request.run)
     except AgentServerUnavailable as exc:
         raise Problem("the agent server did not answer; try again", status=503, type_slug="agent-unavailable") from exc
     except AgentServerError as exc:
