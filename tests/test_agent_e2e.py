@@ -460,3 +460,52 @@ def test_an_unresponsive_agent_server_degrades_only_its_own_rows(agent_server_fa
         os.kill(pid, signal.SIGCONT)
     r = client.post(f"{API}/{frozen}/send-message", json={"content": [{"type": "text", "text": "z"}]})
     assert r.status_code == 200, r.text
+
+
+def test_two_replicas_own_their_sandboxes(agent_server_factory: Any) -> None:
+    """Two Threadline processes on one database: neither stops, adopts or marks MISSING the other's
+    sandboxes while it lives; when one goes away, the other adopts what it left running."""
+    from sqlalchemy import select
+
+    from threadline.db.tables import sandboxes
+
+    def owner(server: LiveServer, sandbox_id: str) -> str:
+        async def query() -> str:
+            async with server.ctx.db.read() as conn:
+                row = (await conn.execute(select(sandboxes.c.owner_instance).where(sandboxes.c.id == sandbox_id))).one()
+                return str(row.owner_instance)
+
+        return server.run(query())
+
+    def instance_id(server: LiveServer) -> str:
+        return str(server.ctx.services["sandboxes"].owner)
+
+    a: LiveServer = agent_server_factory(stop_sandboxes_on_shutdown=False)
+    b: LiveServer = agent_server_factory()
+    _, key = a.user("ria")
+    task = start_and_wait(a.client(key), {"initial_message": {"content": [{"type": "text", "text": "hi"}]}})
+    assert task["status"] == "READY", task["detail"]
+    sandbox_id, conv_id = task["sandbox_id"], task["app_conversation_id"]
+    pid = agent_pid(a.settings.home, sandbox_id)
+    assert pid and owner(a, sandbox_id) == instance_id(a)
+
+    # B serves the conversation too, but the sandbox stays A's.
+    assert conversation(b.client(key), conv_id)["sandbox_status"] == "RUNNING"
+    b.run(b.ctx.services["sandboxes"].adopt_orphans())
+    assert owner(b, sandbox_id) == instance_id(a)
+
+    # A goes away (keeping its sandboxes running): B adopts the sandbox on its next pass.
+    a.stop()  # type: ignore[attr-defined]
+    assert pid_alive(pid)
+    b.run(b.ctx.services["sandboxes"].adopt_orphans())
+    assert owner(b, sandbox_id) == instance_id(b)
+    r = b.client(key).post(f"{API}/{conv_id}/send-message", json={"content": [{"type": "text", "text": "B here"}]})
+    assert r.status_code == 200, r.text
+
+    # A replica that stops only stops its own: C comes and goes, B's sandbox keeps running.
+    c: LiveServer = agent_server_factory()
+    assert owner(c, sandbox_id) == instance_id(b), (owner(c, sandbox_id), instance_id(b), instance_id(c))
+    c.stop()  # type: ignore[attr-defined]
+    assert pid_alive(pid)
+    b.stop()  # type: ignore[attr-defined]
+    assert not pid_alive(pid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,10 @@ class Settings(BaseSettings):
     warm_pool_refill_interval: float = 30.0
     # On SIGTERM: stop accepting, let requests in flight finish for this long, then stop.
     shutdown_grace_seconds: float = 30.0
+    # Instance leases: a process heartbeats this often; a lease older than the TTL is stale, and another
+    # process may adopt that process's sandboxes.
+    instance_heartbeat_seconds: float = 10.0
+    instance_lease_ttl_seconds: float = 30.0
     agent_timeout: float = 5.0
     webhook_flush_delay: float = 1.0
     # Where repositories are cloned from, e.g. "https://git.example.com/{repository}.git" or
@@ -68,6 +73,11 @@ class Settings(BaseSettings):
 
     # Sandboxes a user may have STARTING or RUNNING at once (0: no limit).
     max_running_sandboxes_per_user: int = Field(default=10, ge=0)
+
+    # Observability: GET /metrics (Prometheus, no credentials) and the log format of `threadline serve`.
+    metrics_enabled: bool = True
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @property
     def resolved_database_url(self) -> str:

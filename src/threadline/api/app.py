@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +16,7 @@ from threadline.api import ops
 from threadline.api.context import AppContext
 from threadline.api.errors import install_error_handlers
 from threadline.api.middleware import BodySizeLimit
+from threadline.api.openapi import install_problem_docs
 from threadline.auth.routes import router as users_router
 from threadline.config import Settings
 from threadline.conversations.routes import router as conversations_router
@@ -24,8 +27,12 @@ from threadline.db.engine import Database
 from threadline.db.migrate import upgrade_to_head
 from threadline.events.routes import router as events_router
 from threadline.idempotency.service import IdempotencyService
+from threadline.observability import metrics as observability_metrics
+from threadline.observability.metrics import Metrics
+from threadline.observability.middleware import RequestObservability
 from threadline.ratelimit.service import RateLimiter, RateLimitHeaders
 from threadline.sandboxes.backend import ProcessBackend
+from threadline.sandboxes.instances import InstanceLease
 from threadline.sandboxes.live import fill_live_fields
 from threadline.sandboxes.pool import WarmPool
 from threadline.sandboxes.routes import router as sandboxes_router
@@ -39,6 +46,8 @@ log = logging.getLogger("threadline")
 
 def create_app(settings: Settings | None = None, *, db_schema: str | None = None) -> FastAPI:
     settings = settings or Settings()
+    # One registry per app: several apps in one process (tests, replicas) never mix their counts.
+    metrics = Metrics() if settings.metrics_enabled else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -46,15 +55,17 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         await upgrade_to_head(db)
         # One pooled client for every agent-server call (no client, TLS context or pool per request).
         http = httpx.AsyncClient(
-            trust_env=False, limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
+            trust_env=False, limits=httpx.Limits(max_connections=200, max_keepalive_connections=200)
         )
         box = SecretBox(settings.resolved_secret_key)
         backend = ProcessBackend(
             settings.resolved_runtime_dir, settings.sandboxes_dir, flush_delay=settings.webhook_flush_delay
         )
-        sandboxes = SandboxService(db, settings, backend, http, box)
+        lease = InstanceLease(db, ttl_seconds=settings.instance_lease_ttl_seconds)
+        await lease.register()
+        sandboxes = SandboxService(db, settings, backend, http, box, lease)
         pool = WarmPool(sandboxes, settings.warm_pool_size, refill_interval=settings.warm_pool_refill_interval)
-        starts = StartService(db, settings, sandboxes, pool)
+        starts = StartService(db, settings, sandboxes, pool, metrics=metrics)
         ctx = AppContext(settings=settings, db=db)
         ctx.services.update(
             {
@@ -67,10 +78,12 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
                 "release_sandbox": release_sandbox,
                 "idempotency": IdempotencyService(db, settings, box),
                 "rate_limiter": RateLimiter.from_settings(settings),
+                "metrics": metrics,
             }
         )
         app.state.ctx = ctx
-        await sandboxes.reconcile_on_startup()
+        await sandboxes.adopt_orphans()
+        maintenance = asyncio.create_task(_maintain(lease, sandboxes, starts, settings.instance_heartbeat_seconds))
         pool.start()
         interrupted = await starts.close_interrupted()
         if interrupted:
@@ -80,7 +93,11 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         finally:
             await starts.shutdown()
             await pool.stop()
+            maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintenance
             await sandboxes.shutdown()
+            await lease.unregister()
             await http.aclose()
             await db.dispose()
 
@@ -91,7 +108,9 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_problem_docs(app)
     app.include_router(ops.router)
+    app.include_router(observability_metrics.router)
     app.include_router(users_router)
     app.include_router(start_router)
     app.include_router(conversations_router)
@@ -102,7 +121,26 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
     app.include_router(sharing_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RateLimitHeaders)
+    # Added last, so outermost: it sees (and ids, logs and counts) every answer, 413 and 429 included.
+    app.add_middleware(RequestObservability, metrics=metrics, static_paths=lambda: _static_paths(app))
     return app
+
+
+def _static_paths(app: FastAPI) -> frozenset[str]:
+    """Paths of the app's routes that have no parameters (their path is their template)."""
+    return frozenset(p for r in app.routes if isinstance(p := getattr(r, "path", None), str) and "{" not in p)
+
+
+async def _maintain(lease: InstanceLease, sandboxes: SandboxService, starts: StartService, interval: float) -> None:
+    """Keep this instance's lease fresh and adopt the sandboxes of instances that went away."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await lease.heartbeat()
+            await sandboxes.adopt_orphans()
+            await starts.close_interrupted()
+        except Exception:
+            log.exception("sandbox maintenance failed; retrying")
 
 
 async def release_sandbox(ctx: AppContext, conversation_id: str, sandbox_id: str) -> None:

@@ -19,6 +19,6 @@ class AppContext:
     services: dict[str, Any] = field(default_factory=dict)
 
 
-def get_context(request: Request) -> AppContext:
+async def get_context(request: Request) -> AppContext:
     ctx: AppContext = request.app.state.ctx
     return ctx

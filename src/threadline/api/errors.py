@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -9,10 +10,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
+from threadline.observability.logging import current_request_id
+
 PROBLEM_JSON = "application/problem+json"
+# PostgreSQL refusing text: "invalid byte sequence" (NUL in text), "untranslatable character" (\u0000 in
+# JSON), "invalid input syntax" (an unpaired surrogate escape in JSON; our other columns take no text).
+_TEXT_SQLSTATES = frozenset({"22021", "22P05", "22P02"})
 log = logging.getLogger("threadline.errors")
 
 
@@ -89,7 +96,23 @@ def problem_response(
         "detail": detail,
     }
     body.update(extra)
-    return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers, media_type=PROBLEM_JSON)
+    # An extension member (RFC 9457 section 3.2): the id to quote when reporting this error.
+    request_id = current_request_id()
+    if request_id is not None:
+        body.setdefault("request_id", request_id)
+    return ProblemResponse(jsonable_encoder(body), status_code=status, headers=headers)
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_JSON
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            # A problem may echo what the client sent, and JSON text may hold lone surrogates ("\ud800"),
+            # which UTF-8 cannot encode: send every non-ASCII character escaped instead.
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _validation_detail(errors: list[dict[str, Any]]) -> str:
@@ -99,6 +122,23 @@ def _validation_detail(errors: list[dict[str, Any]]) -> str:
         parts.append(f"{'.'.join(loc) or 'request'}: {err.get('msg', 'invalid')}")
     more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
     return "; ".join(parts) + more
+
+
+def _unstorable_text(error: BaseException | None) -> bool:
+    """Whether a database refused text a client sent: PostgreSQL refuses U+0000 (SQLite takes it), and no
+    driver encodes an unpaired surrogate ("\ud800" is a valid JSON escape) as UTF-8."""
+    if isinstance(error, UnicodeEncodeError):
+        return "surrogates not allowed" in str(error)
+    return getattr(error, "sqlstate", None) in _TEXT_SQLSTATES
+
+
+def _unstorable_text_problem() -> Response:
+    return problem_response(
+        422,
+        "text must be valid Unicode without NUL characters (U+0000) or unpaired surrogates",
+        type_slug="validation-error",
+        errors=[],
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -122,6 +162,20 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(StatementError)
+    async def _database(request: Request, exc: StatementError) -> Response:
+        if _unstorable_text(exc.orig):
+            return _unstorable_text_problem()
+        log.exception("database error on %s %s", request.method, request.url.path)
+        return problem_response(500, "Internal server error; the event was logged.")
+
+    @app.exception_handler(UnicodeEncodeError)
+    async def _unencodable(request: Request, exc: UnicodeEncodeError) -> Response:
+        if _unstorable_text(exc):
+            return _unstorable_text_problem()
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(500, "Internal server error; the event was logged.")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

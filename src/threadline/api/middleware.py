@@ -7,6 +7,7 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from threadline.api.errors import PROBLEM_JSON
+from threadline.observability.logging import current_request_id
 
 
 class BodySizeLimit:
@@ -70,6 +71,7 @@ class BodySizeLimit:
                 "title": "Content Too Large",
                 "status": 413,
                 "detail": f"request bodies are limited to {self.max_bytes} bytes",
+                **({"request_id": request_id} if (request_id := current_request_id()) else {}),
             }
         ).encode()
         await send(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -12,6 +13,8 @@ from rich.table import Table
 
 from threadline.api.errors import Problem
 from threadline.auth import service as auth
+from threadline.cli.conversations import conversations_app
+from threadline.cli.login import login
 from threadline.config import Settings
 from threadline.db.engine import Database
 from threadline.db.migrate import upgrade_to_head
@@ -23,6 +26,9 @@ app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 runtime_app = typer.Typer(help="Manage the agent runtime (openhands-agent-server).", no_args_is_help=True)
 app.add_typer(runtime_app, name="runtime")
+# For users of a server (over its API, not its database): login, then conversations.
+app.command("login")(login)
+app.add_typer(conversations_app, name="conversations")
 
 # soft_wrap: messages are never broken across lines (people grep them, tests match them).
 err = Console(stderr=True, soft_wrap=True)
@@ -56,6 +62,7 @@ def serve(
     import uvicorn
 
     from threadline.api.app import create_app
+    from threadline.observability.logging import configure_logging
 
     overrides: dict[str, object] = {}
     if host is not None:
@@ -71,16 +78,22 @@ def serve(
         _, key = await auth.create_key(db, user.id, label="created on first start")
         return key
 
+    # Every log record of the process, uvicorn's included, as JSON lines (or text) on stderr; one
+    # access line per request comes from Threadline's middleware (with its request id), not uvicorn.
+    configure_logging(settings.log_format, settings.log_level)
+    log = logging.getLogger("threadline")
     admin_key = _run_db(first_start)
     if admin_key:
-        err.print("[bold]Created user 'admin'.[/bold] Its API key is shown this once; keep it safe:")
+        log.warning("created user 'admin'; its API key is printed once on stdout, keep it safe")
         print(admin_key, flush=True)
-    err.print(f"Threadline on http://{settings.host}:{settings.port} (data in {settings.home})")
+    log.info("Threadline on http://%s:%s (data in %s)", settings.host, settings.port, settings.home)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        log_level="info",
+        log_level=settings.log_level,
+        log_config=None,
+        access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
 

@@ -28,7 +28,7 @@ from threadline.ids import MalformedId, parse_id
 router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
 
 
-def conversation_id_path(
+async def conversation_id_path(
     conversation_id: Annotated[str, Path(description="Conversation id: 32 hex characters or a dashed UUID")],
 ) -> str:
     try:
@@ -77,7 +77,7 @@ def _tag_keys(values: list[str]) -> tuple[str, ...]:
     return tuple(sorted(set(values)))
 
 
-def search_filters(
+async def search_filters(
     title__contains: Annotated[str | None, Query(title="Filter by title containing this string")] = None,
     created_at__gte: Annotated[datetime | None, Query()] = None,
     created_at__lt: Annotated[datetime | None, Query()] = None,

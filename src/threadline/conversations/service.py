@@ -153,16 +153,18 @@ async def _sub_ids(conn: AsyncConnection, user_id: str, parent_ids: Sequence[str
     if not parent_ids:
         return {}
     c = conversations.c
+    # Look children up by parent only (ix_conversations_parent) and check owner and order here: with the
+    # user in the WHERE clause, SQLite's planner walks all of the user's conversations instead.
     rows = (
         await conn.execute(
-            select(c.parent_conversation_id, c.id)
-            .where(c.user_id == user_id, c.parent_conversation_id.in_(list(parent_ids)))
-            .order_by(c.created_at, c.id)
+            select(c.parent_conversation_id, c.id, c.user_id, c.created_at).where(
+                c.parent_conversation_id.in_(list(parent_ids))
+            )
         )
     ).all()
     result: dict[str, list[str]] = {}
-    for parent_id, child_id in rows:
-        result.setdefault(parent_id, []).append(child_id)
+    for row in sorted((r for r in rows if r.user_id == user_id), key=lambda r: (r.created_at, r.id)):
+        result.setdefault(row.parent_conversation_id, []).append(row.id)
     return result
 
 

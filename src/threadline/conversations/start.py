@@ -33,7 +33,9 @@ from threadline.conversations.start_models import (
 from threadline.db.engine import Database
 from threadline.db.tables import conversations, start_tasks
 from threadline.db.types import utcnow
+from threadline.events.service import as_utc
 from threadline.ids import new_id
+from threadline.observability.metrics import Metrics
 from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint
 from threadline.sandboxes.agent_client import AgentServerError, llm_agent_settings
 from threadline.sandboxes.pool import WarmPool
@@ -89,12 +91,19 @@ def clone_url(settings: Settings, repository: str, provider: ProviderType | None
 
 class StartService:
     def __init__(
-        self, db: Database, settings: Settings, sandboxes: SandboxService, pool: WarmPool | None = None
+        self,
+        db: Database,
+        settings: Settings,
+        sandboxes: SandboxService,
+        pool: WarmPool | None = None,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.sandboxes = sandboxes
         self.pool = pool
+        self.metrics = metrics
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- reads ----------------------------------------------------------------------------------
@@ -141,6 +150,7 @@ class StartService:
         limit: int = 100,
         page_id: str | None = None,
     ) -> AppConversationStartTaskPage:
+        created_at_gte = as_utc(created_at_gte) if created_at_gte is not None else None
         secret = self.settings.resolved_secret_key
         fingerprint = filters_fingerprint(
             {"conversation_id": conversation_id, "created_at_gte": created_at_gte and created_at_gte.isoformat()}
@@ -169,6 +179,7 @@ class StartService:
     async def count(
         self, user_id: str, *, conversation_id: str | None = None, created_at_gte: datetime | None = None
     ) -> int:
+        created_at_gte = as_utc(created_at_gte) if created_at_gte is not None else None
         query = (
             select(func.count()).select_from(start_tasks).where(*self._where(user_id, conversation_id, created_at_gte))
         )
@@ -196,15 +207,19 @@ class StartService:
                     sandbox_id=None,
                     agent_server_url=None,
                     request=redacted_request(request),
+                    owner_instance=self.sandboxes.owner,
                     history=[{"status": Status.WORKING.value, "at": now.isoformat()}],
                     created_at=now,
                     updated_at=now,
                 )
             )
+        # Read before the work starts: the answer is the task as created (WORKING), whatever the
+        # background work has done by the time a read after it would return.
+        task = await self.get(user_id, task_id)
         job = asyncio.create_task(self._run(task_id, user_id, request))
         self._tasks.add(job)
         job.add_done_callback(self._tasks.discard)
-        return await self.get(user_id, task_id)
+        return task
 
     async def _check_sandbox_capacity(self, user_id: str, request: AppConversationStartRequest) -> None:
         """429 now, not an ERROR task later, when the start would create or resume a sandbox beyond the cap.
@@ -249,13 +264,19 @@ class StartService:
     async def _transition(self, task_id: str, status: Status, **values: Any) -> None:
         now = utcnow()
         async with self.db.write() as conn:
-            row = (await conn.execute(select(start_tasks.c.history).where(start_tasks.c.id == task_id))).first()
+            row = (
+                await conn.execute(
+                    select(start_tasks.c.history, start_tasks.c.created_at).where(start_tasks.c.id == task_id)
+                )
+            ).first()
             history = [*(row.history if row else []), {"status": status.value, "at": now.isoformat()}]
             await conn.execute(
                 update(start_tasks)
                 .where(start_tasks.c.id == task_id)
                 .values(status=status.value, history=history, updated_at=now, **values)
             )
+        if self.metrics is not None and row is not None and status in TERMINAL_STATUSES:
+            self.metrics.observe_start_task(status.value, row.created_at, now)
 
     async def _run(self, task_id: str, user_id: str, request: AppConversationStartRequest) -> None:
         secrets = [v for v in (request.secrets or {}).values() if v]
@@ -396,13 +417,13 @@ class StartService:
     # -- process lifetime -----------------------------------------------------------------------
 
     async def close_interrupted(self) -> int:
-        """On start-up: tasks that were in flight when a previous server stopped can never finish."""
+        """Tasks in flight in a process that is gone (its lease is stale) can never finish: close them."""
+        live = await self.sandboxes.lease.live_instances() if self.sandboxes.lease is not None else set()
+        query = select(start_tasks.c.id).where(start_tasks.c.status.notin_([s.value for s in TERMINAL_STATUSES]))
+        if live:
+            query = query.where(or_(start_tasks.c.owner_instance.is_(None), start_tasks.c.owner_instance.notin_(live)))
         async with self.db.read() as conn:
-            rows = (
-                await conn.execute(
-                    select(start_tasks.c.id).where(start_tasks.c.status.notin_([s.value for s in TERMINAL_STATUSES]))
-                )
-            ).all()
+            rows = (await conn.execute(query)).all()
         for row in rows:
             await self._transition(row.id, Status.ERROR, detail="interrupted by a server restart; start again")
         return len(rows)

@@ -35,7 +35,7 @@ router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
 MAX_BATCH = 100
 
 
-def starts_of(ctx: AppContext = Depends(get_context)) -> StartService:
+async def starts_of(ctx: AppContext = Depends(get_context)) -> StartService:
     service: StartService = ctx.services["starts"]
     return service
 

@@ -204,3 +204,19 @@ for _column in ("selected_repository", "git_provider", "trigger", "public", "exe
         conversations.c.created_at,
     )
 Index("ix_conversations_user_cost", conversations.c.user_id, conversations.c.accumulated_cost)
+
+# A row per running Threadline process, kept fresh by a heartbeat: the lease behind sandbox ownership.
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+)
+# The process that runs (launched or adopted) the sandbox; only it stops the sandbox on shutdown.
+sandboxes.append_column(Column("owner_instance", String(32), nullable=True))
+Index("ix_sandboxes_owner_instance", sandboxes.c.owner_instance)
+# The process running the start task: only a task whose process is gone may be closed as interrupted.
+start_tasks.append_column(Column("owner_instance", String(32), nullable=True))

@@ -43,7 +43,7 @@ class EventQuery:
     timestamp_lt: datetime | None
 
 
-def event_filters(
+async def event_filters(
     kind__eq: Annotated[
         str | None,
         Query(

@@ -171,6 +171,10 @@ class ProcessBackend:
         for leftover in self._sandbox_pids(sandbox_id):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(leftover, signal.SIGKILL)
+        # SIGKILL is asynchronous: return only once nothing of the sandbox runs any more.
+        deadline = time.monotonic() + 10
+        while self._sandbox_pids(sandbox_id) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         child = self._children.pop(sandbox_id, None)
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):

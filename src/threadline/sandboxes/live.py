@@ -50,6 +50,7 @@ async def fill_live_fields(ctx: AppContext, user: User, items: list[AppConversat
     fetched = await asyncio.gather(*(_fetch(service, rows[sid], [c.id for c in by_sandbox[sid]]) for sid in running))
     agent_infos = {cid: info for result in fetched for cid, info in result.items()}
 
+    session_keys: dict[str, str] = {}  # decrypted once per sandbox, not once per conversation
     for sid, convs in by_sandbox.items():
         status = statuses.get(sid, SandboxStatus.MISSING)
         row = rows.get(sid)
@@ -70,7 +71,7 @@ async def fill_live_fields(ctx: AppContext, user: User, items: list[AppConversat
                 # The agent did not answer in time: fall back to the copy callbacks keep.
                 conv.execution_status = ConversationExecutionStatus(str(stored))
             conv.conversation_url = f"{row.url}/api/conversations/{conv.id}"
-            conv.session_api_key = service.session_key(row)
+            conv.session_api_key = session_keys.get(sid) or session_keys.setdefault(sid, service.session_key(row))
 
 
 async def _sync(ctx: AppContext, sandbox_id: str, conv: AppConversation, info: dict[str, Any]) -> None:

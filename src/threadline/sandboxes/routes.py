@@ -21,12 +21,12 @@ router = APIRouter(tags=["Sandbox"])
 MAX_BATCH = 100
 
 
-def sandboxes_of(ctx: AppContext = Depends(get_context)) -> SandboxService:
+async def sandboxes_of(ctx: AppContext = Depends(get_context)) -> SandboxService:
     service: SandboxService = ctx.services["sandboxes"]
     return service
 
 
-def sandbox_id_path(sandbox_id: Annotated[str, Path()]) -> str:
+async def sandbox_id_path(sandbox_id: Annotated[str, Path()]) -> str:
     try:
         return parse_id(sandbox_id)
     except MalformedId as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
 import secrets
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from threadline.pagination import decode_page_token, encode_page_token, filters_
 from threadline.sandboxes import runtime
 from threadline.sandboxes.agent_client import AgentServerClient, AgentServerError
 from threadline.sandboxes.backend import SandboxBackend, remove_work_dir
+from threadline.sandboxes.instances import InstanceLease
 from threadline.sandboxes.models import ExposedUrl, SandboxInfo, SandboxPage, SandboxSpecInfo
 
 log = logging.getLogger("threadline.sandboxes")
@@ -75,12 +77,16 @@ class SandboxService:
         backend: SandboxBackend,
         http: httpx.AsyncClient,
         box: SecretBox,
+        lease: InstanceLease | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.backend = backend
         self.http = http
         self.box = box
+        self.lease = lease
+        # The instance this process is; sandboxes it launches or adopts carry it as their owner.
+        self.owner = lease.id if lease is not None else None
         self._watchers: set[asyncio.Task[Any]] = set()
         self._started_at = utcnow()
 
@@ -173,8 +179,13 @@ class SandboxService:
         return [self.to_info(rows[i]) if i in rows and rows[i].user_id == user_id else None for i in ids]
 
     async def by_session_key(self, key: str) -> Any | None:
+        digest = hash_key(key)
         async with self.db.read() as conn:
-            return (await conn.execute(select(sandboxes).where(sandboxes.c.session_key_hash == hash_key(key)))).first()
+            row = (await conn.execute(select(sandboxes).where(sandboxes.c.session_key_hash == digest))).first()
+        # Found by hash; compared again in constant time, as API keys are, so timing says nothing of the key.
+        if row is None or not hmac.compare_digest(row.session_key_hash, digest):
+            return None
+        return row
 
     # -- the per-user cap -----------------------------------------------------------------------
 
@@ -244,6 +255,7 @@ class SandboxService:
                     spec_id=spec_id,
                     backend=self.backend.name,
                     status=SandboxStatus.STARTING.value,
+                    owner_instance=self.owner,
                     work_dir=str(work_dir),
                     session_key_hash=hash_key(session_key),
                     session_key_enc=self.box.encrypt(session_key),
@@ -268,6 +280,7 @@ class SandboxService:
             port=launch.port,
             url=launch.url,
             detail=None,
+            owner_instance=self.owner,
         )
         task = asyncio.create_task(self._watch_startup(sandbox_id))
         self._watchers.add(task)
@@ -431,16 +444,26 @@ class SandboxService:
 
     # -- process lifetime -----------------------------------------------------------------------
 
-    async def reconcile_on_startup(self) -> None:
-        """Re-attach live sandboxes, mark dead ones MISSING, kill processes that lack a live record."""
+    async def adopt_orphans(self) -> None:
+        """Take over sandboxes whose owner is gone: re-attach live ones, mark dead ones MISSING; then kill
+        processes that have no live record. Runs at start-up and periodically.
+
+        A sandbox owned by a live instance (this one, or a replica whose lease is fresh) is left alone,
+        even when its process is not visible here (it may run on another host).
+        """
+        live_owners = await self.lease.live_instances() if self.lease is not None else set()
         async with self.db.read() as conn:
             rows = (await conn.execute(select(sandboxes).where(sandboxes.c.status.in_(list(_LIVE))))).all()
-        live: set[str] = set()
         for row in rows:
             if row.backend != self.backend.name:
                 continue
+            if row.owner_instance is not None and (
+                row.owner_instance == self.owner or row.owner_instance in live_owners
+            ):
+                continue
+            if not await self._claim(row):
+                continue  # another instance adopted it first
             if self.backend.is_alive(row.id, row.pid):
-                live.add(row.id)
                 job = self._watch_startup(row.id) if row.status == SandboxStatus.STARTING.value else None
                 task = asyncio.create_task(job or self.backfill_events(row.id))
                 self._watchers.add(task)
@@ -449,9 +472,21 @@ class SandboxService:
                 await self._set(
                     row.id, status=SandboxStatus.MISSING.value, pid=None, detail="agent server gone after a restart"
                 )
-        killed = await self.backend.reap_orphans(live)
+        async with self.db.read() as conn:
+            query = select(sandboxes.c.id).where(sandboxes.c.status.in_(list(_LIVE)))
+            live_records = {r.id for r in await conn.execute(query)}
+        killed = await self.backend.reap_orphans(live_records)
         if killed:
             log.warning("killed %d sandbox processes that had no live record: %s", len(killed), killed)
+
+    async def _claim(self, row: Any) -> bool:
+        owner = sandboxes.c.owner_instance
+        condition = owner.is_(None) if row.owner_instance is None else owner == row.owner_instance
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(sandboxes).where(sandboxes.c.id == row.id, condition).values(owner_instance=self.owner)
+            )
+        return bool(result.rowcount)
 
     async def shutdown(self) -> None:
         for task in list(self._watchers):
@@ -462,7 +497,11 @@ class SandboxService:
         if not self.settings.stop_sandboxes_on_shutdown:
             return
         async with self.db.read() as conn:
-            rows = (await conn.execute(select(sandboxes).where(sandboxes.c.status.in_(list(_LIVE))))).all()
+            query = select(sandboxes).where(sandboxes.c.status.in_(list(_LIVE)))
+            if self.owner is not None:
+                # Only this process's sandboxes: a replica's keep running with their own Threadline.
+                query = query.where(sandboxes.c.owner_instance == self.owner)
+            rows = (await conn.execute(query)).all()
         # Stop them all at once; each is recorded PAUSED so a later start can resume it.
         await asyncio.gather(*(self._stop_for_shutdown(r) for r in rows if r.backend == self.backend.name))
 

@@ -43,5 +43,5 @@ async def on_event(
     sandbox: Any = Depends(calling_sandbox),
     ctx: AppContext = Depends(get_context),
 ) -> Success:
-    await service.on_events(ctx.db, sandbox.id, conversation_id, events)
+    await service.on_events(ctx.db, sandbox.id, conversation_id, events, metrics=ctx.services.get("metrics"))
     return Success()

@@ -24,6 +24,7 @@ from threadline.db.tables import conversations
 from threadline.db.types import utcnow
 from threadline.events.service import clean_text, store_events
 from threadline.ids import MalformedId, parse_id
+from threadline.observability.metrics import Metrics
 from threadline.sandboxes.agent_client import metrics_from_stats
 
 _STATUSES = {s.value for s in ConversationExecutionStatus}
@@ -140,7 +141,11 @@ async def on_conversation_update(db: Database, sandbox_id: str, info: Mapping[st
         return await _apply(conn, sandbox_id, conversation_id, delta)
 
 
-async def on_events(db: Database, sandbox_id: str, conversation_id_text: str, items: list[Any]) -> int:
+async def on_events(
+    db: Database, sandbox_id: str, conversation_id_text: str, items: list[Any], *, metrics: Metrics | None = None
+) -> int:
+    """Apply and store a batch of events; `metrics` observes the batch's lag once it is stored."""
+    arrived = utcnow()
     conversation_id = _conversation_id(conversation_id_text)
     delta = Delta()
     events = [e for e in items if isinstance(e, Mapping)]
@@ -159,4 +164,7 @@ async def on_events(db: Database, sandbox_id: str, conversation_id_text: str, it
             delta.title = value
     async with db.write() as conn:
         await _apply(conn, sandbox_id, conversation_id, delta)
-        return await store_events(conn, conversation_id, [dict(e) for e in events])
+        stored = await store_events(conn, conversation_id, [dict(e) for e in events])
+    if metrics is not None:
+        metrics.observe_event_batch((_parse_time(e.get("timestamp")) for e in events), now=arrived)
+    return stored

@@ -1,0 +1,128 @@
+"""Structured logs: one JSON object per line (or plain text), every record tagged with its request id.
+
+The request id lives in a context variable set by the request middleware, so any record logged while a
+request is handled (by Threadline, SQLAlchemy, httpx...) carries it, and so does every problem+json body.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import uuid
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("threadline_request_id", default=None)
+
+# A client-sent X-Request-ID is kept only when it is this (no spaces, quotes or control characters that
+# could forge log lines or headers).
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+# Attributes every LogRecord has; anything else on a record was passed with `extra=` and is emitted.
+_STANDARD_ATTRIBUTES = frozenset(
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys() | {"message", "asctime", "taskName"}
+)
+# The fields of a request's log line, in this order, after time, level, logger and message.
+REQUEST_FIELDS = ("request_id", "method", "route", "path", "status", "duration_ms")
+# Not emitted as extras: the standard ones, the request fields (emitted above when set), uvicorn's
+# ANSI-coloured copy of its message.
+_SKIPPED = _STANDARD_ATTRIBUTES | set(REQUEST_FIELDS) | {"color_message", "rid"}
+FORMATS = ("json", "text")
+
+
+def current_request_id() -> str | None:
+    """The id of the request being handled in this context, if any."""
+    return _request_id.get()
+
+
+def set_request_id(value: str | None) -> contextvars.Token[str | None]:
+    return _request_id.set(value)
+
+
+def reset_request_id(token: contextvars.Token[str | None]) -> None:
+    _request_id.reset(token)
+
+
+def sane_request_id(value: str | None) -> str | None:
+    """The client's X-Request-ID if it is 1-128 characters of [A-Za-z0-9._-], else None."""
+    if value is not None and _SANE_REQUEST_ID.fullmatch(value):
+        return value
+    return None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class RequestIdFilter(logging.Filter):
+    """Put the current request id on every record that has none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = current_request_id()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the request fields, any `extra`, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in REQUEST_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        for name, value in vars(record).items():
+            if name not in _SKIPPED and name not in entry and not name.startswith("_"):
+                entry[name] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """`time level logger [request id] message`, for people reading a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s%(rid)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        request_id = getattr(record, "request_id", None)
+        record.rid = f" [{request_id}]" if request_id else ""
+        return super().format(record)
+
+
+def make_handler(fmt: str = "json", stream: TextIO | None = None) -> logging.Handler:
+    """A stream handler with the given format and the request-id filter."""
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RequestIdFilter())
+    return handler
+
+
+def configure_logging(fmt: str = "json", level: str | int = "INFO", stream: TextIO | None = None) -> logging.Handler:
+    """Send every log record of the process (ours, uvicorn's, libraries') to one handler on the root logger."""
+    handler = make_handler(fmt, stream)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level if isinstance(level, int) else level.upper())
+    # uvicorn's own loggers are left without handlers and propagate here.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    return handler
