@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, wait_for
 
 API = "/api/v1/app-conversations"
 SANDBOXES = "/api/v1/sandboxes"
@@ -109,9 +109,20 @@ def test_start_beyond_the_cap_is_429_at_once(capped: Callable[..., LiveServer]) 
         assert client.get(f"{API}/start-tasks/count").json() == 0  # no task that would end in ERROR
 
         # A start in a live sandbox, or under a parent that has one, needs no new slot.
-        assert client.post(API, json={"sandbox_id": live["id"]}).status_code == 200
+        first = client.post(API, json={"sandbox_id": live["id"]})
+        assert first.status_code == 200
         parent = server.conversation(user.id, sandbox_id=live["id"])
-        assert client.post(API, json={"parent_conversation_id": parent["id"]}).status_code == 200
+        second = client.post(API, json={"parent_conversation_id": parent["id"]})
+        assert second.status_code == 200
+        # Let both finish: a start still waiting for the sandbox would resume it once it is paused below.
+        ids = [first.json()["id"], second.json()["id"]]
+        wait_for(
+            lambda: all(
+                t["status"] in ("READY", "ERROR") for t in client.get(f"{API}/start-tasks", params={"ids": ids}).json()
+            ),
+            timeout=180,
+            what="the two starts in the live sandbox to finish",
+        )
 
         # A start that would resume a paused sandbox needs one.
         assert client.post(f"{SANDBOXES}/{live['id']}/pause").status_code == 200
