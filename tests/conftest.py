@@ -7,6 +7,7 @@ schema: a fresh SQLite file, or a fresh PostgreSQL schema in database `test` dro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
@@ -163,6 +164,18 @@ def server_factory(database: Database, tmp_path: Path) -> Iterator[Callable[...,
     yield factory
     for server, thread in started:
         _stop(server, thread)
+    _kill_leftover_sandboxes(tmp_path / "home" / "sandboxes")
+
+
+def _kill_leftover_sandboxes(root: Path) -> None:
+    """A test that failed half-way (or kept sandboxes running on purpose) must not leak agent servers."""
+    import signal
+
+    from threadline.sandboxes.backend import ProcessBackend
+
+    for pid in ProcessBackend(root, root)._sandbox_pids():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _stop(server: uvicorn.Server, thread: threading.Thread) -> None:
