@@ -180,7 +180,10 @@ def _kill_leftover_sandboxes(root: Path) -> None:
 
 def _stop(server: uvicorn.Server, thread: threading.Thread) -> None:
     server.should_exit = True
-    thread.join(timeout=60)
+    # Shutdown stops the server's sandboxes (SIGTERM, grace, SIGKILL): slow on a loaded machine.
+    thread.join(timeout=180)
+    if thread.is_alive():
+        raise RuntimeError("test server did not shut down within 180 s")
 
 
 def _server_loop(server: uvicorn.Server) -> asyncio.AbstractEventLoop:

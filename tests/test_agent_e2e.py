@@ -508,4 +508,4 @@ def test_two_replicas_own_their_sandboxes(agent_server_factory: Any) -> None:
     c.stop()  # type: ignore[attr-defined]
     assert pid_alive(pid)
     b.stop()  # type: ignore[attr-defined]
-    assert not pid_alive(pid)
+    wait_for(lambda: not pid_alive(pid), timeout=60, what=f"B to have stopped its adopted agent server {pid}")
