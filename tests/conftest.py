@@ -273,3 +273,32 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last={last!r}")
+
+
+# -- Threadline as a separate process ---------------------------------------------------------------
+
+
+@pytest.fixture
+def process_server_factory(database: Database, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start `threadline serve` processes on the test's database. Every process made by one test shares
+    home, database and secret, so a second one is a restart (or a replica); each gets its own port
+    unless `port` is given. Extra keyword arguments are settings (`warm_pool_size=1` ->
+    THREADLINE_WARM_POOL_SIZE=1)."""
+    from tests.support.process_server import ProcessServer, server_env
+
+    started: list[ProcessServer] = []
+    secret = "test-secret-" + uuid.uuid4().hex
+
+    def factory(*, port: int | None = None, start: bool = True, **settings: Any) -> ProcessServer:
+        env = server_env(tmp_path / "home", database.url, database.schema, secret, port or free_port(), **settings)
+        proc = ProcessServer(env, tmp_path / f"threadline-{len(started)}.log")
+        if started and started[0].admin_key:
+            proc.admin_key = started[0].admin_key
+        started.append(proc)
+        return proc.start() if start else proc
+
+    yield factory
+    for proc in started:
+        with contextlib.suppress(Exception):
+            proc.stop()
+    _kill_leftover_sandboxes(tmp_path / "home" / "sandboxes")

@@ -16,6 +16,8 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=lambda: Path.home() / ".threadline")
     database_url: str | None = None
+    # PostgreSQL only: the schema Threadline's tables live in (its search_path); unset: the server's default.
+    database_schema: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     # Public base URL agent servers use for callbacks; derived from host/port when unset.

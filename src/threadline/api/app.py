@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.resolved_database_url, schema=db_schema)
+        db = Database(settings.resolved_database_url, schema=db_schema or settings.database_schema)
         await upgrade_to_head(db)
         # One pooled client for every agent-server call (no client, TLS context or pool per request).
         http = httpx.AsyncClient(

@@ -39,7 +39,8 @@ def _run_db(action: Callable[[Database], Awaitable[T]]) -> T:
     """Run one administrative action against the configured database (migrated first)."""
 
     async def main() -> T:
-        db = Database(Settings().resolved_database_url)
+        settings = Settings()
+        db = Database(settings.resolved_database_url, schema=settings.database_schema)
         try:
             await upgrade_to_head(db)
             return await action(db)

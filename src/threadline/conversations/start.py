@@ -45,6 +45,9 @@ from threadline.settings.service import effective_llm
 log = logging.getLogger("threadline.start")
 Status = AppConversationStartTaskStatus
 REDACTED = "**********"
+_TERMINAL_VALUES = [s.value for s in TERMINAL_STATUSES]
+# `_transition(owner=...)` default: any owner.
+_ANY_OWNER = object()
 
 _DEFAULT_GIT_HOSTS = {
     ProviderType.github: "https://github.com/{repository}.git",
@@ -261,22 +264,39 @@ class StartService:
                 return
             await asyncio.sleep(poll)
 
-    async def _transition(self, task_id: str, status: Status, **values: Any) -> None:
+    async def _transition(
+        self, task_id: str, status: Status, *, owner: str | object | None = _ANY_OWNER, **values: Any
+    ) -> bool:
+        """Move a task on and record it in its history. A task that ended (READY or ERROR) never moves
+        again; with `owner`, only a task still owned by that instance moves. Under the row lock, so two
+        processes closing the same task (or a task and its own runner) cannot both write."""
         now = utcnow()
         async with self.db.write() as conn:
             row = (
                 await conn.execute(
-                    select(start_tasks.c.history, start_tasks.c.created_at).where(start_tasks.c.id == task_id)
+                    select(
+                        start_tasks.c.status,
+                        start_tasks.c.owner_instance,
+                        start_tasks.c.history,
+                        start_tasks.c.created_at,
+                    )
+                    .where(start_tasks.c.id == task_id)
+                    .with_for_update()
                 )
             ).first()
-            history = [*(row.history if row else []), {"status": status.value, "at": now.isoformat()}]
+            if row is None or row.status in _TERMINAL_VALUES:
+                return False
+            if owner is not _ANY_OWNER and row.owner_instance != owner:
+                return False
+            history = [*row.history, {"status": status.value, "at": now.isoformat()}]
             await conn.execute(
                 update(start_tasks)
                 .where(start_tasks.c.id == task_id)
                 .values(status=status.value, history=history, updated_at=now, **values)
             )
-        if self.metrics is not None and row is not None and status in TERMINAL_STATUSES:
+        if self.metrics is not None and status in TERMINAL_STATUSES:
             self.metrics.observe_start_task(status.value, row.created_at, now)
+        return True
 
     async def _run(self, task_id: str, user_id: str, request: AppConversationStartRequest) -> None:
         secrets = [v for v in (request.secrets or {}).values() if v]
@@ -419,14 +439,22 @@ class StartService:
     async def close_interrupted(self) -> int:
         """Tasks in flight in a process that is gone (its lease is stale) can never finish: close them."""
         live = await self.sandboxes.lease.live_instances() if self.sandboxes.lease is not None else set()
-        query = select(start_tasks.c.id).where(start_tasks.c.status.notin_([s.value for s in TERMINAL_STATUSES]))
+        query = select(start_tasks.c.id, start_tasks.c.owner_instance).where(
+            start_tasks.c.status.notin_(_TERMINAL_VALUES)
+        )
         if live:
             query = query.where(or_(start_tasks.c.owner_instance.is_(None), start_tasks.c.owner_instance.notin_(live)))
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
+        closed = 0
         for row in rows:
-            await self._transition(row.id, Status.ERROR, detail="interrupted by a server restart; start again")
-        return len(rows)
+            # Replicas race for the same tasks: only the one whose update finds the task as it was closes it.
+            if await self._transition(
+                row.id, Status.ERROR, owner=row.owner_instance, detail="interrupted by a server restart; start again"
+            ):
+                log.warning("start task %s of instance %s was interrupted; closed as ERROR", row.id, row.owner_instance)
+                closed += 1
+        return closed
 
     async def shutdown(self) -> None:
         for job in list(self._tasks):

@@ -464,11 +464,17 @@ class SandboxService:
             if not await self._claim(row):
                 continue  # another instance adopted it first
             if self.backend.is_alive(row.id, row.pid):
+                log.info(
+                    "adopted sandbox %s of instance %s: its agent server runs, re-attached", row.id, row.owner_instance
+                )
                 job = self._watch_startup(row.id) if row.status == SandboxStatus.STARTING.value else None
                 task = asyncio.create_task(job or self.backfill_events(row.id))
                 self._watchers.add(task)
                 task.add_done_callback(self._watchers.discard)
             else:
+                log.warning(
+                    "adopted sandbox %s of instance %s: its agent server is gone, MISSING", row.id, row.owner_instance
+                )
                 await self._set(
                     row.id, status=SandboxStatus.MISSING.value, pid=None, detail="agent server gone after a restart"
                 )

@@ -1,0 +1,172 @@
+"""Threadline as its own OS process (`threadline serve`), for tests that kill it, signal it or run two.
+
+The in-thread servers of conftest share the test's process; these do not: a SIGKILL here is a real crash,
+a SIGTERM a real shutdown, and two of them share nothing but the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def _threadline_command() -> list[str]:
+    script = Path(sys.executable).with_name("threadline")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from threadline.cli.main import app; app()"]
+
+
+@dataclass
+class ProcessServer:
+    """One `threadline serve` process; `env` is its whole THREADLINE_* configuration."""
+
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    admin_key: str | None = None
+    _log: Any = field(default=None, repr=False)
+
+    @property
+    def port(self) -> int:
+        return int(self.env["THREADLINE_PORT"])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def client(self, key: str | None = None, timeout: float = 30) -> httpx.Client:
+        headers = {"X-Access-Token": key} if key else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def start(self, timeout: float = 120) -> ProcessServer:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
+        env.update(self.env)
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [*_threadline_command(), "serve"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            stdin=subprocess.DEVNULL,
+        )
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.base_url, timeout=2) as probe:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"threadline exited with {self.proc.returncode}:\n{self.log_tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if probe.get("/ready").status_code == 200:
+                        break
+                time.sleep(0.1)
+            else:
+                raise RuntimeError(f"threadline did not get ready in {timeout} s:\n{self.log_tail()}")
+        # The first start prints the admin's key on stdout before it serves; later starts print nothing.
+        if self.admin_key is None:
+            os.set_blocking(self.proc.stdout.fileno(), False)
+            line = self.proc.stdout.readline().decode().strip()
+            if line.startswith("tl_"):
+                self.admin_key = line
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        if self._log is not None:
+            self._log.close()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: a crash. Nothing of Threadline's runs after it."""
+        self.signal(signal.SIGKILL)
+        self.wait(30)
+
+    def stop(self, timeout: float = 180) -> int:
+        """SIGTERM and wait for the exit (a clean shutdown)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def log_tail(self, lines: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def server_env(
+    home: Path, database_url: str, schema: str | None, secret: str, port: int, **extra: Any
+) -> dict[str, str]:
+    env = {
+        "THREADLINE_HOME": str(home),
+        "THREADLINE_DATABASE_URL": database_url,
+        "THREADLINE_SECRET_KEY": secret,
+        "THREADLINE_PORT": str(port),
+        "THREADLINE_HOST": "127.0.0.1",
+        "THREADLINE_RATE_LIMITS_ENABLED": "false",
+        "THREADLINE_LOG_LEVEL": "info",
+    }
+    if schema:
+        env["THREADLINE_DATABASE_SCHEMA"] = schema
+    env.update({f"THREADLINE_{k.upper()}": str(v) for k, v in extra.items()})
+    return env
+
+
+def insert_conversations(database_url: str, schema: str | None, user_id: str, count: int, **fields: Any) -> list[str]:
+    """Conversation records made through the service layer (no agent server), for load on a live server."""
+    import asyncio
+
+    from threadline.conversations.service import create_record
+    from threadline.db.engine import Database
+
+    async def run() -> list[str]:
+        db = Database(database_url, schema=schema)
+        try:
+            return [(await create_record(db, user_id, **fields)).id for _ in range(count)]
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
+def recorded_sandbox_pid(database_url: str, schema: str | None, sandbox_id: str) -> int | None:
+    """The pid of a sandbox's agent server as its record has it."""
+    import asyncio
+
+    from sqlalchemy import select
+
+    from threadline.db.engine import Database
+    from threadline.db.tables import sandboxes
+
+    async def run() -> int | None:
+        db = Database(database_url, schema=schema)
+        try:
+            async with db.read() as conn:
+                pid = (await conn.execute(select(sandboxes.c.pid).where(sandboxes.c.id == sandbox_id))).scalar_one()
+                return int(pid) if pid is not None else None
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())

@@ -1,0 +1,326 @@
+"""Crash safety (issue 7, point 2): SIGKILL a real `threadline serve` in the middle of a mixed write load
+(PATCHes, starts of real agent servers, agent callbacks), restart it, and check that
+
+- every write the client saw acknowledged is there (an unanswered one may or may not be),
+- the database passes its integrity check (SQLite `PRAGMA integrity_check` and `foreign_key_check`;
+  PostgreSQL `amcheck` over every index of the schema, heap included) and the tag index agrees,
+- no sandbox process is left without a live record, and none is lost: the agent servers that were
+  running (or booting) are re-attached and their conversations answer again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.conftest import PG_ADMIN_URL, Database, wait_for
+from tests.support.process_server import ProcessServer, insert_conversations
+
+API = "/api/v1/app-conversations"
+HOOKS = "/api/v1/webhooks"
+PATCHED_CONVERSATIONS = 24
+PATCH_WORKERS = 3
+STARTS = 2
+
+pytestmark = pytest.mark.agent
+
+
+@dataclass
+class Load:
+    """The client side of the load: what it sent, and what the server acknowledged."""
+
+    server: ProcessServer
+    api_key: str
+    session_key: str
+    callback_conversation: str
+    patched: list[str]
+    stop: threading.Event = field(default_factory=threading.Event)
+    acked_titles: dict[str, str] = field(default_factory=dict)
+    unanswered_titles: dict[str, str] = field(default_factory=dict)
+    acked_events: set[str] = field(default_factory=set)
+    acked_cost: float = 0.0
+    acked_starts: list[str] = field(default_factory=list)
+    patch_count: int = 0
+    failures: list[str] = field(default_factory=list)
+    transport_errors: list[float] = field(default_factory=list)
+    threads: list[threading.Thread] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self) -> None:
+        share = len(self.patched) // PATCH_WORKERS
+        for i in range(PATCH_WORKERS):
+            self._spawn(self._patches, self.patched[i * share : (i + 1) * share])
+        self._spawn(self._callbacks)
+        self._spawn(self._starts)
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=self._guard, args=(target, *args), daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _guard(self, target: Callable[..., None], *args: Any) -> None:
+        try:
+            target(*args)
+        except httpx.TransportError:
+            # The server is gone: this worker's last request stays unanswered.
+            self.transport_errors.append(time.monotonic())
+
+    def join(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+            assert not thread.is_alive(), "a load worker hung"
+
+    def _patches(self, mine: list[str]) -> None:
+        n = 0
+        with self.server.client(self.api_key) as client:
+            while not self.stop.is_set():
+                n += 1
+                for cid in mine:
+                    title = f"{cid[:8]} #{n}"
+                    self.unanswered_titles[cid] = title
+                    r = client.patch(f"{API}/{cid}", json={"title": title, "tags": {"seq": str(n), "w": "x" * 20}})
+                    if r.status_code != 200:
+                        self.failures.append(f"PATCH {r.status_code} {r.text}")
+                        return
+                    del self.unanswered_titles[cid]
+                    self.acked_titles[cid] = title
+                    with self.lock:
+                        self.patch_count += 1
+
+    def _callbacks(self) -> None:
+        headers = {"X-Session-API-Key": self.session_key}
+        url = f"{HOOKS}/events/{self.callback_conversation}"
+        with httpx.Client(base_url=self.server.base_url, headers=headers, timeout=30) as agent:
+            i = 0
+            while not self.stop.is_set():
+                i += 1
+                at = dt.datetime(2026, 11, 29, 9, 0, 0) + dt.timedelta(milliseconds=i)
+                cost = i / 64  # exact binary fractions: comparisons are exact
+                batch = [_message(f"crash test message {i}", at), _stats(cost, at)]
+                r = agent.post(url, json=batch)
+                if r.status_code != 200:
+                    self.failures.append(f"callback {r.status_code} {r.text}")
+                    return
+                self.acked_events.update(e["id"] for e in batch)
+                self.acked_cost = cost
+
+    def _starts(self) -> None:
+        with self.server.client(self.api_key, timeout=60) as client:
+            for _ in range(STARTS):
+                if self.stop.is_set():
+                    return
+                r = client.post(API, json={})
+                if r.status_code != 200:
+                    self.failures.append(f"start {r.status_code} {r.text}")
+                    return
+                self.acked_starts.append(r.json()["id"])
+
+
+def _message(text: str, at: dt.datetime) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "timestamp": at.isoformat(),
+        "source": "agent",
+        "parent_id": None,
+        "llm_message": {"role": "assistant", "content": [{"type": "text", "text": text}]},
+        "kind": "MessageEvent",
+    }
+
+
+def _stats(cost: float, at: dt.datetime) -> dict[str, Any]:
+    usage = {
+        "model_name": "openai/fake-model",
+        "accumulated_cost": cost,
+        "max_budget_per_task": None,
+        "accumulated_token_usage": {"model": "openai/fake-model", "prompt_tokens": int(cost * 64)},
+    }
+    return {
+        "id": str(uuid.uuid4()),
+        "timestamp": at.isoformat(),
+        "source": "environment",
+        "parent_id": None,
+        "key": "stats",
+        "value": {"usage_to_metrics": {"agent": usage}},
+        "kind": "ConversationStateUpdateEvent",
+    }
+
+
+def _sandbox_processes(home: str) -> dict[int, str]:
+    from threadline.sandboxes.backend import ProcessBackend
+
+    root = Path(home) / "sandboxes"
+    return ProcessBackend(root, root)._sandbox_pids()
+
+
+def _start(client: httpx.Client) -> dict[str, Any]:
+    r = client.post(API, json={})
+    assert r.status_code == 200, r.text
+    task_id = r.json()["id"]
+
+    def ready() -> Any:
+        task = client.get(f"{API}/start-tasks", params={"ids": task_id}).json()[0]
+        assert task["status"] != "ERROR", task
+        return task if task["status"] == "READY" else None
+
+    task: dict[str, Any] = wait_for(ready, timeout=180, what="the first conversation to be READY")
+    return task
+
+
+def _check_integrity(database: Database) -> None:
+    if database.backend == "sqlite":
+        path = make_url(database.url).database
+        assert path
+        with sqlite3.connect(path) as conn:  # replays the WAL the dead process left, as the next start will
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        return
+    import asyncio
+
+    import asyncpg
+
+    async def check() -> int:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            try:
+                await conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+            except asyncpg.UniqueViolationError:  # another test created it at the same moment
+                pass
+            # Raises on any corruption; heapallindexed: every table row is found in the index too.
+            checked: int = await conn.fetchval(
+                """SELECT count(bt_index_check(c.oid, true)) FROM pg_index i
+                   JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                   JOIN pg_am a ON a.oid = c.relam WHERE n.nspname = $1 AND a.amname = 'btree'""",
+                database.schema,
+            )
+            return checked
+        finally:
+            await conn.close()
+
+    assert asyncio.run(check()) >= 10
+
+
+def test_sigkill_mid_load_loses_no_acknowledged_write_and_no_sandbox(
+    process_server_factory: Callable[..., ProcessServer],
+    database: Database,
+    agent_runtime: Path,
+    fake_llm: Any,
+) -> None:
+    settings = {
+        "runtime_dir": agent_runtime,
+        "llm_model": "openai/fake-model",
+        "llm_base_url": fake_llm.base_url,
+        "llm_api_key": "fake-llm-key",
+        "webhook_flush_delay": 0.2,
+        "sandbox_stop_grace_seconds": 5,
+        # A crashed process's sandboxes are adopted once its lease is stale: quickly, for the test.
+        "instance_heartbeat_seconds": 0.5,
+        "instance_lease_ttl_seconds": 3,
+    }
+    first = process_server_factory(**settings)
+    key = first.admin_key
+    assert key
+    home = first.env["THREADLINE_HOME"]
+    with first.client(key, timeout=60) as client:
+        running = _start(client)
+        user_id = client.get("/api/v1/users/me").json()["id"]
+        sandbox = client.get("/api/v1/sandboxes", params={"id": running["sandbox_id"]}).json()[0]
+    running_pids = set(_sandbox_processes(home))
+    patched = insert_conversations(database.url, database.schema, user_id, PATCHED_CONVERSATIONS, title="seed")
+    load = Load(first, key, sandbox["session_api_key"], running["app_conversation_id"], patched)
+    load.run()
+
+    def mid_load() -> bool:
+        assert not load.failures, load.failures
+        booting = set(_sandbox_processes(home)) - running_pids
+        # Kill while a started agent server boots and every kind of write is flowing.
+        return load.patch_count >= 150 and len(load.acked_events) >= 40 and bool(load.acked_starts) and bool(booting)
+
+    wait_for(mid_load, timeout=120, interval=0.05, what="the load to be under way")
+    killed_at = time.monotonic()
+    first.kill()
+    load.join()
+    assert not load.failures, load.failures
+    assert all(t >= killed_at for t in load.transport_errors), "the server failed requests before it was killed"
+    survivors = _sandbox_processes(home)
+    assert set(survivors) >= running_pids, "the crash took agent servers with it"
+
+    _check_integrity(database)
+
+    # Agent servers call back to the same address: the restarted Threadline takes the same port.
+    second = process_server_factory(port=first.port, **settings)
+    with second.client(key, timeout=60) as client:
+        # Every acknowledged PATCH is there; an unanswered one either landed whole or not at all.
+        for cid in patched:
+            conv = client.get(f"{API}/{cid}").json()
+            allowed = {load.acked_titles.get(cid, "seed"), load.unanswered_titles.get(cid)}
+            assert conv["title"] in allowed, (cid, conv["title"], allowed)
+            if conv["title"] != "seed":
+                seq = conv["title"].rsplit("#", 1)[1]
+                assert conv["tags"] == {"seq": seq, "w": "x" * 20}, conv
+                found = client.get(f"{API}/search", params={"tag": f"seq:{seq}", "limit": 100}).json()
+                assert cid in {c["id"] for c in found["items"]}, "the tag index disagrees with the row"
+        everything = client.get(f"{API}/search", params={"limit": 100}).json()["items"]
+        assert set(patched) <= {c["id"] for c in everything}
+        assert client.get(f"{API}/count").json() == len(everything)
+
+        # Every acknowledged callback: its events are stored, its cost counted.
+        cid0 = running["app_conversation_id"]
+        stored = _event_ids(client, cid0)
+        assert load.acked_events <= stored, f"{len(load.acked_events - stored)} acknowledged events lost"
+        assert client.get(f"{API}/{cid0}").json()["metrics"]["accumulated_cost"] >= load.acked_cost
+
+        # Every acknowledged start has its task; each ends (READY, or ERROR: interrupted) and none hangs.
+        def ended() -> Any:
+            tasks = client.get(f"{API}/start-tasks", params={"ids": load.acked_starts}).json()
+            assert None not in tasks, "an acknowledged start task is lost"
+            return all(t["status"] in ("READY", "ERROR") for t in tasks)
+
+        wait_for(ended, timeout=120, what="the start tasks of the killed process to end")
+
+        # Sandboxes: every live record has its process, every process has a live record.
+        def consistent() -> Any:
+            processes = _sandbox_processes(home)
+            page = client.get("/api/v1/sandboxes/search", params={"limit": 100}).json()["items"]
+            live = {s["id"] for s in page if s["status"] in ("STARTING", "RUNNING")}
+            return live == set(processes.values()) and not any(s["status"] == "STARTING" for s in page)
+
+        wait_for(consistent, timeout=180, what="sandbox records and processes to agree")
+        # The agent server that ran before the crash is the same process, re-attached and answering.
+        assert set(_sandbox_processes(home)) >= running_pids
+        conv0 = client.get(f"{API}/{cid0}").json()
+        assert conv0["sandbox_status"] == "RUNNING", conv0
+        assert conv0["execution_status"] is not None, conv0
+
+        # And the server takes writes again.
+        r = client.patch(f"{API}/{patched[0]}", json={"title": "after the crash"})
+        assert r.status_code == 200, r.text
+    # Nothing new was started after the crash: every process now running survived it.
+    assert set(_sandbox_processes(home)) <= set(survivors)
+
+
+def _event_ids(client: httpx.Client, conversation_id: str) -> set[str]:
+    ids: set[str] = set()
+    page_id = None
+    while True:
+        params: dict[str, Any] = {"limit": 100}
+        if page_id:
+            params["page_id"] = page_id
+        r = client.get(f"/api/v1/conversation/{conversation_id}/events/search", params=params)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        ids.update(e["id"] for e in body["items"])
+        page_id = body["next_page_id"]
+        if not page_id:
+            return ids
