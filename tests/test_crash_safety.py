@@ -288,6 +288,18 @@ def test_sigkill_mid_load_loses_no_acknowledged_write_and_no_sandbox(
             return all(t["status"] in ("READY", "ERROR") for t in tasks)
 
         wait_for(ended, timeout=120, what="the start tasks of the killed process to end")
+        # An interrupted start's own sandbox is released, not left running for nobody.
+        tasks = client.get(f"{API}/start-tasks", params={"ids": load.acked_starts}).json()
+        abandoned = [t["sandbox_id"] for t in tasks if t["status"] == "ERROR" and t["sandbox_id"]]
+        for sandbox_id in abandoned:
+            wait_for(
+                lambda sid=sandbox_id: (
+                    client.get("/api/v1/sandboxes", params={"id": sid}).json() == [None]
+                    and sid not in _sandbox_processes(home).values()
+                ),
+                timeout=60,
+                what=f"the sandbox {sandbox_id} of an interrupted start to be released",
+            )
 
         # Sandboxes: every live record has its process, every process has a live record.
         def consistent() -> Any:

@@ -439,9 +439,9 @@ class StartService:
     async def close_interrupted(self) -> int:
         """Tasks in flight in a process that is gone (its lease is stale) can never finish: close them."""
         live = await self.sandboxes.lease.live_instances() if self.sandboxes.lease is not None else set()
-        query = select(start_tasks.c.id, start_tasks.c.owner_instance).where(
-            start_tasks.c.status.notin_(_TERMINAL_VALUES)
-        )
+        query = select(
+            start_tasks.c.id, start_tasks.c.owner_instance, start_tasks.c.sandbox_id, start_tasks.c.request
+        ).where(start_tasks.c.status.notin_(_TERMINAL_VALUES))
         if live:
             query = query.where(or_(start_tasks.c.owner_instance.is_(None), start_tasks.c.owner_instance.notin_(live)))
         async with self.db.read() as conn:
@@ -454,7 +454,20 @@ class StartService:
             ):
                 log.warning("start task %s of instance %s was interrupted; closed as ERROR", row.id, row.owner_instance)
                 closed += 1
+                await self._release_interrupted_sandbox(row)
         return closed
+
+    async def _release_interrupted_sandbox(self, task: Any) -> None:
+        """A sandbox the interrupted start made (or took from the pool) for itself, that no conversation
+        got: nothing will ever use it, so it is stopped and deleted, not left running. A sandbox the
+        request named is the user's and stays."""
+        if not task.sandbox_id or (task.request or {}).get("sandbox_id"):
+            return
+        try:
+            if await self.sandboxes.release_if_unused(task.sandbox_id):
+                log.info("released sandbox %s of interrupted start task %s", task.sandbox_id, task.id)
+        except Exception:  # the task is closed either way; the sandbox can still be deleted by its user
+            log.exception("could not release sandbox %s of interrupted start task %s", task.sandbox_id, task.id)
 
     async def shutdown(self) -> None:
         for job in list(self._tasks):
