@@ -101,6 +101,20 @@ class LiveServer:
         _, key = self.run(auth.create_key(self.ctx.db, user.id))
         return user, key
 
+    def sandbox(self, user_id: str, status: str = "RUNNING", **values: Any) -> tuple[str, str]:
+        """Insert a sandbox record (no process) with a session key; returns (sandbox id, session key)."""
+        from tests.support.records import sandbox_values
+        from threadline.db.tables import sandboxes
+
+        row, key = sandbox_values(user_id, self.settings.resolved_secret_key, status=status, **values)
+
+        async def insert() -> None:
+            async with self.ctx.db.write() as conn:
+                await conn.execute(sandboxes.insert().values(**row))
+
+        self.run(insert())
+        return row["id"], key
+
     def conversation(self, user_id: str, **fields: Any) -> dict[str, Any]:
         """Create a conversation record through the service layer; returns its JSON form."""
         model = self.run(conversations.create_record(self.ctx.db, user_id, **fields))

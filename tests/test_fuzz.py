@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -47,9 +46,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import LiveServer
-from threadline.auth.service import hash_key
-from threadline.crypto import SecretBox
-from threadline.db.tables import sandboxes, start_tasks
+from threadline.db.tables import start_tasks
 from threadline.ids import new_id
 
 # Examples per operation and per (credentials, generation mode) combination; raise it for a deeper
@@ -109,28 +106,9 @@ class Seeded:
 
     def __init__(self, server: LiveServer) -> None:
         self.user, self.key = server.user("fuzzer")
-        self.sandbox_id = new_id()
-        self.session_key = secrets.token_urlsafe(32)
+        self.sandbox_id, self.session_key = server.sandbox(self.user.id, "PAUSED")
         self.task_id = new_id()
         now = dt.datetime.now(dt.UTC)
-
-        async def insert() -> None:
-            async with server.ctx.db.write() as conn:
-                await conn.execute(
-                    sandboxes.insert().values(
-                        id=self.sandbox_id,
-                        user_id=self.user.id,
-                        spec_id="process",
-                        backend="process",
-                        status="PAUSED",
-                        session_key_hash=hash_key(self.session_key),
-                        session_key_enc=SecretBox(server.settings.resolved_secret_key).encrypt(self.session_key),
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-
-        server.run(insert())
         conv = server.conversation(
             self.user.id, sandbox_id=self.sandbox_id, title="seed", tags={"team": "core"}, public=True
         )

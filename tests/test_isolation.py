@@ -32,7 +32,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,9 +42,8 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
-from threadline.auth.service import User, hash_key
-from threadline.crypto import SecretBox
-from threadline.db.tables import sandboxes, start_tasks
+from threadline.auth.service import User
+from threadline.db.tables import start_tasks
 from threadline.ids import new_id
 
 API = "/api/v1/app-conversations"
@@ -79,28 +77,7 @@ def app_routes(app: Any) -> set[tuple[str, str]]:
 
 
 def _insert_sandbox(server: LiveServer, user_id: str, status: str) -> tuple[str, str]:
-    key = secrets.token_urlsafe(32)
-    sandbox_id = new_id()
-    now = dt.datetime.now(dt.UTC)
-
-    async def insert() -> None:
-        async with server.ctx.db.write() as conn:
-            await conn.execute(
-                sandboxes.insert().values(
-                    id=sandbox_id,
-                    user_id=user_id,
-                    spec_id="process",
-                    backend="process",
-                    status=status,
-                    session_key_hash=hash_key(key),
-                    session_key_enc=SecretBox(server.settings.resolved_secret_key).encrypt(key),
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-
-    server.run(insert())
-    return sandbox_id, key
+    return server.sandbox(user_id, status)
 
 
 def _insert_task(server: LiveServer, user_id: str, conversation_id: str, sandbox_id: str) -> str:

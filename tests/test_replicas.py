@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import secrets
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,8 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.conftest import Database, wait_for
 from tests.support.process_server import ProcessServer, insert_conversations
-from threadline.auth.service import hash_key
-from threadline.crypto import SecretBox
+from tests.support.records import sandbox_values
 from threadline.db.engine import Database as Engine
 from threadline.db.tables import instances, sandboxes, start_tasks
 from threadline.ids import new_id
@@ -67,23 +65,6 @@ def _instance_of(database: Database, server: ProcessServer) -> str:
         return str(row.id)
 
     return _db(database, read)
-
-
-def _insert_sandbox(conn_values: dict[str, Any], secret: str) -> tuple[dict[str, Any], str]:
-    key = secrets.token_urlsafe(32)
-    now = dt.datetime.now(dt.UTC)
-    values = {
-        "id": new_id(),
-        "spec_id": "process",
-        "backend": "process",
-        "status": "RUNNING",
-        "session_key_hash": hash_key(key),
-        "session_key_enc": SecretBox(secret).encrypt(key),
-        "created_at": now,
-        "updated_at": now,
-        **conn_values,
-    }
-    return values, key
 
 
 def test_two_replicas_side_by_side(process_server_factory: Callable[..., ProcessServer], database: Database) -> None:
@@ -138,7 +119,7 @@ def test_two_replicas_side_by_side(process_server_factory: Callable[..., Process
 
     # 3. Callbacks of one sandbox arriving at either process (each batch at both): stored once, max kept.
     owner_a = _instance_of(database, a)
-    row, session_key = _insert_sandbox({"user_id": user_id, "owner_instance": owner_a}, a.env["THREADLINE_SECRET_KEY"])
+    row, session_key = sandbox_values(user_id, a.env["THREADLINE_SECRET_KEY"], owner_instance=owner_a)
     _db(database, lambda conn: conn.execute(sandboxes.insert().values(**row)))
     (called,) = insert_conversations(database.url, database.schema, user_id, 1, sandbox_id=row["id"])
     batches = [_batch(i) for i in range(1, 21)]
@@ -159,10 +140,7 @@ def test_two_replicas_side_by_side(process_server_factory: Callable[..., Process
     # every heartbeat; each item is taken over exactly once.
     gone = new_id()
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-    orphans = [
-        _insert_sandbox({"user_id": user_id, "owner_instance": gone}, a.env["THREADLINE_SECRET_KEY"])[0]
-        for _ in range(10)
-    ]
+    orphans = [sandbox_values(user_id, a.env["THREADLINE_SECRET_KEY"], owner_instance=gone)[0] for _ in range(10)]
     tasks = [
         {
             "id": new_id(),

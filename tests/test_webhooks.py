@@ -26,7 +26,6 @@ from sqlalchemy import func, select, update
 
 from tests.conftest import LiveServer
 from threadline.auth.service import User, hash_key
-from threadline.crypto import SecretBox
 from threadline.db.tables import conversations, events, sandboxes
 from threadline.ids import new_id
 
@@ -67,28 +66,7 @@ def _ts(value: str) -> dt.datetime:
 
 def _add_sandbox(server: LiveServer, user_id: str, status: str = "RUNNING") -> tuple[str, str]:
     """Insert a sandbox record the way the sandbox service does; returns (sandbox id, session key)."""
-    key = secrets.token_urlsafe(32)
-    sandbox_id = new_id()
-    now = dt.datetime.now(dt.UTC)
-
-    async def insert() -> None:
-        async with server.ctx.db.write() as conn:
-            await conn.execute(
-                sandboxes.insert().values(
-                    id=sandbox_id,
-                    user_id=user_id,
-                    spec_id="process",
-                    backend="process",
-                    status=status,
-                    session_key_hash=hash_key(key),
-                    session_key_enc=SecretBox(server.settings.resolved_secret_key).encrypt(key),
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-
-    server.run(insert())
-    return sandbox_id, key
+    return server.sandbox(user_id, status)
 
 
 def _stored(server: LiveServer, conversation_id: str) -> dict[str, Any]:
