@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 
 from threadline.api.context import AppContext, get_context
 from threadline.auth.dependencies import current_user
@@ -72,18 +72,20 @@ async def event_filters(
 
 @router.get("/search", response_model=EventPage, summary="Search Events")
 async def search_events(
-    conversation_id: str = Depends(owned_conversation_id),
+    user: User = Depends(current_user),
+    conversation_id: str = Depends(conversation_id_path),
     filters: EventQuery = Depends(event_filters),
     sort_order: Annotated[EventSortOrder, Query(title="Sort order for results")] = EventSortOrder.TIMESTAMP,
     page_id: Annotated[str | None, Query(title="Optional next_page_id from the previously returned page")] = None,
     limit: Annotated[int, Query(title="The max number of results in the page", gt=0, le=service.MAX_LIMIT)] = 100,
     ctx: AppContext = Depends(get_context),
-) -> EventPage:
+) -> Response:
     """Search / List events, ordered by timestamp then event id; `next_page_id` is a keyset token."""
-    return await service.search_events(
+    page = await service.search_events(
         ctx.db,
         ctx.settings.resolved_secret_key,
         conversation_id,
+        owner_id=user.id,
         kind=filters.kind,
         timestamp_gte=filters.timestamp_gte,
         timestamp_lt=filters.timestamp_lt,
@@ -91,6 +93,8 @@ async def search_events(
         limit=limit,
         page_id=page_id,
     )
+    # The stored events are JSON already: sent as they are (the EventPage shape), not decoded and re-encoded.
+    return Response(page.render(), media_type="application/json")
 
 
 @router.get("/count", response_model=int, summary="Count Events")

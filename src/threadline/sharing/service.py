@@ -147,4 +147,5 @@ async def search_events(
         limit=limit,
         page_id=page_id,
     )
-    return EventPage(items=[shareable_event(e) for e in page.items], next_page_id=page.next_page_id)
+    decoded = page.decoded()
+    return EventPage(items=[shareable_event(e) for e in decoded.items], next_page_id=decoded.next_page_id)
