@@ -8,6 +8,7 @@ Who owns what:
   bench-w1  `w1` conversations (PATCHed at random by W1); one of them has `w3` events (W3)
   bench-w2  `w2` conversations, listed by W2 (first page and the page after `deep` items)
   bench-w5  `w5_sandboxes` * 5 conversations, spread over that many RUNNING sandboxes (W5)
+  bench-w4  no data: W4 runs on a database of its own with only this user (`user_only`)
 Every conversation's tags also have their rows in conversation_tags (with user_id), as the server keeps them.
 """
 
@@ -336,6 +337,17 @@ async def _user_with_key(db: Database, name: str) -> tuple[str, str]:
     user = await auth.create_user(db, name)
     _, key = await auth.create_key(db, user.id, label="bench")
     return user.id, key
+
+
+async def user_only(url: str, name: str) -> tuple[str, str]:
+    """Migrate the (empty) database at `url` and make one user with an API key: W4 needs nothing else
+    (a start reads the user, counts their sandboxes and writes its own rows). Returns (user id, key)."""
+    db = Database(url)
+    try:
+        await upgrade_to_head(db)
+        return await _user_with_key(db, name)
+    finally:
+        await db.dispose()
 
 
 async def load(

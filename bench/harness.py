@@ -1,9 +1,11 @@
-"""Driver of `bench/run`: load data, start servers, run the workloads with wrk, write the results.
+"""Driver of `bench/run`: load data, start servers, run the workloads with wrk, time starts, write the results.
 
 Run it through bench/run (which makes the venv and installs wrk); `bench/run --help` lists the options.
-Everything it starts (servers, fake agent servers, wrk, py-spy) runs in its own process group and is
-killed on the way out, also on errors and Ctrl-C; a fresh THREADLINE_HOME and, for PostgreSQL, a fresh
-schema (with a role of the same name, whose search_path is that schema) are made and removed per run.
+Everything it starts (servers, agent servers, the fake LLM, wrk, py-spy) runs in its own process group and
+is killed on the way out, also on errors and Ctrl-C; agent servers that a Threadline server started (W4)
+are found by the sandbox root they are tagged with and killed too. A fresh THREADLINE_HOME and, for
+PostgreSQL, a fresh schema (with a role of the same name, whose search_path is that schema) are made and
+removed per run (W4 gets its own).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import platform
@@ -48,8 +51,30 @@ import report  # noqa: E402
 DEFAULT_PG_URL = "postgresql://127.0.0.1:5432/test"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVER_CPU, CLIENT_CPU = "0", "1"
-FULL = {"w1": 10_000, "w2.sqlite": 100_000, "w2.postgresql": 1_000_000, "deep": 10_000, "w3": 10_000, "w5": 20}
-QUICK = {"w1": 500, "w2.sqlite": 2_000, "w2.postgresql": 2_000, "deep": 1_000, "w3": 2_000, "w5": 2}
+FULL = {
+    "w1": 10_000,
+    "w2.sqlite": 100_000,
+    "w2.postgresql": 1_000_000,
+    "deep": 10_000,
+    "w3": 10_000,
+    "w5": 20,
+    "w4.cold": 5,
+    "w4.warm": 10,
+    "w4.pool": 2,
+}
+QUICK = {
+    "w1": 500,
+    "w2.sqlite": 2_000,
+    "w2.postgresql": 2_000,
+    "deep": 1_000,
+    "w3": 2_000,
+    "w5": 2,
+    "w4.cold": 1,
+    "w4.warm": 2,
+    "w4.pool": 1,
+}
+WRK_WORKLOADS = ("w1", "w2", "w3", "w5")
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5")
 LIMIT = 100
 W3_KIND = "ActionEvent"
 
@@ -65,6 +90,9 @@ def log(message: str) -> None:
 # -- processes ----------------------------------------------------------------------------------
 
 _started: list[subprocess.Popen[bytes]] = []
+# Sandbox roots of the Threadline servers W4 starts: their agent servers run in sessions of their own (not
+# in the server's process group), so cleanup() finds them by the root they are tagged with.
+_sandbox_roots: list[Path] = []
 
 
 def spawn(cmd: list[str], *, env: dict[str, str] | None = None, out: Path | None = None) -> subprocess.Popen[bytes]:
@@ -99,10 +127,39 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
         _started.remove(proc)
 
 
+def sandbox_pids(root: Path) -> list[int]:
+    """Processes tagged THREADLINE_SANDBOX_ROOT=<root>: the agent servers (and their children) that a
+    Threadline server with that sandbox directory started, as its process backend tags them."""
+    tag = f"THREADLINE_SANDBOX_ROOT={root}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if tag in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_sandboxes(root: Path) -> int:
+    """SIGKILL whatever still runs of the sandboxes under `root`; returns how many processes were found."""
+    pids = sandbox_pids(root)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
 def cleanup() -> None:
     for proc in reversed(list(_started)):
         with contextlib.suppress(Exception):
             stop(proc, grace=10.0)
+    for root in list(_sandbox_roots):
+        with contextlib.suppress(Exception):
+            kill_sandboxes(root)
 
 
 def _on_signal(signum: int, _frame: Any) -> None:
@@ -450,11 +507,13 @@ def server_env(home: Path, url: str, secret: str) -> tuple[dict[str, str], dict[
     return env, overrides
 
 
+def runtime_dir() -> Path:
+    """The real agent runtime's directory (bench/run installs it when missing)."""
+    return Path(os.environ.get("THREADLINE_BENCH_RUNTIME_DIR", Path.home() / ".cache" / "threadline" / "agent-runtime"))
+
+
 def runtime_python() -> Path:
-    """The real agent runtime (bench/run installs it when missing)."""
-    runtime = Path(
-        os.environ.get("THREADLINE_BENCH_RUNTIME_DIR", Path.home() / ".cache" / "threadline" / "agent-runtime")
-    )
+    runtime = runtime_dir()
     python = runtime / "bin" / "python"
     if not python.exists():
         raise BenchError(f"no agent runtime at {runtime}: run `threadline runtime install` with THREADLINE_RUNTIME_DIR")
@@ -508,6 +567,15 @@ def agent_calls(agents: list[dict[str, Any]]) -> int:
     return sum(Path(a["log"]).read_text(errors="replace").count("GET /api/conversations?ids=") for a in agents)
 
 
+def fresh_database(kind: str, pg_url: str, home: Path) -> tuple[str, str | None]:
+    """The URL of a new, empty database of `kind` (SQLite: a file under `home`) and its PostgreSQL schema."""
+    if kind == "sqlite":
+        return f"sqlite+aiosqlite:///{home / 'threadline.db'}", None
+    schema, url = pg_create(pg_url)
+    log(f"PostgreSQL schema {schema}")
+    return url, schema
+
+
 def run_database(
     kind: str, args: argparse.Namespace, runner: Runner, state: dict[str, Any], result: dict[str, Any]
 ) -> None:
@@ -529,11 +597,7 @@ def run_database(
     server = None
     agents: list[dict[str, Any]] = []
     try:
-        if kind == "sqlite":
-            url = f"sqlite+aiosqlite:///{home / 'threadline.db'}"
-        else:
-            schema, url = pg_create(args.pg_url)
-            log(f"PostgreSQL schema {schema}")
+        url, schema = fresh_database(kind, args.pg_url, home)
         secret = secrets.token_urlsafe(48)
         if sizes.w5_sandboxes:
             agents = start_agents(sizes.w5_sandboxes, home, log_dir)
@@ -726,6 +790,201 @@ def measure_ceiling(runner: Runner, body: bytes, ids_file: Path, log_dir: Path) 
         stop(proc)
 
 
+# -- W4: start -> READY ---------------------------------------------------------------------------
+
+STARTS = "/api/v1/app-conversations"
+W4_POLL_SECONDS = 0.05  # between two reads of the start task: the resolution of a sample
+W4_START_TIMEOUT = 240.0  # for one start to reach READY (a cold agent server boots in 9-15 s here)
+W4_POOL_TIMEOUT = 300.0  # for the warm pool to be full
+# What a user sends: a first message, so the agent runs (against the fake LLM) once it is READY.
+W4_BODY = {"initial_message": {"content": [{"type": "text", "text": "Say hello, then finish."}]}}
+FAKE_LLM_MODEL = "openai/fake-model"
+
+
+def start_fake_llm(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The tests' fake OpenAI-compatible LLM (tests/support/fake_llm.py) on 127.0.0.1; returns its base URL."""
+    port = free_port()
+    out = log_dir / "fake-llm.log"
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    proc = spawn(
+        [sys.executable, "-m", "tests.support.fake_llm", "--port", str(port)],
+        env={**os.environ, "PYTHONPATH": path},
+        out=out,
+    )
+    wait_http(port, "/v1/models", proc, out, 60)
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def w4_env(home: Path, url: str, secret: str, llm_url: str, pool_size: int) -> dict[str, str]:
+    """server_env() plus the real agent runtime, the fake LLM, the warm pool, and no per-user sandbox cap."""
+    env, _ = server_env(home, url, secret)
+    env.update(
+        THREADLINE_RUNTIME_DIR=str(runtime_dir()),
+        THREADLINE_LLM_MODEL=FAKE_LLM_MODEL,
+        THREADLINE_LLM_BASE_URL=llm_url,
+        THREADLINE_LLM_API_KEY="fake-llm-key",
+        THREADLINE_WARM_POOL_SIZE=str(pool_size),
+        # Refills follow every claim at once; the interval only replaces pool sandboxes that died.
+        THREADLINE_WARM_POOL_REFILL_INTERVAL="5",
+        THREADLINE_MAX_RUNNING_SANDBOXES_PER_USER="0",
+        # Deleting a sample's conversation stops its agent server; it is not timed, so no need to wait long.
+        THREADLINE_SANDBOX_STOP_GRACE_SECONDS="1",
+    )
+    return env
+
+
+def start_w4_server(env: dict[str, str], log_file: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`threadline serve`, not pinned to a CPU: the agent servers it starts would inherit the pinning."""
+    port = free_port()
+    server = spawn(
+        [str(VENV_BIN / "threadline"), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, out=log_file
+    )
+    wait_http(port, "/ready", server, log_file, 120)
+    return server, port
+
+
+def check_alive(server: subprocess.Popen[bytes], log_file: Path) -> None:
+    if server.poll() is not None:
+        raise BenchError(f"the W4 server exited ({server.returncode}); log:\n{tail(log_file)}")
+
+
+def wait_pool(client: Client, size: int, server: subprocess.Popen[bytes], log_file: Path) -> float:
+    """Poll /server_info until `size` pool sandboxes are RUNNING; returns the seconds waited."""
+    t0 = time.monotonic()
+    while True:
+        pool = client.json("GET", "/server_info").get("warm_pool") or {}
+        if pool.get("ready", 0) >= size:
+            return time.monotonic() - t0
+        check_alive(server, log_file)
+        if time.monotonic() - t0 > W4_POOL_TIMEOUT:
+            raise BenchError(f"the warm pool is {pool} after {W4_POOL_TIMEOUT:.0f}s, not {size} ready")
+        time.sleep(0.2)
+
+
+def wait_ready(client: Client, task_id: str, deadline: float, server: subprocess.Popen[bytes], log_file: Path) -> Any:
+    """Poll the start task until it is READY (returned) or ERROR, or the deadline passes (BenchError)."""
+    path = f"{STARTS}/start-tasks?ids={task_id}"
+    while True:
+        task = client.json("GET", path)[0]
+        status = task["status"] if task else None
+        if status == "READY":
+            return task
+        if status in ("ERROR", None):
+            detail = task["detail"] if task else "the start task vanished"
+            raise BenchError(f"start task {task_id} failed: {detail}; server log:\n{tail(log_file, 15)}")
+        check_alive(server, log_file)
+        if time.monotonic() > deadline:
+            raise BenchError(f"start task {task_id} still {status} after {W4_START_TIMEOUT:.0f}s")
+        time.sleep(W4_POLL_SECONDS)
+
+
+def parse_time(value: str) -> datetime:
+    stamp = datetime.fromisoformat(value)
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def task_timing(task: dict[str, Any]) -> dict[str, Any]:
+    """The server's own clock: creation to READY, and the seconds spent in each status of the history."""
+    created = parse_time(task["created_at"])
+    marks = [(h["status"], parse_time(h["at"])) for h in task.get("history") or []]
+    phases: dict[str, float] = {}
+    for (status, at), (_, after) in itertools.pairwise(marks):
+        phases[status] = round(phases.get(status, 0.0) + (after - at).total_seconds(), 3)
+    ready_at = marks[-1][1] if marks else parse_time(task["updated_at"])
+    return {"server_seconds": round((ready_at - created).total_seconds(), 3), "phases": phases}
+
+
+def was_pooled(client: Client, task: dict[str, Any]) -> bool | None:
+    """Whether the start got a pre-started sandbox: one created before the start task was."""
+    box = client.json("GET", f"/api/v1/sandboxes?id={task['sandbox_id']}")[0]
+    if box is None:
+        return None
+    return parse_time(box["created_at"]) < parse_time(task["created_at"])
+
+
+def one_start(client: Client, server: subprocess.Popen[bytes], log_file: Path) -> dict[str, Any]:
+    """One sample: POST sent -> READY seen; then the conversation is deleted, which stops its sandbox."""
+    t0 = time.monotonic()
+    task = client.json("POST", STARTS, W4_BODY)
+    task = wait_ready(client, task["id"], t0 + W4_START_TIMEOUT, server, log_file)
+    seconds = time.monotonic() - t0
+    sample = {"seconds": round(seconds, 3), **task_timing(task), "sandbox_id": task["sandbox_id"]}
+    sample["pooled"] = was_pooled(client, task)
+    t1 = time.monotonic()
+    client.json("DELETE", f"{STARTS}/{task['app_conversation_id']}")
+    sample["delete_seconds"] = round(time.monotonic() - t1, 2)
+    return sample
+
+
+def measure_starts(
+    label: str, env: dict[str, str], count: int, pool_size: int, token: str, log_dir: Path, into: dict[str, Any]
+) -> None:
+    """`count` starts one at a time on a server of its own; with a pool, each waits for the pool to be full.
+    Fills `into` as it goes, so that a failure keeps the samples taken."""
+    log_file = log_dir / f"server-{label.replace(' ', '-')}.log"
+    samples: list[dict[str, Any]] = []
+    into.update(pool_size=pool_size, samples=samples)
+    server, port = start_w4_server(env, log_file)
+    client = Client(port, token)
+    try:
+        for i in range(count):
+            waited = wait_pool(client, pool_size, server, log_file) if pool_size else None
+            settle(server.pid)
+            sample = one_start(client, server, log_file)
+            sample["pool_wait_seconds"] = round(waited, 2) if waited is not None else None
+            samples.append(sample)
+            into.update(report.start_stats(samples))
+            pooled = {True: ", pooled sandbox", False: ", new sandbox", None: ""}[sample["pooled"]]
+            if pool_size and not sample["pooled"]:
+                pooled += " (NOT from the pool)"
+            log(
+                f"  {label} {i + 1}/{count}: READY in {sample['seconds']:.2f} s "
+                f"(server {sample['server_seconds']:.2f} s{pooled}; delete {sample['delete_seconds']:.1f} s)"
+            )
+    finally:
+        client.close()
+        stop(server, grace=60)
+
+
+def run_w4(kind: str, args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """W4 on a fresh, empty database of `kind`: cold starts (warm pool off), then warm ones (pool on)."""
+    sizes = args.sizes
+    w4 = result.setdefault("w4", {})
+    home = Path(tempfile.mkdtemp(prefix=f"threadline-bench-w4-{kind}-"))
+    log_dir = home / "logs"
+    log_dir.mkdir()
+    root = home / "sandboxes"
+    _sandbox_roots.append(root)
+    schema = None
+    llm = None
+    try:
+        url, schema = fresh_database(kind, args.pg_url, home)
+        _, token = asyncio.run(datagen.user_only(url, "bench-w4"))
+        llm, llm_url = start_fake_llm(log_dir)
+        secret = secrets.token_urlsafe(48)
+        log(f"{kind}: W4 {sizes['w4.cold']} cold starts, then {sizes['w4.warm']} with a pool of {sizes['w4.pool']}")
+        plan = [("cold", 0, sizes["w4.cold"]), ("warm", sizes["w4.pool"], sizes["w4.warm"])]
+        for mode, pool_size, count in plan:
+            if count > 0:
+                env = w4_env(home, url, secret, llm_url, pool_size)
+                measure_starts(f"{kind} W4 {mode}", env, count, pool_size, token, log_dir, w4.setdefault(mode, {}))
+                left = kill_sandboxes(root)
+                if left:
+                    log(f"  {kind} W4 {mode}: {left} agent-server processes outlived their server; killed")
+    finally:
+        if llm is not None:
+            stop(llm, grace=5)
+        kill_sandboxes(root)
+        _sandbox_roots.remove(root)
+        if schema and not args.keep:
+            with contextlib.suppress(Exception):
+                pg_drop(args.pg_url, schema)
+        if args.keep:
+            log(f"kept {home}" + (f" and schema {schema}" if schema else ""))
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -744,8 +1003,43 @@ def parse_sizes(text: str | None, quick: bool) -> dict[str, int]:
         elif key in sizes:
             sizes[key] = number
         else:
-            raise SystemExit(f"--sizes: unknown key {key!r} (known: w1, w2, w2.sqlite, w2.postgresql, deep, w3, w5)")
+            raise SystemExit(f"--sizes: unknown key {key!r} (known: w2, {', '.join(sizes)})")
     return sizes
+
+
+def w4_databases(choice: str | None, dbs: list[str]) -> list[str]:
+    return [kind for kind in dbs if choice in (None, kind, "both")]
+
+
+def attempt(label: str, results: dict[str, Any], step: Any, *argv: Any) -> int:
+    """Run one database's step; a failure is recorded (and the run goes on with the next): returns 1."""
+    try:
+        step(*argv)
+    except Exception as exc:
+        if not isinstance(exc, BenchError):
+            traceback.print_exc()
+        log(f"{label}: FAILED: {exc}")
+        results["failures"].append(f"{label}: {type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+def merge_w4(path: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the results in `path` with this run's W4 (per database, replacing any W4 there) added;
+    where and when W4 was measured is kept under "w4_run"."""
+    merged: dict[str, Any] = json.loads(path.read_text())
+    for kind, db in results["databases"].items():
+        if "w4" in db:
+            merged["databases"].setdefault(kind, {"db": kind})["w4"] = db["w4"]
+    merged["w4_run"] = {
+        key: results.get(key) for key in ("date", "quick", "git", "machine", "settings", "total_seconds", "failures")
+    }
+    source = path.resolve()
+    merged["w4_run"]["merged_into"] = str(source.relative_to(ROOT) if source.is_relative_to(ROOT) else source)
+    merged["failures"] = [*merged.get("failures", []), *(f"W4 run: {f}" for f in results["failures"])]
+    merged["ok"] = bool(merged.get("ok", True)) and results["ok"]
+    report.add_ratios_and_goals(merged)
+    return merged
 
 
 def git_info() -> dict[str, Any]:
@@ -806,18 +1100,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench/run",
         description="Threadline benchmarks (issue 6): W1 PATCH, W2 search pages, W3 events, W5 live page, "
-        "each against the ceiling of a bare ASGI app. Writes bench/results/<date>.json and the table in "
-        "docs/performance.md.",
+        "each against the ceiling of a bare ASGI app; W4 start -> READY with real agent servers and the "
+        "fake LLM, cold (warm pool off) and warm (from the pool). Writes bench/results/<date>.json and the "
+        "tables in docs/performance.md.",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes and short runs (CI; under 3 minutes)")
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument(
         "--sizes",
         help="comma-separated key=value: w1 (conversations PATCHed), w2 / w2.sqlite / w2.postgresql "
-        "(conversations searched), deep (items before the deep page), w3 (events), w5 (sandboxes); "
+        "(conversations searched), deep (items before the deep page), w3 (events), w5 (sandboxes), "
+        "w4.cold / w4.warm (W4 starts timed without / with the warm pool), w4.pool (warm pool size); "
         f"defaults {FULL}, with --quick {QUICK}",
     )
-    parser.add_argument("--workloads", default="w1,w2,w3,w5", help="which of w1,w2,w3,w5 (default all)")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="which of w1,w2,w3,w4,w5 (default all)")
+    parser.add_argument(
+        "--w4-db",
+        choices=["sqlite", "postgresql", "both"],
+        help="databases W4 runs on, of those --db picks (default: all of them; W4 boots real agent servers, "
+        "about 10 s each: with --quick it adds about 35 s per database)",
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="with --workloads w4: add this run's W4 to a copy of that results file (the other workloads' "
+        "numbers stay the ones measured there) and write it as this run's results",
+    )
     parser.add_argument("--duration", type=float, help="seconds per measured run (default 10, --quick 3)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up before each run (default 3, --quick 1)")
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections (default 16)")
@@ -849,9 +1158,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args.sizes = parse_sizes(args.sizes, args.quick)
     args.workloads = [w.strip().lower() for w in args.workloads.split(",") if w.strip()]
-    unknown = set(args.workloads) - {"w1", "w2", "w3", "w5"}
+    unknown = set(args.workloads) - set(WORKLOADS)
     if unknown:
         raise SystemExit(f"--workloads: unknown {sorted(unknown)}")
+    if args.merge and args.workloads != ["w4"]:
+        raise SystemExit("--merge needs --workloads w4 (the others are ratios to a ceiling measured in the same run)")
+    if args.merge and not args.merge.is_file():
+        raise SystemExit(f"--merge: no results file {args.merge}")
     if args.duration is None:
         args.duration = 3.0 if args.quick else 10.0
     if args.warmup is None:
@@ -860,6 +1173,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.docs is None:
         args.docs = not args.quick
     dbs = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    args.w4_dbs = w4_databases(args.w4_db, dbs) if "w4" in args.workloads else []
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _on_signal)
@@ -885,6 +1199,13 @@ def main(argv: list[str] | None = None) -> int:
             "sizes": args.sizes,
             "workloads": args.workloads,
             "server": "threadline serve (uvicorn, 1 worker, 127.0.0.1, log level info)",
+            "w4": {
+                "databases": args.w4_dbs,
+                "poll_seconds": W4_POLL_SECONDS,
+                "request": W4_BODY,
+                "llm": f"tests/support/fake_llm.py, model {FAKE_LLM_MODEL}",
+                "server": "threadline serve as above, not pinned to a CPU (its agent servers would inherit it)",
+            },
         },
         "databases": {},
         "failures": [],
@@ -895,15 +1216,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         preflight(args, dbs)
         results["versions"] = versions()
-        for kind in dbs:
-            try:
-                run_database(kind, args, runner, state, results["databases"].setdefault(kind, {}))
-            except Exception as exc:
-                if not isinstance(exc, BenchError):
-                    traceback.print_exc()
-                log(f"{kind}: FAILED: {exc}")
-                results["failures"].append(f"{kind}: {type(exc).__name__}: {exc}")
-                code = 1
+        wrk_dbs = dbs if set(args.workloads) & set(WRK_WORKLOADS) else []
+        for kind in wrk_dbs:
+            db = results["databases"].setdefault(kind, {})
+            code |= attempt(kind, results, run_database, kind, args, runner, state, db)
         if "ceiling_body" in state:
             # Measured again at the end: the two runs show how much the machine's load moved meanwhile.
             with tempfile.TemporaryDirectory(prefix="threadline-bench-ceiling-") as tmp:
@@ -912,6 +1228,10 @@ def main(argv: list[str] | None = None) -> int:
                 state.setdefault("ceiling", []).append(
                     measure_ceiling(runner, state["ceiling_body"], ids_file, Path(tmp))
                 )
+        # After the ceiling's second run, which tells how the machine's load moved during the wrk runs.
+        for kind in args.w4_dbs:
+            db = results["databases"].setdefault(kind, {"db": kind})
+            code |= attempt(f"{kind} W4", results, run_w4, kind, args, db)
     except BenchError as exc:
         log(f"FAILED: {exc}")
         results["failures"].append(str(exc))
@@ -927,7 +1247,7 @@ def main(argv: list[str] | None = None) -> int:
     results["floor"] = state.get("floor")
     report.add_ratios_and_goals(results)
     results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    results["total_seconds"] = round(time.monotonic() - t_start, 1)
+    results["total_seconds"] = elapsed = round(time.monotonic() - t_start, 1)
     for kind, db in results["databases"].items():
         for name, w in db.get("workloads", {}).items():
             if not w.get("ok", True):
@@ -938,6 +1258,8 @@ def main(argv: list[str] | None = None) -> int:
     if not results["databases"]:
         log("FAILED before any measurement: " + "; ".join(results["failures"]))
         return code or 1
+    if args.merge:
+        results = merge_w4(args.merge, results)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = args.output or RESULTS / f"{stamp}{'-quick' if args.quick else ''}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -948,7 +1270,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"updated {DOC.relative_to(ROOT)}")
     elif args.docs:
         log(f"the run failed: {DOC.relative_to(ROOT)} left as it was (--docs writes it anyway)")
-    log(f"done in {results['total_seconds']}s: {'ok' if code == 0 else 'FAILED'}")
+    log(f"done in {elapsed}s: {'ok' if code == 0 else 'FAILED'}")
     return code
 
 

@@ -310,6 +310,9 @@ class StartService:
         except Exception as exc:
             log.exception("start task %s failed", task_id)
             await self._fail(task_id, f"internal error while starting: {type(exc).__name__}", secrets)
+        finally:
+            if self.pool is not None and self.pool.enabled:
+                self.pool.replenish()
 
     async def _fail(self, task_id: str, detail: str, secrets: list[str]) -> None:
         for value in sorted(secrets, key=len, reverse=True):

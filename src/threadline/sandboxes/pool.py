@@ -1,7 +1,7 @@
 """The warm pool: pre-started agent servers, owned by no user, handed to a new conversation at start.
 
 An agent server takes about 10 s to boot here; a start that claims a RUNNING pool sandbox skips that.
-The pool refills in the background after every claim and every `refill_interval` seconds (which also
+The pool refills in the background after every start that used it and every `refill_interval` seconds (which also
 replaces pool sandboxes that died). Claiming is one conditional UPDATE (`... WHERE user_id IS NULL`), so
 two starts, or two Threadline processes on one database, never get the same sandbox.
 """
@@ -54,22 +54,24 @@ class WarmPool:
         """Give a RUNNING pool sandbox to the user; None when none is ready (the caller starts one)."""
         if not self.enabled:
             return None
-        try:
-            for row in await self._pool_rows():
-                if self.service.effective_status(row) is not SandboxStatus.RUNNING:
-                    continue
-                async with self.service.db.write() as conn:
-                    await self.service.take_slot(conn, user_id)
-                    result = await conn.execute(
-                        update(sandboxes)
-                        .where(sandboxes.c.id == row.id, sandboxes.c.user_id.is_(None))
-                        .values(user_id=user_id, updated_at=utcnow())
-                    )
-                if result.rowcount:
-                    return str(row.id)
-            return None
-        finally:
-            self._wake.set()
+        for row in await self._pool_rows():
+            if self.service.effective_status(row) is not SandboxStatus.RUNNING:
+                continue
+            async with self.service.db.write() as conn:
+                await self.service.take_slot(conn, user_id)
+                result = await conn.execute(
+                    update(sandboxes)
+                    .where(sandboxes.c.id == row.id, sandboxes.c.user_id.is_(None))
+                    .values(user_id=user_id, updated_at=utcnow())
+                )
+            if result.rowcount:
+                return str(row.id)
+        return None
+
+    def replenish(self) -> None:
+        """Refill now, in the background. Starts call this when they are done, not when they claim: booting
+        a replacement takes seconds of CPU, which would slow down the hand-over that is still going on."""
+        self._wake.set()
 
     async def refill(self) -> None:
         """Remove dead or stopped pool sandboxes and start new ones up to the pool size."""
