@@ -130,6 +130,9 @@ class AppConversation(BaseModel):
     # Stored state the live-status step needs but clients never see.
     _title_set_by_user: bool = PrivateAttr(default=False)
     _stored_execution_status: str | None = PrivateAttr(default=None)
+    # The sandbox record, read in the same transaction as the conversation (live fields need it).
+    _sandbox_row: Any = PrivateAttr(default=None)
+    _sandbox_loaded: bool = PrivateAttr(default=False)
 
 
 class AppConversationPage(BaseModel):

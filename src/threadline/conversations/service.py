@@ -24,7 +24,7 @@ from threadline.conversations.models import (
     metrics_from_row,
 )
 from threadline.db.engine import Database
-from threadline.db.tables import conversation_tags, conversations, events, start_tasks
+from threadline.db.tables import conversation_tags, conversations, events, sandboxes, start_tasks
 from threadline.db.types import utcnow
 from threadline.ids import new_id
 from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint
@@ -170,7 +170,17 @@ async def _sub_ids(conn: AsyncConnection, user_id: str, parent_ids: Sequence[str
 
 async def _rows_to_models(conn: AsyncConnection, user_id: str, rows: Sequence[Any]) -> list[AppConversation]:
     subs = await _sub_ids(conn, user_id, [r.id for r in rows])
-    return [row_to_conversation(r, subs.get(r.id, ())) for r in rows]
+    # The sandbox records too, now: the live fields need them, and a transaction of their own would cost
+    # more than the page's query.
+    sandbox_ids = list({r.sandbox_id for r in rows})
+    boxes = {b.id: b for b in (await conn.execute(select(sandboxes).where(sandboxes.c.id.in_(sandbox_ids)))).all()}
+    models = []
+    for r in rows:
+        model = row_to_conversation(r, subs.get(r.id, ()))
+        model._sandbox_row = boxes.get(r.sandbox_id)
+        model._sandbox_loaded = True
+        models.append(model)
+    return models
 
 
 async def create_record(

@@ -44,7 +44,10 @@ async def fill_live_fields(ctx: AppContext, user: User, items: list[AppConversat
     by_sandbox: dict[str, list[AppConversation]] = defaultdict(list)
     for item in items:
         by_sandbox[item.sandbox_id].append(item)
-    rows = await service.rows_by_id(list(by_sandbox))
+    if all(item._sandbox_loaded for item in items):
+        rows = {item.sandbox_id: item._sandbox_row for item in items if item._sandbox_row is not None}
+    else:
+        rows = await service.rows_by_id(list(by_sandbox))
     statuses = {sid: service.effective_status(row) for sid, row in rows.items() if row.user_id == user.id}
     running = [sid for sid, status in statuses.items() if status is SandboxStatus.RUNNING]
     fetched = await asyncio.gather(*(_fetch(service, rows[sid], [c.id for c in by_sandbox[sid]]) for sid in running))
