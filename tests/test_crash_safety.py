@@ -14,7 +14,6 @@ import datetime as dt
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import PG_ADMIN_URL, Database, wait_for
-from tests.support.process_server import ProcessServer, insert_conversations
+from tests.support.process_server import ProcessServer, agent_settings, insert_conversations
+from tests.support.records import message_event, stats_event
 
 API = "/api/v1/app-conversations"
 HOOKS = "/api/v1/webhooks"
@@ -108,7 +108,7 @@ class Load:
                 i += 1
                 at = dt.datetime(2026, 11, 29, 9, 0, 0) + dt.timedelta(milliseconds=i)
                 cost = i / 64  # exact binary fractions: comparisons are exact
-                batch = [_message(f"crash test message {i}", at), _stats(cost, at)]
+                batch = [message_event(f"crash test message {i}", at), stats_event(cost, at)]
                 r = agent.post(url, json=batch)
                 if r.status_code != 200:
                     self.failures.append(f"callback {r.status_code} {r.text}")
@@ -126,35 +126,6 @@ class Load:
                     self.failures.append(f"start {r.status_code} {r.text}")
                     return
                 self.acked_starts.append(r.json()["id"])
-
-
-def _message(text: str, at: dt.datetime) -> dict[str, Any]:
-    return {
-        "id": str(uuid.uuid4()),
-        "timestamp": at.isoformat(),
-        "source": "agent",
-        "parent_id": None,
-        "llm_message": {"role": "assistant", "content": [{"type": "text", "text": text}]},
-        "kind": "MessageEvent",
-    }
-
-
-def _stats(cost: float, at: dt.datetime) -> dict[str, Any]:
-    usage = {
-        "model_name": "openai/fake-model",
-        "accumulated_cost": cost,
-        "max_budget_per_task": None,
-        "accumulated_token_usage": {"model": "openai/fake-model", "prompt_tokens": int(cost * 64)},
-    }
-    return {
-        "id": str(uuid.uuid4()),
-        "timestamp": at.isoformat(),
-        "source": "environment",
-        "parent_id": None,
-        "key": "stats",
-        "value": {"usage_to_metrics": {"agent": usage}},
-        "kind": "ConversationStateUpdateEvent",
-    }
 
 
 def _sandbox_processes(home: str) -> dict[int, str]:
@@ -217,17 +188,13 @@ def test_sigkill_mid_load_loses_no_acknowledged_write_and_no_sandbox(
     agent_runtime: Path,
     fake_llm: Any,
 ) -> None:
-    settings = {
-        "runtime_dir": agent_runtime,
-        "llm_model": "openai/fake-model",
-        "llm_base_url": fake_llm.base_url,
-        "llm_api_key": "fake-llm-key",
-        "webhook_flush_delay": 0.2,
-        "sandbox_stop_grace_seconds": 5,
+    settings = agent_settings(
+        agent_runtime,
+        fake_llm.base_url,
         # A crashed process's sandboxes are adopted once its lease is stale: quickly, for the test.
-        "instance_heartbeat_seconds": 0.5,
-        "instance_lease_ttl_seconds": 3,
-    }
+        instance_heartbeat_seconds=0.5,
+        instance_lease_ttl_seconds=3,
+    )
     first = process_server_factory(**settings)
     key = first.admin_key
     assert key

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.conftest import Database, wait_for
 from tests.support.process_server import ProcessServer, insert_conversations
-from tests.support.records import sandbox_values
+from tests.support.records import message_event, sandbox_values, stats_event
 from threadline.db.engine import Database as Engine
 from threadline.db.tables import instances, sandboxes, start_tasks
 from threadline.ids import new_id
@@ -186,27 +186,4 @@ def test_two_replicas_side_by_side(process_server_factory: Callable[..., Process
 
 def _batch(i: int) -> list[dict[str, Any]]:
     at = dt.datetime(2026, 11, 29, 9, 0, 0) + dt.timedelta(seconds=i)
-    usage = {
-        "model_name": "m",
-        "accumulated_cost": i / 64,
-        "accumulated_token_usage": {"model": "m", "prompt_tokens": i},
-    }
-    return [
-        {
-            "id": f"message-{i}",
-            "timestamp": at.isoformat(),
-            "source": "agent",
-            "parent_id": None,
-            "llm_message": {"role": "assistant", "content": [{"type": "text", "text": f"message {i}"}]},
-            "kind": "MessageEvent",
-        },
-        {
-            "id": f"stats-{i}",
-            "timestamp": at.isoformat(),
-            "source": "environment",
-            "parent_id": None,
-            "key": "stats",
-            "value": {"usage_to_metrics": {"agent": usage}},
-            "kind": "ConversationStateUpdateEvent",
-        },
-    ]
+    return [message_event(f"message {i}", at, f"message-{i}"), stats_event(i / 64, at, f"stats-{i}")]

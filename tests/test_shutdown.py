@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Database, wait_for
-from tests.support.process_server import ProcessServer, insert_conversations, recorded_sandbox_pid
+from tests.support.process_server import ProcessServer, agent_settings, insert_conversations, recorded_sandbox_pid
 
 API = "/api/v1/app-conversations"
 
@@ -144,15 +144,7 @@ def test_a_request_outlasting_the_grace_is_cut_off_without_a_partial_write(
 def test_sandboxes_are_kept_or_stopped_on_shutdown_as_configured(
     process_server_factory: Callable[..., ProcessServer], database: Database, agent_runtime: Path, fake_llm: Any
 ) -> None:
-    agent = {
-        "runtime_dir": agent_runtime,
-        "llm_model": "openai/fake-model",
-        "llm_base_url": fake_llm.base_url,
-        "llm_api_key": "fake-llm-key",
-        "webhook_flush_delay": 0.2,
-        "sandbox_stop_grace_seconds": 5,
-    }
-    port = None
+    agent = agent_settings(agent_runtime, fake_llm.base_url)
     keeper = process_server_factory(stop_sandboxes_on_shutdown="false", **agent)
     port = keeper.port  # agent servers call back to this port: restarts keep it
     with keeper.client(keeper.admin_key, timeout=60) as client:

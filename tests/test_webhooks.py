@@ -25,6 +25,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from tests.conftest import LiveServer
+from tests.support.records import message_event
 from threadline.auth.service import User, hash_key
 from threadline.db.tables import conversations, events, sandboxes
 from threadline.ids import new_id
@@ -189,14 +190,7 @@ def _state(key: str, value: Any, at: dt.datetime, event_id: str | None = None) -
 
 
 def _message(text: str, at: dt.datetime, event_id: str | None = None) -> dict[str, Any]:
-    return {
-        "id": event_id or str(uuid.uuid4()),
-        "timestamp": at.isoformat(),
-        "source": "agent",
-        "parent_id": None,
-        "llm_message": {"role": "assistant", "content": [{"type": "text", "text": text}]},
-        "kind": "MessageEvent",
-    }
+    return message_event(text, at, event_id)
 
 
 def _search(client: httpx.Client, conversation_id: str) -> list[dict[str, Any]]:

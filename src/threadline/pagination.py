@@ -13,7 +13,10 @@ import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, or_
 
 from threadline.api.errors import Problem
 
@@ -59,3 +62,24 @@ def decode_page_token(secret: str, token: str, kind: str, sort: str, fingerprint
     if data.get("s") != sort or data.get("f") != fingerprint:
         raise BadPageToken("page_id was issued for other filters or another sort_order; start again without it")
     return PageCursor(sort=data["s"], key=list(data["c"]))
+
+
+def keyset(
+    query: Select[Any],
+    column: ColumnElement[Any],
+    id_column: ColumnElement[Any],
+    *,
+    descending: bool,
+    after: list[Any] | None,
+) -> Select[Any]:
+    """Order by (column, id) and, given the key [column value as ISO time, id] of the last item served,
+    start right after it. The id breaks ties, so items sharing a time are never split badly."""
+    if after is not None:
+        value, last_id = datetime.fromisoformat(after[0]), after[1]
+        if descending:
+            query = query.where(or_(column < value, and_(column == value, id_column < last_id)))
+        else:
+            query = query.where(or_(column > value, and_(column == value, id_column > last_id)))
+    if descending:
+        return query.order_by(column.desc(), id_column.desc())
+    return query.order_by(column.asc(), id_column.asc())

@@ -170,3 +170,16 @@ def recorded_sandbox_pid(database_url: str, schema: str | None, sandbox_id: str)
             await db.dispose()
 
     return asyncio.run(run())
+
+
+def agent_settings(runtime_dir: Path, llm_base_url: str, **extra: Any) -> dict[str, Any]:
+    """Settings of a Threadline whose sandboxes run the real agent server against the fake LLM."""
+    return {
+        "runtime_dir": runtime_dir,
+        "llm_model": "openai/fake-model",
+        "llm_base_url": llm_base_url,
+        "llm_api_key": "fake-llm-key",
+        "webhook_flush_delay": 0.2,
+        "sandbox_stop_grace_seconds": 5,
+        **extra,
+    }

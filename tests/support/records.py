@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import uuid
 from typing import Any
 
 from threadline.auth.service import hash_key
@@ -31,3 +32,35 @@ def sandbox_values(
         **extra,
     }
     return values, key
+
+
+def message_event(text: str, at: dt.datetime, event_id: str | None = None) -> dict[str, Any]:
+    """An agent MessageEvent, as the agent server delivers it to the events callback."""
+    return {
+        "id": event_id or str(uuid.uuid4()),
+        "timestamp": at.isoformat(),
+        "source": "agent",
+        "parent_id": None,
+        "llm_message": {"role": "assistant", "content": [{"type": "text", "text": text}]},
+        "kind": "MessageEvent",
+    }
+
+
+def stats_event(cost: float, at: dt.datetime, event_id: str | None = None) -> dict[str, Any]:
+    """A `stats` state update with this accumulated cost (and a token count that grows with it)."""
+    model = "openai/fake-model"
+    usage = {
+        "model_name": model,
+        "accumulated_cost": cost,
+        "max_budget_per_task": None,
+        "accumulated_token_usage": {"model": model, "prompt_tokens": int(cost * 64)},
+    }
+    return {
+        "id": event_id or str(uuid.uuid4()),
+        "timestamp": at.isoformat(),
+        "source": "environment",
+        "parent_id": None,
+        "key": "stats",
+        "value": {"usage_to_metrics": {"agent": usage}},
+        "kind": "ConversationStateUpdateEvent",
+    }

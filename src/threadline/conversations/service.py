@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, false, func, or_, select, true, update
+from sqlalchemy import delete, false, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -27,7 +27,7 @@ from threadline.db.engine import Database
 from threadline.db.tables import conversation_tags, conversations, events, sandboxes, start_tasks
 from threadline.db.types import utcnow
 from threadline.ids import new_id
-from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint
+from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
 
 MAX_BATCH_IDS = 100
 _ONE_TICK = timedelta(microseconds=1)
@@ -295,17 +295,7 @@ _SORT_COLUMNS = {
 
 def _keyset(query: Select[Any], sort: SortOrder, after: list[Any] | None) -> Select[Any]:
     column_name, descending = _SORT_COLUMNS[sort]
-    column = conversations.c[column_name]
-    id_col = conversations.c.id
-    if after is not None:
-        value, last_id = datetime.fromisoformat(after[0]), after[1]
-        if descending:
-            query = query.where(or_(column < value, and_(column == value, id_col < last_id)))
-        else:
-            query = query.where(or_(column > value, and_(column == value, id_col > last_id)))
-    if descending:
-        return query.order_by(column.desc(), id_col.desc())
-    return query.order_by(column.asc(), id_col.asc())
+    return keyset(query, conversations.c[column_name], conversations.c.id, descending=descending, after=after)
 
 
 def search_query(

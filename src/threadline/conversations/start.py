@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from threadline.api.errors import NotFound, Problem
@@ -36,7 +36,7 @@ from threadline.db.types import utcnow
 from threadline.events.service import as_utc
 from threadline.ids import new_id
 from threadline.observability.metrics import Metrics
-from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint
+from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
 from threadline.sandboxes.agent_client import AgentServerError, llm_agent_settings
 from threadline.sandboxes.pool import WarmPool
 from threadline.sandboxes.service import SandboxService
@@ -161,16 +161,10 @@ class StartService:
         column = start_tasks.c.created_at if sort.value.startswith("CREATED") else start_tasks.c.updated_at
         descending = sort.value.endswith("DESC")
         query = select(start_tasks).where(*self._where(user_id, conversation_id, created_at_gte))
-        if page_id:
-            value, last_id = decode_page_token(secret, page_id, "start-tasks", sort.value, fingerprint).key
-            at = datetime.fromisoformat(value)
-            if descending:
-                query = query.where(or_(column < at, and_(column == at, start_tasks.c.id < last_id)))
-            else:
-                query = query.where(or_(column > at, and_(column == at, start_tasks.c.id > last_id)))
-        order = (column.desc(), start_tasks.c.id.desc()) if descending else (column.asc(), start_tasks.c.id.asc())
+        after = decode_page_token(secret, page_id, "start-tasks", sort.value, fingerprint).key if page_id else None
+        query = keyset(query, column, start_tasks.c.id, descending=descending, after=after)
         async with self.db.read() as conn:
-            rows = (await conn.execute(query.order_by(*order).limit(limit + 1))).all()
+            rows = (await conn.execute(query.limit(limit + 1))).all()
         next_page_id = None
         if len(rows) > limit:
             rows = rows[:limit]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Text, and_, cast, func, or_, select
+from sqlalchemy import Text, cast, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
@@ -30,7 +30,7 @@ from threadline.events.models import (
     EventSortOrder,
 )
 from threadline.ids import parse_id
-from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint
+from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
 
 PAGE_KIND = "events"
 MAX_LIMIT = 100
@@ -174,16 +174,7 @@ class EventFilters:
 
 
 def _keyset(query: Select[Any], descending: bool, after: list[Any] | None) -> Select[Any]:
-    ts, event_id = events.c.timestamp, events.c.event_id
-    if after is not None:
-        last_ts, last_id = datetime.fromisoformat(after[0]), after[1]
-        if descending:
-            query = query.where(or_(ts < last_ts, and_(ts == last_ts, event_id < last_id)))
-        else:
-            query = query.where(or_(ts > last_ts, and_(ts == last_ts, event_id > last_id)))
-    if descending:
-        return query.order_by(ts.desc(), event_id.desc())
-    return query.order_by(ts.asc(), event_id.asc())
+    return keyset(query, events.c.timestamp, events.c.event_id, descending=descending, after=after)
 
 
 @dataclass(frozen=True)

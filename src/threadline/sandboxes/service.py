@@ -14,7 +14,6 @@ import hmac
 import logging
 import secrets
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from threadline.db.engine import Database
 from threadline.db.tables import conversations, events, sandboxes
 from threadline.db.types import utcnow
 from threadline.ids import new_id
-from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint
+from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
 from threadline.sandboxes import runtime
 from threadline.sandboxes.agent_client import AgentServerClient, AgentServerError
 from threadline.sandboxes.backend import SandboxBackend, remove_work_dir
@@ -157,13 +156,8 @@ class SandboxService:
         fingerprint = filters_fingerprint({"user": user_id})
         secret = self.settings.resolved_secret_key
         query = select(sandboxes).where(sandboxes.c.user_id == user_id)
-        if page_id:
-            created, last_id = decode_page_token(secret, page_id, "sandboxes", "CREATED_AT_DESC", fingerprint).key
-            at = datetime.fromisoformat(created)
-            query = query.where(
-                (sandboxes.c.created_at < at) | ((sandboxes.c.created_at == at) & (sandboxes.c.id < last_id))
-            )
-        query = query.order_by(sandboxes.c.created_at.desc(), sandboxes.c.id.desc()).limit(limit + 1)
+        after = decode_page_token(secret, page_id, "sandboxes", "CREATED_AT_DESC", fingerprint).key if page_id else None
+        query = keyset(query, sandboxes.c.created_at, sandboxes.c.id, descending=True, after=after).limit(limit + 1)
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
         next_page_id = None
