@@ -58,8 +58,8 @@ FULL = {
     "deep": 10_000,
     "w3": 10_000,
     "w5": 20,
-    "w4.cold": 5,
-    "w4.warm": 10,
+    "w4.cold": 4,
+    "w4.warm": 8,
     "w4.pool": 2,
 }
 QUICK = {
@@ -761,13 +761,18 @@ def run_database(
             for proc in list(_started):
                 if proc.pid == agent["pid"]:
                     stop(proc, grace=2)
-        if schema and not args.keep:
-            with contextlib.suppress(Exception):
-                pg_drop(args.pg_url, schema)
-        if args.keep:
-            log(f"kept {home}" + (f" and schema {schema}" if schema else ""))
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+        remove_data(args, home, schema)
+
+
+def remove_data(args: argparse.Namespace, home: Path, schema: str | None) -> None:
+    """Drop a run's PostgreSQL schema and THREADLINE_HOME, unless --keep."""
+    if args.keep:
+        log(f"kept {home}" + (f" and schema {schema}" if schema else ""))
+        return
+    if schema:
+        with contextlib.suppress(Exception):
+            pg_drop(args.pg_url, schema)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def measure_ceiling(runner: Runner, body: bytes, ids_file: Path, log_dir: Path) -> dict[str, Any]:
@@ -976,13 +981,7 @@ def run_w4(kind: str, args: argparse.Namespace, result: dict[str, Any]) -> None:
             stop(llm, grace=5)
         kill_sandboxes(root)
         _sandbox_roots.remove(root)
-        if schema and not args.keep:
-            with contextlib.suppress(Exception):
-                pg_drop(args.pg_url, schema)
-        if args.keep:
-            log(f"kept {home}" + (f" and schema {schema}" if schema else ""))
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+        remove_data(args, home, schema)
 
 
 # -- main ---------------------------------------------------------------------------------------
