@@ -66,6 +66,19 @@ def _read_environ(pid: int) -> dict[str, str]:
     return env
 
 
+def _exited(pid: int | None) -> bool:
+    """The process is gone or a zombie (it runs no more); None: there is no process to wait for."""
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(pid)
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -162,18 +175,21 @@ class ProcessBackend:
 
     async def stop(self, sandbox_id: str, pid: int | None, grace_seconds: float) -> None:
         """SIGTERM the agent server's process group, wait, then SIGKILL whatever of the sandbox is left."""
-        if pid is not None and self.is_alive(sandbox_id, pid):
+        # The recorded pid counts only while it is still this sandbox's process (not a reused pid).
+        ours = pid if pid is not None and self.is_alive(sandbox_id, pid) else None
+        if ours is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
+                os.killpg(ours, signal.SIGTERM)
             deadline = time.monotonic() + grace_seconds
-            while time.monotonic() < deadline and self.is_alive(sandbox_id, pid):
+            while time.monotonic() < deadline and self.is_alive(sandbox_id, ours):
                 await asyncio.sleep(0.1)
         for leftover in self._sandbox_pids(sandbox_id):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(leftover, signal.SIGKILL)
-        # SIGKILL is asynchronous: return only once nothing of the sandbox runs any more.
+        # SIGKILL is asynchronous: return only once nothing of the sandbox runs any more. A process that is
+        # exiting may have lost its environment (so no tag) before it is a zombie: the pid is watched too.
         deadline = time.monotonic() + 10
-        while self._sandbox_pids(sandbox_id) and time.monotonic() < deadline:
+        while (self._sandbox_pids(sandbox_id) or not _exited(ours)) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         child = self._children.pop(sandbox_id, None)
         if child is not None:
