@@ -80,8 +80,6 @@ conversations = Table(
     Column("version", Integer, nullable=False, default=1),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
-    Index("ix_conversations_user_created", "user_id", "created_at", "id"),
-    Index("ix_conversations_user_updated", "user_id", "updated_at", "id"),
     Index("ix_conversations_parent", "parent_conversation_id"),
     Index("ix_conversations_sandbox", "sandbox_id"),
 )
@@ -204,6 +202,23 @@ for _column in ("selected_repository", "git_provider", "trigger", "public", "exe
         conversations.c.created_at,
     )
 Index("ix_conversations_user_cost", conversations.c.user_id, conversations.c.accumulated_cost)
+
+# The search page's order. Every search has a condition on the parent (a given one, or IS NULL for top-level
+# conversations). SQLite needs the parent in the index to keep an ordered plan once ANALYZE has run (it then
+# prefers the parent index plus a sort of all the user's conversations); PostgreSQL cannot take an IS NULL
+# condition as fixing the column for the ORDER BY, so there the index without the parent gives the order.
+for _column in ("created_at", "updated_at"):
+    _name = _column.removesuffix("_at")
+    Index(
+        f"ix_conversations_user_{_name}", conversations.c.user_id, conversations.c[_column], conversations.c.id
+    ).ddl_if(dialect="postgresql")
+    Index(
+        f"ix_conversations_user_parent_{_name}",
+        conversations.c.user_id,
+        conversations.c.parent_conversation_id,
+        conversations.c[_column],
+        conversations.c.id,
+    ).ddl_if(dialect="sqlite")
 
 # A row per running Threadline process, kept fresh by a heartbeat: the lease behind sandbox ownership.
 instances = Table(
