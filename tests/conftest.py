@@ -154,6 +154,8 @@ def make_settings(home: Path, database: Database, **overrides: Any) -> Settings:
         "rate_limit_burst": 100_000,
         "start_rate_limit_per_second": 100_000.0,
         "start_rate_limit_burst": 100_000,
+        "anonymous_rate_limit_per_second": 100_000.0,
+        "anonymous_rate_limit_burst": 100_000,
     }
     values.update(overrides)
     return Settings(**values)

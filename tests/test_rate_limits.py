@@ -166,3 +166,24 @@ def test_limits_can_be_switched_off(limited: Callable[..., LiveServer]) -> None:
         for _ in range(5):
             r = client.get(ME)
             assert r.status_code == 200 and "RateLimit" not in r.headers
+
+
+def test_anonymous_shared_views_are_limited_per_client_address(limited: Callable[..., LiveServer]) -> None:
+    server = limited(anonymous_rate_limit_per_second=0.01, anonymous_rate_limit_burst=2)
+    user, key = server.user("alice")
+    shared = server.conversation(user.id, title="shown to everyone", public=True)["id"]
+    url = "/api/v1/shared-conversations"
+    with httpx.Client(base_url=server.base_url, timeout=30) as anonymous:
+        first = anonymous.get(url, params={"ids": shared})
+        assert first.status_code == 200 and first.json()[0]["title"] == "shown to everyone", first.text
+        assert _remaining(first)[:2] == ("anonymous", 1)
+        assert anonymous.get(f"{url}/{shared}/events/search").status_code == 200
+        refused = anonymous.get(url, params={"ids": shared})
+        _assert_limited(refused, "anonymous")
+        assert "client address" in refused.json()["detail"]
+    # Another address has its own bucket (all of 127.0.0.0/8 is loopback), and the owner's key its own.
+    other = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(base_url=server.base_url, transport=other, timeout=30) as neighbour:
+        assert neighbour.get(url, params={"ids": shared}).status_code == 200
+    with server.client(key) as owner:
+        assert owner.get(f"{API}/{shared}").status_code == 200

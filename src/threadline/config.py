@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     # Requests that start something (POST app-conversations, stream-start, POST sandboxes).
     start_rate_limit_per_second: float = Field(default=1.0, gt=0)
     start_rate_limit_burst: int = Field(default=5, ge=1)
+    # Requests without credentials (the public shared-conversation views), per client address. Behind a
+    # reverse proxy the address is the proxy's unless it sends X-Forwarded-For and is trusted (uvicorn's
+    # --forwarded-allow-ips; 127.0.0.1 by default).
+    anonymous_rate_limit_per_second: float = Field(default=5.0, gt=0)
+    anonymous_rate_limit_burst: int = Field(default=20, ge=1)
     # Threadline processes sharing the load: each enforces its share of the limits above.
     rate_limit_replicas: int = Field(default=1, ge=1)
 

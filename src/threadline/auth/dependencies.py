@@ -1,4 +1,5 @@
-"""Request authentication: `X-Access-Token: KEY` or `Authorization: Bearer KEY`, then the key's rate limit."""
+"""Request authentication: `X-Access-Token: KEY` or `Authorization: Bearer KEY`, then the key's rate limit
+(and, for routes without credentials, the rate limit of the client's address)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from threadline.api.context import AppContext, get_context
 from threadline.api.errors import Problem, Unauthorized
 from threadline.auth.service import User, authenticate_key
-from threadline.ratelimit.service import DEFAULT, START, STATE_KEY, RateLimiter
+from threadline.ratelimit.service import ANONYMOUS, DEFAULT, START, STATE_KEY, RateLimiter
 
 # auto_error=False: we answer missing credentials with our own problem+json 401.
 _access_token = APIKeyHeader(name="X-Access-Token", auto_error=False)
@@ -34,20 +35,32 @@ async def _authenticated(
     user, key_id = found
     request.state.user = user
     request.state.api_key_id = key_id
-    limiter: RateLimiter | None = ctx.services.get("rate_limiter")
-    if limiter is not None:
-        decision = limiter.take(policy, key_id)
-        # The RateLimitHeaders middleware puts the headers on the response, whatever it turns out to be.
-        setattr(request.state, STATE_KEY, decision)
-        if not decision.allowed:
-            raise Problem(
-                f"rate limit {policy!r} exceeded for this API key: at most {decision.policy.burst} requests at once, "
-                f"refilling at {decision.policy.rate:g} per second; retry in {decision.retry_after} s",
-                status=429,
-                type_slug="rate-limited",
-                headers=decision.headers(),
-            )
+    _charge(request, ctx, policy, key_id, "this API key")
     return user
+
+
+def _charge(request: Request, ctx: AppContext, policy: str, bucket: str, whose: str) -> None:
+    """Take a token from the bucket, or answer 429."""
+    limiter: RateLimiter | None = ctx.services.get("rate_limiter")
+    if limiter is None:
+        return
+    decision = limiter.take(policy, bucket)
+    # The RateLimitHeaders middleware puts the headers on the response, whatever it turns out to be.
+    setattr(request.state, STATE_KEY, decision)
+    if not decision.allowed:
+        raise Problem(
+            f"rate limit {policy!r} exceeded for {whose}: at most {decision.policy.burst} requests at once, "
+            f"refilling at {decision.policy.rate:g} per second; retry in {decision.retry_after} s",
+            status=429,
+            type_slug="rate-limited",
+            headers=decision.headers(),
+        )
+
+
+async def anonymous_client(request: Request, ctx: AppContext = Depends(get_context)) -> None:
+    """Routes without credentials (the public shared views): limited per client address instead."""
+    address = request.client.host if request.client else "unknown"
+    _charge(request, ctx, ANONYMOUS, f"address:{address}", "this client address")
 
 
 async def current_user(

@@ -19,6 +19,7 @@ from threadline.config import Settings
 
 DEFAULT = "default"
 START = "start"
+ANONYMOUS = "anonymous"
 # Key under request.state (scope["state"]) where the decision for this request is kept for the headers.
 STATE_KEY = "rate_limit"
 
@@ -58,7 +59,8 @@ class Decision:
 
 
 class RateLimiter:
-    """In-memory token buckets keyed by (policy, API key id). Not thread-safe; one event loop uses it."""
+    """In-memory token buckets keyed by (policy, API key id or client address). Not thread-safe; one event
+    loop uses it."""
 
     # Buckets idle long enough to be full again carry no information; they are dropped now and then.
     SWEEP_EVERY = 10_000
@@ -78,6 +80,9 @@ class RateLimiter:
             {
                 DEFAULT: _policy(DEFAULT, settings.rate_limit_per_second, settings.rate_limit_burst, share),
                 START: _policy(START, settings.start_rate_limit_per_second, settings.start_rate_limit_burst, share),
+                ANONYMOUS: _policy(
+                    ANONYMOUS, settings.anonymous_rate_limit_per_second, settings.anonymous_rate_limit_burst, share
+                ),
             }
         )
 

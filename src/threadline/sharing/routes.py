@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 
 from threadline.api.context import AppContext, get_context
+from threadline.auth.dependencies import anonymous_client
 from threadline.conversations.routes import conversation_id_path, parse_id_list
 from threadline.events import service as events_service
 from threadline.events.models import EventPage, EventSortOrder
@@ -14,7 +15,8 @@ from threadline.events.routes import EventQuery, event_filters
 from threadline.sharing import service
 from threadline.sharing.models import SharedConversation
 
-router = APIRouter(prefix="/api/v1/shared-conversations", tags=["Sharing"])
+# No credentials here, so the rate limit is per client address.
+router = APIRouter(prefix="/api/v1/shared-conversations", tags=["Sharing"], dependencies=[Depends(anonymous_client)])
 
 # Access ends the moment the owner turns `public` off: nothing on the way may keep a copy.
 _NO_STORE = "no-store"
