@@ -209,6 +209,18 @@ def _server_loop(server: uvicorn.Server) -> asyncio.AbstractEventLoop:
 
 
 @pytest.fixture
+def starter(server_factory: Callable[..., LiveServer], tmp_path: Path) -> Callable[..., LiveServer]:
+    """Servers whose starts get as far as creating a sandbox (which fails at once: there is no runtime)."""
+
+    def make(**overrides: Any) -> LiveServer:
+        values: dict[str, Any] = {"runtime_dir": tmp_path / "none", "llm_model": "openai/x"}
+        values.update(overrides)
+        return server_factory(**values)
+
+    return make
+
+
+@pytest.fixture
 def server(server_factory: Callable[..., LiveServer]) -> LiveServer:
     return server_factory()
 

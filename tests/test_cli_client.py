@@ -359,10 +359,10 @@ def test_costs_grouped_by_repository_trigger_and_tag(
 
 
 def test_start_shows_progress_and_fails_with_the_task_detail(
-    server_factory: Callable[..., LiveServer], cli: Callable[..., Result], tmp_path: Path
+    starter: Callable[..., LiveServer], cli: Callable[..., Result]
 ) -> None:
     # No agent runtime: the start gets as far as its sandbox, then ends in ERROR.
-    server = server_factory(runtime_dir=tmp_path / "none", llm_model="openai/x")
+    server = starter()
     _, key = server.user("ada")
     env = {"THREADLINE_URL": server.base_url, "THREADLINE_API_KEY": key}
     result = cli("conversations", "start", "Say hello", "--tag", "team=cli", "--title", "t", env=env)

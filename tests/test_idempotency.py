@@ -12,7 +12,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,18 +26,6 @@ API = "/api/v1/app-conversations"
 SANDBOXES = "/api/v1/sandboxes"
 IN_FLIGHT = "https://threadline.dev/problems/idempotency-key-in-flight"
 REUSED = "https://threadline.dev/problems/idempotency-key-reused"
-
-
-@pytest.fixture
-def starter(server_factory: Callable[..., LiveServer], tmp_path: Path) -> Callable[..., LiveServer]:
-    """A server whose starts get as far as creating a sandbox (which fails: no runtime)."""
-
-    def make(**overrides: Any) -> LiveServer:
-        values: dict[str, Any] = {"runtime_dir": tmp_path / "none", "llm_model": "openai/x"}
-        values.update(overrides)
-        return server_factory(**values)
-
-    return make
 
 
 def _key() -> dict[str, str]:

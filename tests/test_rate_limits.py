@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,19 +19,18 @@ RATE_LIMITED = "https://threadline.dev/problems/rate-limited"
 
 
 @pytest.fixture
-def limited(server_factory: Callable[..., LiveServer], tmp_path: Path) -> Callable[..., LiveServer]:
+def limited(starter: Callable[..., LiveServer]) -> Callable[..., LiveServer]:
     """A server with small limits that barely refill during a test (unless overridden)."""
 
     def make(**overrides: Any) -> LiveServer:
         values: dict[str, Any] = {
-            "runtime_dir": tmp_path / "none",
             "rate_limit_per_second": 0.1,
             "rate_limit_burst": 3,
             "start_rate_limit_per_second": 0.01,
             "start_rate_limit_burst": 2,
         }
         values.update(overrides)
-        return server_factory(**values)
+        return starter(**values)
 
     return make
 

@@ -11,7 +11,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,18 +39,6 @@ from threadline.client import (
 )
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def starter(server_factory: Callable[..., LiveServer], tmp_path: Path) -> Callable[..., LiveServer]:
-    """A server whose starts get as far as creating a sandbox (which fails at once: no runtime)."""
-
-    def make(**overrides: Any) -> LiveServer:
-        values: dict[str, Any] = {"runtime_dir": tmp_path / "none", "llm_model": "openai/x"}
-        values.update(overrides)
-        return server_factory(**values)
-
-    return make
 
 
 class Recorder:
