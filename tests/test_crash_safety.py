@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import PG_ADMIN_URL, Database, wait_for
-from tests.support.process_server import ProcessServer, agent_settings, insert_conversations
+from tests.support.process_server import ProcessServer, agent_settings, insert_conversations, sandbox_processes
 from tests.support.records import message_event, stats_event
 
 API = "/api/v1/app-conversations"
@@ -128,13 +128,6 @@ class Load:
                 self.acked_starts.append(r.json()["id"])
 
 
-def _sandbox_processes(home: str) -> dict[int, str]:
-    from threadline.sandboxes.backend import ProcessBackend
-
-    root = Path(home) / "sandboxes"
-    return ProcessBackend(root, root)._sandbox_pids()
-
-
 def _start(client: httpx.Client) -> dict[str, Any]:
     r = client.post(API, json={})
     assert r.status_code == 200, r.text
@@ -203,14 +196,14 @@ def test_sigkill_mid_load_loses_no_acknowledged_write_and_no_sandbox(
         running = _start(client)
         user_id = client.get("/api/v1/users/me").json()["id"]
         sandbox = client.get("/api/v1/sandboxes", params={"id": running["sandbox_id"]}).json()[0]
-    running_pids = set(_sandbox_processes(home))
+    running_pids = set(sandbox_processes(home))
     patched = insert_conversations(database.url, database.schema, user_id, PATCHED_CONVERSATIONS, title="seed")
     load = Load(first, key, sandbox["session_api_key"], running["app_conversation_id"], patched)
     load.run()
 
     def mid_load() -> bool:
         assert not load.failures, load.failures
-        booting = set(_sandbox_processes(home)) - running_pids
+        booting = set(sandbox_processes(home)) - running_pids
         # Kill while a started agent server boots and every kind of write is flowing.
         return load.patch_count >= 150 and len(load.acked_events) >= 40 and bool(load.acked_starts) and bool(booting)
 
@@ -220,7 +213,7 @@ def test_sigkill_mid_load_loses_no_acknowledged_write_and_no_sandbox(
     load.join()
     assert not load.failures, load.failures
     assert all(t >= killed_at for t in load.transport_errors), "the server failed requests before it was killed"
-    survivors = _sandbox_processes(home)
+    survivors = sandbox_processes(home)
     assert set(survivors) >= running_pids, "the crash took agent servers with it"
 
     _check_integrity(database)
@@ -262,7 +255,7 @@ def test_sigkill_mid_load_loses_no_acknowledged_write_and_no_sandbox(
             wait_for(
                 lambda sid=sandbox_id: (
                     client.get("/api/v1/sandboxes", params={"id": sid}).json() == [None]
-                    and sid not in _sandbox_processes(home).values()
+                    and sid not in sandbox_processes(home).values()
                 ),
                 timeout=60,
                 what=f"the sandbox {sandbox_id} of an interrupted start to be released",
@@ -270,14 +263,14 @@ def test_sigkill_mid_load_loses_no_acknowledged_write_and_no_sandbox(
 
         # Sandboxes: every live record has its process, every process has a live record.
         def consistent() -> Any:
-            processes = _sandbox_processes(home)
+            processes = sandbox_processes(home)
             page = client.get("/api/v1/sandboxes/search", params={"limit": 100}).json()["items"]
             live = {s["id"] for s in page if s["status"] in ("STARTING", "RUNNING")}
             return live == set(processes.values()) and not any(s["status"] == "STARTING" for s in page)
 
         wait_for(consistent, timeout=180, what="sandbox records and processes to agree")
         # The agent server that ran before the crash is the same process, re-attached and answering.
-        assert set(_sandbox_processes(home)) >= running_pids
+        assert set(sandbox_processes(home)) >= running_pids
         conv0 = client.get(f"{API}/{cid0}").json()
         assert conv0["sandbox_status"] == "RUNNING", conv0
         assert conv0["execution_status"] is not None, conv0
@@ -286,7 +279,7 @@ def test_sigkill_mid_load_loses_no_acknowledged_write_and_no_sandbox(
         r = client.patch(f"{API}/{patched[0]}", json={"title": "after the crash"})
         assert r.status_code == 200, r.text
     # Nothing new was started after the crash: every process now running survived it.
-    assert set(_sandbox_processes(home)) <= set(survivors)
+    assert set(sandbox_processes(home)) <= set(survivors)
 
 
 def _event_ids(client: httpx.Client, conversation_id: str) -> set[str]:

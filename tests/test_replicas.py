@@ -7,7 +7,6 @@ On PostgreSQL, the deployment the issue names, and on SQLite (two processes on o
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import threading
@@ -21,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.conftest import Database, wait_for
-from tests.support.process_server import ProcessServer, insert_conversations
+from tests.support.process_server import ProcessServer, insert_conversations, with_database
 from tests.support.records import message_event, sandbox_values, stats_event
 from threadline.db.engine import Database as Engine
 from threadline.db.tables import instances, sandboxes, start_tasks
@@ -33,15 +32,13 @@ T = TypeVar("T")
 
 
 def _db(database: Database, action: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    async def run() -> T:
-        db = Engine(database.url, schema=database.schema)
-        try:
-            async with db.write() as conn:
-                return await action(conn)
-        finally:
-            await db.dispose()
+    """Run `action` in a write transaction on the test's database."""
 
-    return asyncio.run(run())
+    async def in_transaction(db: Engine) -> T:
+        async with db.write() as conn:
+            return await action(conn)
+
+    return with_database(database.url, database.schema, in_transaction)
 
 
 def _together(

@@ -20,7 +20,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import Database, wait_for
-from tests.support.process_server import ProcessServer, agent_settings, insert_conversations, recorded_sandbox_pid
+from tests.support.process_server import (
+    ProcessServer,
+    agent_settings,
+    insert_conversations,
+    recorded_sandbox_pid,
+    sandbox_processes,
+)
 
 API = "/api/v1/app-conversations"
 
@@ -177,7 +183,7 @@ def test_sandboxes_are_kept_or_stopped_on_shutdown_as_configured(
     _assert_clean_exit(stopper, stopper.stop())
     # Stopped means SIGKILLed at the latest; the kernel may still be tearing the process down for a moment.
     wait_for(lambda: not _alive(pid), timeout=10, what="the agent server to be gone after the shutdown")
-    assert not _sandbox_processes(stopper.env["THREADLINE_HOME"], sandbox_id), "a process of the sandbox outlived it"
+    assert not sandbox_processes(stopper.env["THREADLINE_HOME"], sandbox_id), "a process of the sandbox outlived it"
     last = process_server_factory(port=port, **agent)
     with last.client(last.admin_key) as client:
         sandbox = client.get("/api/v1/sandboxes", params={"id": sandbox_id}).json()[0]
@@ -199,10 +205,3 @@ def _alive(pid: int) -> bool:
     # A zombie is dead too (its parent, Threadline, may not have reaped it).
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().split(") ", 1)[1][0] != "Z"
-
-
-def _sandbox_processes(home: str, sandbox_id: str) -> dict[int, str]:
-    from threadline.sandboxes.backend import ProcessBackend
-
-    root = Path(home) / "sandboxes"
-    return ProcessBackend(root, root)._sandbox_pids(sandbox_id)

@@ -6,17 +6,27 @@ a SIGTERM a real shutdown, and two of them share nothing but the database.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from sqlalchemy import select
+
+from threadline.conversations.service import create_record
+from threadline.db.engine import Database
+from threadline.db.tables import sandboxes
+from threadline.sandboxes.backend import ProcessBackend
+
+T = TypeVar("T")
 
 
 def _threadline_command() -> list[str]:
@@ -134,42 +144,43 @@ def server_env(
     return env
 
 
-def insert_conversations(database_url: str, schema: str | None, user_id: str, count: int, **fields: Any) -> list[str]:
-    """Conversation records made through the service layer (no agent server), for load on a live server."""
-    import asyncio
+def with_database(database_url: str, schema: str | None, action: Callable[[Database], Awaitable[T]]) -> T:
+    """Run `action` on a database engine of the test's own (the server under test has its own process)."""
 
-    from threadline.conversations.service import create_record
-    from threadline.db.engine import Database
-
-    async def run() -> list[str]:
+    async def run() -> T:
         db = Database(database_url, schema=schema)
         try:
-            return [(await create_record(db, user_id, **fields)).id for _ in range(count)]
+            return await action(db)
         finally:
             await db.dispose()
 
     return asyncio.run(run())
+
+
+def insert_conversations(database_url: str, schema: str | None, user_id: str, count: int, **fields: Any) -> list[str]:
+    """Conversation records made through the service layer (no agent server), for load on a live server."""
+
+    async def insert(db: Database) -> list[str]:
+        return [(await create_record(db, user_id, **fields)).id for _ in range(count)]
+
+    return with_database(database_url, schema, insert)
 
 
 def recorded_sandbox_pid(database_url: str, schema: str | None, sandbox_id: str) -> int | None:
     """The pid of a sandbox's agent server as its record has it."""
-    import asyncio
 
-    from sqlalchemy import select
+    async def read(db: Database) -> int | None:
+        async with db.read() as conn:
+            pid = (await conn.execute(select(sandboxes.c.pid).where(sandboxes.c.id == sandbox_id))).scalar_one()
+            return int(pid) if pid is not None else None
 
-    from threadline.db.engine import Database
-    from threadline.db.tables import sandboxes
+    return with_database(database_url, schema, read)
 
-    async def run() -> int | None:
-        db = Database(database_url, schema=schema)
-        try:
-            async with db.read() as conn:
-                pid = (await conn.execute(select(sandboxes.c.pid).where(sandboxes.c.id == sandbox_id))).scalar_one()
-                return int(pid) if pid is not None else None
-        finally:
-            await db.dispose()
 
-    return asyncio.run(run())
+def sandbox_processes(home: str | Path, sandbox_id: str | None = None) -> dict[int, str]:
+    """Live processes of the sandboxes of the Threadline whose THREADLINE_HOME is `home`: pid -> sandbox id."""
+    root = Path(home) / "sandboxes"
+    return ProcessBackend(root, root)._sandbox_pids(sandbox_id)
 
 
 def agent_settings(runtime_dir: Path, llm_base_url: str, **extra: Any) -> dict[str, Any]:
