@@ -32,7 +32,18 @@ class Settings(BaseSettings):
     # Agent runtime and sandboxes.
     runtime_dir: Path | None = None
     runtime_python: str | None = None
-    sandbox_backend: str = "process"
+    # `bwrap`: every agent server in its own namespaces (docs/security.md). `process`: plain child
+    # processes of the server's user, no isolation: only for a single trusted user.
+    sandbox_backend: Literal["bwrap", "process"] = "bwrap"
+    # bwrap: hosts sandboxes may reach through the egress proxy, comma-separated (`host`, `host:port`,
+    # `*.example.com`, `*`); the LLM base URL and the git host are added automatically.
+    sandbox_egress_allow: str = ""
+    # bwrap: per-sandbox limits (0: none). Memory is the resident memory of all its processes together.
+    sandbox_memory_mb: int = Field(default=4096, ge=0)
+    sandbox_max_processes: int = Field(default=1024, ge=0)
+    sandbox_max_open_files: int = Field(default=4096, ge=0)
+    # bwrap, when Threadline runs as root: each sandbox runs as a user of its own in [base, base + 800000).
+    sandbox_uid_base: int = Field(default=200_000, ge=1000)
     sandbox_startup_timeout: float = 120.0
     sandbox_stop_grace_seconds: float = 10.0
     stop_sandboxes_on_shutdown: bool = True
@@ -103,6 +114,12 @@ class Settings(BaseSettings):
     @property
     def sandboxes_dir(self) -> Path:
         return self.home / "sandboxes"
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """Where this process itself listens, for connections from its own sandboxes' egress proxy."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return host, self.port
 
     @property
     def callback_base_url(self) -> str:

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import func, select
 
 from threadline import __version__
 from threadline.api import ops
@@ -25,18 +26,20 @@ from threadline.conversations.start_routes import router as start_router
 from threadline.crypto import SecretBox
 from threadline.db.engine import Database
 from threadline.db.migrate import upgrade_to_head
+from threadline.db.tables import users
 from threadline.events.routes import router as events_router
 from threadline.idempotency.service import IdempotencyService
 from threadline.observability import metrics as observability_metrics
 from threadline.observability.metrics import Metrics
 from threadline.observability.middleware import RequestObservability
 from threadline.ratelimit.service import RateLimiter, RateLimitHeaders
-from threadline.sandboxes.backend import ProcessBackend
 from threadline.sandboxes.instances import InstanceLease
 from threadline.sandboxes.live import fill_live_fields
 from threadline.sandboxes.pool import WarmPool
+from threadline.sandboxes.proxy_routes import router as agent_proxy_router
 from threadline.sandboxes.routes import router as sandboxes_router
 from threadline.sandboxes.service import SandboxService
+from threadline.sandboxes.setup import build_backend
 from threadline.settings.routes import router as settings_router
 from threadline.sharing.routes import router as sharing_router
 from threadline.webhooks.routes import router as webhooks_router
@@ -53,14 +56,12 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.resolved_database_url, schema=db_schema or settings.database_schema)
         await upgrade_to_head(db)
-        # One pooled client for every agent-server call (no client, TLS context or pool per request).
-        http = httpx.AsyncClient(
-            trust_env=False, limits=httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        )
+        backend, transport = build_backend(settings)
+        # One pooled client for every agent-server call (no client, TLS context or pool per request); its
+        # transport reaches isolated sandboxes through their Unix sockets.
+        http = httpx.AsyncClient(trust_env=False, transport=transport)
         box = SecretBox(settings.resolved_secret_key)
-        backend = ProcessBackend(
-            settings.resolved_runtime_dir, settings.sandboxes_dir, flush_delay=settings.webhook_flush_delay
-        )
+        await _warn_if_unisolated(db, settings)
         lease = InstanceLease(db, ttl_seconds=settings.instance_lease_ttl_seconds)
         await lease.register()
         sandboxes = SandboxService(db, settings, backend, http, box, lease)
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         app.state.ctx = ctx
         await sandboxes.adopt_orphans()
         maintenance = asyncio.create_task(_maintain(lease, sandboxes, starts, settings.instance_heartbeat_seconds))
+        watchdog = asyncio.create_task(_enforce_limits(sandboxes))
         pool.start()
         interrupted = await starts.close_interrupted()
         if interrupted:
@@ -93,10 +95,12 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         finally:
             await starts.shutdown()
             await pool.stop()
-            maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await maintenance
+            for task in (maintenance, watchdog):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await sandboxes.shutdown()
+            await backend.close()
             await lease.unregister()
             await http.aclose()
             await db.dispose()
@@ -119,6 +123,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
     app.include_router(settings_router)
     app.include_router(webhooks_router)
     app.include_router(sharing_router)
+    app.include_router(agent_proxy_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RateLimitHeaders)
     # Added last, so outermost: it sees (and ids, logs and counts) every answer, 413 and 429 included.
@@ -141,6 +146,30 @@ async def _maintain(lease: InstanceLease, sandboxes: SandboxService, starts: Sta
             await starts.close_interrupted()
         except Exception:
             log.exception("sandbox maintenance failed; retrying")
+
+
+async def _enforce_limits(sandboxes: SandboxService, interval: float = 1.0) -> None:
+    """End sandboxes over their memory limit (where no kernel limit does it) and record why."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await sandboxes.enforce_limits()
+        except Exception:
+            log.exception("sandbox limit check failed; retrying")
+
+
+async def _warn_if_unisolated(db: Database, settings: Settings) -> None:
+    if settings.sandbox_backend != "process":
+        return
+    async with db.read() as conn:
+        count = (await conn.execute(select(func.count()).select_from(users))).scalar_one()
+    if count > 1:
+        log.warning(
+            "THREADLINE_SANDBOX_BACKEND=process runs every agent as this server's OS user with no isolation, "
+            "and %d users exist: any user's agent can read the database, the server secret and other users' "
+            "work. Use the default isolating backend (bwrap) for more than one user.",
+            count,
+        )
 
 
 async def release_sandbox(ctx: AppContext, conversation_id: str, sandbox_id: str) -> None:

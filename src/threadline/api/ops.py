@@ -45,4 +45,8 @@ async def server_info(ctx: AppContext = Depends(get_context)) -> dict[str, Any]:
         "database": "sqlite" if ctx.db.is_sqlite else "postgresql",
         "uptime_seconds": round(time.monotonic() - _STARTED, 3),
         "warm_pool": await ctx.services["pool"].stats() if "pool" in ctx.services else None,
+        "sandboxes": {
+            "backend": ctx.settings.sandbox_backend,
+            **(ctx.services["sandboxes"].backend.limits_info() if "sandboxes" in ctx.services else {}),
+        },
     }

@@ -71,6 +71,17 @@ def serve(
     if port is not None:
         overrides["port"] = port
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    if settings.sandbox_backend == "bwrap":
+        from threadline.sandboxes.isolated import check_bwrap
+
+        problem = check_bwrap()
+        if problem is not None:
+            err.print(f"[red]error:[/red] the isolating sandbox backend cannot run: {problem}")
+            err.print(
+                "Install it (Debian/Ubuntu: `sudo apt-get install bubblewrap`; Fedora: `sudo dnf install bubblewrap`), "
+                "or, for a single trusted user only, run without isolation: THREADLINE_SANDBOX_BACKEND=process"
+            )
+            raise typer.Exit(1)
 
     async def first_start(db: Database) -> str | None:
         if not settings.create_admin_on_first_start or await auth.count_users(db):
@@ -176,8 +187,25 @@ def runtime_status() -> None:
 
     target = Settings().resolved_runtime_dir
     version = runtime.installed_version(target)
+    settings = Settings()
     print(f"{target}: {version or 'not installed'} (wanted {runtime.AGENT_SERVER_VERSION})")
-    if version != runtime.AGENT_SERVER_VERSION:
+    print(f"sandbox backend: {settings.sandbox_backend}")
+    problem = None
+    if settings.sandbox_backend == "bwrap":
+        from threadline.sandboxes.isolated import SandboxLimits, check_bwrap
+
+        problem = check_bwrap()
+        print(f"bubblewrap: {problem or 'works here'}")
+        limits = SandboxLimits(
+            memory_mb=settings.sandbox_memory_mb,
+            pids=settings.sandbox_max_processes,
+            open_files=settings.sandbox_max_open_files,
+        )
+        for name, value in limits.enforcement().items():
+            print(f"  {name}: {value}")
+    else:
+        print("  no isolation: every agent runs as this server's OS user (unsafe for more than one user)")
+    if version != runtime.AGENT_SERVER_VERSION or problem:
         raise typer.Exit(1)
 
 

@@ -313,6 +313,11 @@ class StartService:
             detail = detail.replace(value, REDACTED)
         await self._transition(task_id, Status.ERROR, detail=detail[:2000])
 
+    def _repository_url(self, request: AppConversationStartRequest) -> str | None:
+        if not request.selected_repository:
+            return None
+        return clone_url(self.settings, request.selected_repository, request.git_provider)
+
     async def _start(
         self, task_id: str, user_id: str, request: AppConversationStartRequest, secrets: list[str]
     ) -> None:
@@ -346,13 +351,15 @@ class StartService:
         secrets.append(self.sandboxes.session_key(sandbox))
         agent = self.sandboxes.client(sandbox, timeout=30.0)
 
+        await self.sandboxes.allow_egress(sandbox, llm.base_url, self._repository_url(request))
+
         workspace = str(Path(sandbox.work_dir) / "workspace")
         working_dir = workspace
         await self._transition(task_id, Status.PREPARING_REPOSITORY)
         if request.selected_repository:
             name = request.selected_repository.rsplit("/", 1)[-1].removesuffix(".git")
             working_dir = str(Path(workspace) / name)
-            url = clone_url(self.settings, request.selected_repository, request.git_provider)
+            url = self._repository_url(request) or ""
             branch = f"--branch {shlex.quote(request.selected_branch)} " if request.selected_branch else ""
             command = (
                 f"if [ -d {shlex.quote(working_dir)}/.git ]; then echo already cloned; "
@@ -429,7 +436,7 @@ class StartService:
             async with self.db.write() as conn:
                 await conn.execute(delete(conversations).where(conversations.c.id == conversation_id))
             raise
-        await self._transition(task_id, Status.READY, agent_server_url=sandbox.url)
+        await self._transition(task_id, Status.READY, agent_server_url=self.sandboxes.agent_url(sandbox))
 
     # -- process lifetime -----------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """Sandbox backends: where agent servers run.
 
-`SandboxBackend` is the seam: the `process` backend runs each agent server as a child process on this
-machine. A `remote` backend (agent servers started elsewhere, reached by URL) or a Kubernetes backend
-implement the same four operations.
+`SandboxBackend` is the seam. The `bwrap` backend (`isolated.py`, the default on Linux) runs each agent
+server in its own namespaces; the `process` backend here runs each as a plain child process of this
+machine's user, with no isolation at all: safe for one trusted user only.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from threadline.sandboxes import runtime
+from threadline.sandboxes.egress import Rule
 
 # Set on every agent server we start; children (tmux, shells) inherit it even after they daemonise,
 # which is how we find every process of a sandbox, including ones that left its process group.
@@ -44,6 +45,16 @@ class SandboxBackend(Protocol):
     async def stop(self, sandbox_id: str, pid: int | None, grace_seconds: float) -> None: ...
 
     async def reap_orphans(self, live_ids: set[str]) -> list[int]: ...
+
+    async def reattach(self, sandbox_id: str, work_dir: Path, pid: int | None) -> None: ...
+
+    async def allow_egress(self, sandbox_id: str, work_dir: Path, rules: list[Rule]) -> None: ...
+
+    def over_memory(self) -> dict[str, str]: ...
+
+    def limits_info(self) -> dict[str, object]: ...
+
+    async def close(self) -> None: ...
 
 
 def _free_port() -> int:
@@ -205,6 +216,21 @@ class ProcessBackend:
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
         return killed
+
+    async def reattach(self, sandbox_id: str, work_dir: Path, pid: int | None) -> None:
+        """Nothing to set up again: a process sandbox is reached on its TCP port."""
+
+    async def allow_egress(self, sandbox_id: str, work_dir: Path, rules: list[Rule]) -> None:
+        """A process sandbox has the host's whole network: there is nothing to allow."""
+
+    def over_memory(self) -> dict[str, str]:
+        return {}
+
+    def limits_info(self) -> dict[str, object]:
+        return {"isolation": "none: agent servers run as the server's user (unsafe for more than one user)"}
+
+    async def close(self) -> None:
+        """Nothing held outside the processes."""
 
 
 def remove_work_dir(work_dir: Path) -> None:

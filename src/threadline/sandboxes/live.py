@@ -73,7 +73,7 @@ async def fill_live_fields(ctx: AppContext, user: User, items: list[AppConversat
             elif (stored := conv._stored_execution_status) in ConversationExecutionStatus._value2member_map_:
                 # The agent did not answer in time: fall back to the copy callbacks keep.
                 conv.execution_status = ConversationExecutionStatus(str(stored))
-            conv.conversation_url = f"{row.url}/api/conversations/{conv.id}"
+            conv.conversation_url = f"{service.agent_url(row)}/api/conversations/{conv.id}"
             conv.session_api_key = session_keys.get(sid) or session_keys.setdefault(sid, service.session_key(row))
 
 

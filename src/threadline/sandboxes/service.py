@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import delete, func, select, text, update
@@ -34,6 +35,7 @@ from threadline.pagination import decode_page_token, encode_page_token, filters_
 from threadline.sandboxes import runtime
 from threadline.sandboxes.agent_client import AgentServerClient, AgentServerError
 from threadline.sandboxes.backend import SandboxBackend, remove_work_dir
+from threadline.sandboxes.egress import Rule
 from threadline.sandboxes.instances import InstanceLease
 from threadline.sandboxes.models import ExposedUrl, SandboxInfo, SandboxPage, SandboxSpecInfo
 
@@ -95,7 +97,7 @@ class SandboxService:
         python = runtime.python_of(self.settings.resolved_runtime_dir)
         return [
             SandboxSpecInfo(
-                id=PROCESS_SPEC_ID,
+                id=self.backend.name,
                 command=[str(python), "-m", "openhands.agent_server", "--host", "127.0.0.1", "--port", "<port>"],
                 created_at=self._started_at,
                 initial_env={"OH_ENABLE_VSCODE": "false", "OH_ENABLE_BROWSER": "false", "OH_PRELOAD_TOOLS": "false"},
@@ -119,16 +121,28 @@ class SandboxService:
             row.url, self.session_key(row), timeout=timeout or self.settings.agent_timeout, http=self.http
         )
 
+    def agent_url(self, row: Any) -> str:
+        """The agent server's URL for clients: an isolated sandbox has no address of its own outside, so
+        clients reach it through Threadline's proxy route (which checks the sandbox's session key)."""
+        if row.backend == PROCESS_SPEC_ID:
+            return str(row.url)
+        return f"{self.settings.callback_base_url}/agent-server/{row.id}"
+
+    def _public_port(self) -> int:
+        parts = urlsplit(self.settings.callback_base_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
     def to_info(self, row: Any) -> SandboxInfo:
         status = self.effective_status(row)
         running = status is SandboxStatus.RUNNING
+        port = row.port if row.backend == PROCESS_SPEC_ID else self._public_port()
         return SandboxInfo(
             id=row.id,
             created_by_user_id=row.user_id,
             sandbox_spec_id=row.spec_id,
             status=status,
             session_api_key=self.session_key(row) if running else None,
-            exposed_urls=[ExposedUrl(name="AGENT_SERVER", url=row.url, port=row.port)] if running else None,
+            exposed_urls=[ExposedUrl(name="AGENT_SERVER", url=self.agent_url(row), port=port)] if running else None,
             created_at=row.created_at,
         )
 
@@ -231,8 +245,8 @@ class SandboxService:
 
     async def create(self, user_id: str | None, spec_id: str | None = None) -> Any:
         """Record and launch a sandbox; `user_id` None makes a warm-pool sandbox nobody owns yet."""
-        spec_id = spec_id or PROCESS_SPEC_ID
-        if spec_id != PROCESS_SPEC_ID:
+        spec_id = spec_id or self.backend.name
+        if spec_id != self.backend.name:
             raise NotFound(f"sandbox spec {spec_id!r} not found")
         sandbox_id = new_id()
         session_key = secrets.token_urlsafe(32)
@@ -458,6 +472,7 @@ class SandboxService:
             if not await self._claim(row):
                 continue  # another instance adopted it first
             if self.backend.is_alive(row.id, row.pid):
+                await self.backend.reattach(row.id, Path(row.work_dir), row.pid)
                 log.info(
                     "adopted sandbox %s of instance %s: its agent server runs, re-attached", row.id, row.owner_instance
                 )
@@ -478,6 +493,27 @@ class SandboxService:
         killed = await self.backend.reap_orphans(live_records)
         if killed:
             log.warning("killed %d sandbox processes that had no live record: %s", len(killed), killed)
+
+    async def allow_egress(self, row: Any, llm_base_url: str | None, repository_url: str | None) -> None:
+        """Let the sandbox reach this conversation's LLM and repository host. What the operator configured
+        (the server-wide LLM, THREADLINE_GIT_URL_TEMPLATE) may be on any address; what a user chose only on
+        public ones, so no user can point a sandbox at the host's own services."""
+        rules = []
+        if llm_base_url:
+            rule = Rule.parse(llm_base_url, trusted=llm_base_url == self.settings.llm_base_url)
+            rules.append(rule)
+        if repository_url and urlsplit(repository_url).scheme in ("http", "https"):
+            rules.append(Rule.parse(repository_url, trusted=bool(self.settings.git_url_template)))
+        await self.backend.allow_egress(row.id, Path(row.work_dir), [r for r in rules if r is not None])
+
+    async def enforce_limits(self) -> None:
+        """Stop every sandbox over its memory limit and record it ERROR with the reason."""
+        over = await asyncio.to_thread(self.backend.over_memory)
+        for sandbox_id, why in over.items():
+            row = await self._row(sandbox_id)
+            log.warning("sandbox %s: %s", sandbox_id, why)
+            await self.backend.stop(sandbox_id, row.pid, 0)
+            await self._set(sandbox_id, status=SandboxStatus.ERROR.value, detail=why)
 
     async def _claim(self, row: Any) -> bool:
         owner = sandboxes.c.owner_instance
