@@ -25,3 +25,24 @@ ensure_venv() {
     fi
     .venv/bin/python -m pip install -q -e ".${extras}"
 }
+
+# ensure_sandbox_tools: the isolating sandbox backend (the default) needs bubblewrap. Install it with the
+# system's package manager when we may (root); otherwise stop with the exact command to run.
+ensure_sandbox_tools() {
+    [ "${THREADLINE_SANDBOX_BACKEND:-bwrap}" = "bwrap" ] || return 0
+    [ "$(uname -s)" = "Linux" ] || return 0
+    command -v bwrap >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "Installing bubblewrap (the sandbox isolation) with apt-get ..." >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null \
+            || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null; }
+    elif [ "$(id -u)" = "0" ] && command -v dnf >/dev/null 2>&1; then
+        dnf install -y -q bubblewrap
+    fi
+    if ! command -v bwrap >/dev/null 2>&1; then
+        echo "error: Threadline isolates every agent with bubblewrap, which is not installed. Run:" >&2
+        echo "    sudo apt-get install bubblewrap      (Debian/Ubuntu; Fedora: sudo dnf install bubblewrap)" >&2
+        echo "or, for a single trusted user only, run without isolation: THREADLINE_SANDBOX_BACKEND=process" >&2
+        return 1
+    fi
+}

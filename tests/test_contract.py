@@ -11,7 +11,8 @@ import pytest
 from threadline.api.app import create_app
 from threadline.config import Settings
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "openhands-app-server-v1.openapi.json"
+# The upstream app server's OpenAPI (openhands-ai 1.11), copied in: a user's clone has no sibling folders.
+REFERENCE = Path(__file__).resolve().parent / "data" / "openhands-app-server-v1.openapi.json"
 COMPAT_DOC = Path(__file__).resolve().parents[1] / "docs" / "compatibility.md"
 CHECKED = ["AppConversation", "AppConversationUpdateRequest", "MetricsSnapshot", "TokenUsage"]
 ENUMS = ["ProviderType", "ConversationTrigger", "SandboxStatus", "ConversationExecutionStatus"]

@@ -147,7 +147,7 @@ def test_sandbox_create_replays(clients: tuple[LiveServer, httpx.Client]) -> Non
     assert again.content == first.content and again.headers["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in first.headers
     # A query parameter is part of the request.
-    assert _is_problem(client.post(SANDBOXES, params={"sandbox_spec_id": "process"}, headers=headers), 422, REUSED)
+    assert _is_problem(client.post(SANDBOXES, params={"sandbox_spec_id": "bwrap"}, headers=headers), 422, REUSED)
     assert _counts(client) == (0, 1)
 
 
@@ -195,11 +195,11 @@ def test_expired_key_can_be_reused_and_is_purged(starter: Callable[..., LiveServ
     headers = _key()
     with server.client(key) as client:
         assert client.post(SANDBOXES, headers=headers).status_code == 200
-        assert _is_problem(client.post(SANDBOXES, params={"sandbox_spec_id": "process"}, headers=headers), 422, REUSED)
+        assert _is_problem(client.post(SANDBOXES, params={"sandbox_spec_id": "bwrap"}, headers=headers), 422, REUSED)
         # Once expired, the key takes a new request (polling: the TTL is 1 s).
         reused = wait_for(
             lambda: (
-                (r := client.post(SANDBOXES, params={"sandbox_spec_id": "process"}, headers=headers)).status_code == 200
+                (r := client.post(SANDBOXES, params={"sandbox_spec_id": "bwrap"}, headers=headers)).status_code == 200
                 and r
             ),
             timeout=10,

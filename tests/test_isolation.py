@@ -488,7 +488,7 @@ MATRIX: dict[tuple[str, str], list[Probe]] = {
         Probe("DELETE", "/api/v1/sandboxes/{sandbox}", 404, like_missing=True),
     ],
     ("GET", "/api/v1/sandbox-specs/search"): [Probe("GET", "/api/v1/sandbox-specs/search", 200)],
-    ("GET", "/api/v1/sandbox-specs"): [Probe("GET", "/api/v1/sandbox-specs", 200, params={"id": ["process"]})],
+    ("GET", "/api/v1/sandbox-specs"): [Probe("GET", "/api/v1/sandbox-specs", 200, params={"id": ["bwrap"]})],
     # -- settings ---------------------------------------------------------------------------------
     ("GET", "/api/v1/settings"): [Probe("GET", "/api/v1/settings", 200)],
     ("POST", "/api/v1/settings"): [

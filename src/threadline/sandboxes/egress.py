@@ -98,6 +98,9 @@ class EgressPolicy:
         if rule not in self.rules:
             self.rules.append(rule)
 
+    def allows_name(self, host: str, port: int) -> bool:
+        return any(r.matches(host, port) for r in self.rules)
+
     def decide(self, host: str, port: int, addresses: list[str]) -> str | None:
         """None when allowed, else the reason it is not."""
         matching = [r for r in self.rules if r.matches(host, port)]
@@ -212,12 +215,16 @@ class EgressProxy:
                 return
             address, port = self.internal_target
         else:
+            policy = self.policy(sandbox_id)
+            if not policy.allows_name(host, port):
+                writer.write(self._refuse(sandbox_id, destination, "not in the egress allowlist"))
+                return
             try:
                 addresses = await self._resolve(host, port)
             except OSError as exc:
                 writer.write(self._refuse(sandbox_id, destination, f"cannot resolve ({exc})"))
                 return
-            reason = self.policy(sandbox_id).decide(host, port, addresses)
+            reason = policy.decide(host, port, addresses)
             if reason is not None:
                 writer.write(self._refuse(sandbox_id, destination, reason))
                 return

@@ -61,7 +61,6 @@ _ETC = (
     "ca-certificates",
     "ca-certificates.conf",
     "debian_version",
-    "gitconfig",
     "inputrc",
     "ld.so.cache",
     "ld.so.conf",
@@ -269,6 +268,9 @@ class IsolatedBackend(ProcessBackend):
             "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
         )
         (etc / "group").write_text(f"root:x:0:\nagent:x:{inside_gid}:\nnogroup:x:65534:\n")
+        # Repositories mounted read-only (a file:// git template) belong to another user; inside the sandbox
+        # everything it may read is meant to be read.
+        (etc / "gitconfig").write_text("[safe]\n\tdirectory = *\n")
         (etc / "hosts").write_text("127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost\n")
         return dirs
 
@@ -329,7 +331,7 @@ class IsolatedBackend(ProcessBackend):
                 args += ["--ro-bind", str(host), f"/{top}"]
         for name in _ETC:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-        for name in ("passwd", "group", "hosts"):
+        for name in ("passwd", "group", "hosts", "gitconfig"):
             args += ["--ro-bind", str(work_dir / "etc" / name), f"/etc/{name}"]
         args += ["--proc", "/proc", "--dev", "/dev"]
         args += ["--bind", str(work_dir / "tmp"), "/tmp", "--bind", str(work_dir / "home"), _INSIDE_HOME]
@@ -353,6 +355,7 @@ class IsolatedBackend(ProcessBackend):
         args += [
             "--agent-fd", str(agent_fd), "--agent-port", str(_AGENT_PORT), "--proxy-port", str(_PROXY_PORT),
             "--egress-socket", f"{_INSIDE_RUN}/egress.sock", "--limit", "core=0",
+            "--conversations", str(work_dir / "conversations"),
         ]  # fmt: skip
         if self.limits.pids:
             args += ["--limit", f"nproc={self.limits.pids}"]

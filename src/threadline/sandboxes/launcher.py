@@ -46,6 +46,19 @@ def drop_privileges(uid: int | None, gid: int | None) -> None:
         raise SystemExit("launcher: could not set no-new-privileges")
 
 
+def clear_stale_leases(conversations: str | None) -> None:
+    """Drop the agent server's conversation leases left by this sandbox's previous run. Each run of a
+    sandbox has its own pid namespace, so the new agent server gets the pid the old one had and would
+    take the old lease for its own, live one, and not load the conversation until the lease expired.
+    Nothing else runs in the sandbox yet, so every lease here is stale."""
+    if not conversations or not os.path.isdir(conversations):
+        return
+    for entry in os.scandir(conversations):
+        if entry.is_dir(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(entry.path, "owner_lease.json"))
+
+
 def apply_limits(specs: list[str]) -> None:
     for spec in specs:
         name, _, value = spec.partition("=")
@@ -129,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent-port", type=int, default=8000)
     parser.add_argument("--proxy-port", type=int, default=3128)
     parser.add_argument("--egress-socket", required=True)
+    parser.add_argument("--conversations", help="the agent server's conversations directory")
     parser.add_argument("--limit", action="append", default=[], help="NAME=VALUE rlimit (nproc, nofile, ...)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -137,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no command")
     drop_privileges(args.uid, args.gid)
     apply_limits(args.limit)
+    clear_stale_leases(args.conversations)
     child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     return asyncio.run(relay(args.agent_fd, args.agent_port, args.proxy_port, args.egress_socket, child))
 

@@ -512,8 +512,9 @@ class SandboxService:
         for sandbox_id, why in over.items():
             row = await self._row(sandbox_id)
             log.warning("sandbox %s: %s", sandbox_id, why)
-            await self.backend.stop(sandbox_id, row.pid, 0)
+            # Recorded first: from the moment its processes go, the sandbox reads ERROR with the reason.
             await self._set(sandbox_id, status=SandboxStatus.ERROR.value, detail=why)
+            await self.backend.stop(sandbox_id, row.pid, 0)
 
     async def _claim(self, row: Any) -> bool:
         owner = sandboxes.c.owner_instance

@@ -1,0 +1,253 @@
+"""The isolating backend, tried as an attacker would: from inside a real agent server's sandbox (through
+the agent server's own command execution), every way out of issue 13 points 1 and 2 must fail, while the
+routes that must work (the LLM, callbacks, an operator-allowed host, the proxy route for clients) work.
+Runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets.sync.client
+
+from tests.conftest import LiveServer, wait_for
+from tests.test_agent_e2e import API, start_and_wait
+from threadline.config import Settings
+
+pytestmark = pytest.mark.agent
+
+
+class Canary(http.server.BaseHTTPRequestHandler):
+    hits: list[str]
+
+    def do_GET(self) -> None:
+        self.hits.append(self.path)
+        body = b"canary-answer"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def loopback_service() -> Iterator[tuple[int, list[str]]]:
+    """A service on the host's loopback that no sandbox may reach."""
+    hits: list[str] = []
+    handler = type("Handler", (Canary,), {"hits": hits})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_address[1], hits
+    httpd.shutdown()
+
+
+def sh(server: LiveServer, sandbox_id: str, command: str, timeout: int = 60) -> tuple[int | None, str]:
+    """Run a command inside the sandbox, as its agent does (the agent server's bash endpoint)."""
+    service = server.ctx.services["sandboxes"]
+
+    async def run() -> Any:
+        row = (await service.rows_by_id([sandbox_id]))[sandbox_id]
+        return await service.client(row, timeout=timeout + 20).execute_bash(command, timeout=timeout)
+
+    result = server.run(run(), timeout=timeout + 30)
+    return result.exit_code, (result.stdout or "") + (result.stderr or "")
+
+
+def started(server: LiveServer, client: httpx.Client, text: str = "hi") -> tuple[str, str]:
+    task = start_and_wait(client, {"initial_message": {"content": [{"type": "text", "text": text}]}})
+    assert task["status"] == "READY", task["detail"]
+    return task["app_conversation_id"], task["sandbox_id"]
+
+
+def test_nothing_of_the_server_or_another_user_is_reachable_from_a_sandbox(
+    agent_server_factory: Any, fake_llm: Any, loopback_service: tuple[int, list[str]], database: Any
+) -> None:
+    port, hits = loopback_service
+    # A second loopback service the operator allows: the egress allowlist must let it through.
+    allowed_hits: list[str] = []
+    handler = type("Allowed", (Canary,), {"hits": allowed_hits})
+    allowed = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=allowed.serve_forever, daemon=True).start()
+    allowed_port = allowed.server_address[1]
+    try:
+        server: LiveServer = agent_server_factory(sandbox_egress_allow=f"127.0.0.1:{allowed_port}")
+        home = server.settings.home
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "canary-secret").write_text("server-canary-1234")
+        _, alice_key = server.user("alice")
+        _, bob_key = server.user("bob")
+        alice, bob = server.client(alice_key), server.client(bob_key)
+        alice_conv, alice_sb = started(server, alice)
+        bob_conv, bob_sb = started(server, bob)
+        bob_row = server.run(server.ctx.services["sandboxes"].rows_by_id([bob_sb]))[bob_sb]
+        bob_workspace = Path(bob_row.work_dir) / "workspace"
+        (bob_workspace / "bob-private.txt").write_text("bob-canary-5678")
+        threadline_pid = os.getpid()
+        secret = server.settings.resolved_secret_key
+
+        def denied(command: str) -> str:
+            code, out = sh(server, alice_sb, command)
+            assert code != 0, f"{command!r} succeeded inside the sandbox: {out}"
+            return out
+
+        # 1. Files: the server's home, the database, the secret, another sandbox, the installing user's home.
+        denied(f"ls {home}")
+        denied(f"cat {home / 'canary-secret'}")
+        if database.backend == "sqlite":
+            denied(f"cat {database.url.split('///', 1)[1]}")
+        denied(f"cat {bob_workspace / 'bob-private.txt'}")
+        denied(f"ls {bob_row.work_dir}")
+        denied(f"ls {Path.home()}/.ssh {Path.home()}/.bash_history")
+        code, out = sh(server, alice_sb, "ls /; ls /home; ls /tmp")
+        assert code == 0 and "bob" not in out and "threadline.db" not in out
+        # Writing outside its own directories.
+        for target in ("/usr/evil", "/etc/evil", f"{server.settings.resolved_runtime_dir}/evil", "/evil", "/run/evil"):
+            denied(f"touch {target}")
+        # 2. Processes: the server is invisible and cannot be signalled; only the sandbox's own processes exist.
+        denied(f"kill -0 {threadline_pid}")
+        denied(f"cat /proc/{threadline_pid}/environ")
+        code, out = sh(server, alice_sb, "ls /proc | grep -E '^[0-9]+$' | wc -l")
+        assert code == 0 and int(out.strip()) < 30, out
+        code, out = sh(server, alice_sb, "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'; env")
+        assert secret not in out and "THREADLINE_DATABASE" not in out and "postgresql" not in out
+        assert bob_key not in out and alice_key not in out
+        # 3. Network: the database port, the loopback service, another sandbox's agent server, the world.
+        denied("python3 -c \"import socket; socket.create_connection(('127.0.0.1', 5432), 3)\"")
+        denied(f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 3)\"")
+        denied(f"curl -sf --max-time 5 http://127.0.0.1:{port}/via-proxy")
+        denied(f"curl -sf --max-time 5 --noproxy '*' http://127.0.0.1:{port}/direct")
+        denied("curl -sf --max-time 5 -x http://127.0.0.1:3128 https://127.0.0.1:5432/")
+        denied(f"curl -sf --max-time 5 http://127.0.0.1:{server.settings.port}/api/v1/app-conversations/search")
+        denied("curl -sf --max-time 5 https://example.com/")
+        denied("curl -sf --max-time 5 http://threadline.internal/api/v1/app-conversations/search")
+        backend = server.ctx.services["sandboxes"].backend
+        denied(f"test -e {backend.agent_sockets[bob_sb]}")
+        assert hits == []
+        refused = [r.destination for r in backend.egress.refusals if r.sandbox_id == alice_sb]
+        assert f"127.0.0.1:{port}" in refused and "example.com:443" in refused
+        # Files it creates cannot be used against anything outside (another user when we are root).
+        code, _ = sh(server, alice_sb, "echo mine > made-here.txt && cp /bin/sh ./sh && chmod u+s ./sh")
+        made = Path(server.run(server.ctx.services["sandboxes"].rows_by_id([alice_sb]))[alice_sb].work_dir)
+        owner = (made / "workspace" / "made-here.txt").stat().st_uid
+        if os.geteuid() == 0:
+            assert owner not in (0, bob_row and os.stat(bob_workspace).st_uid)
+        code, out = sh(server, alice_sb, "./sh -c 'id -u'")
+        assert out.strip() != "0"
+        code, out = sh(server, alice_sb, "cat /proc/self/status | grep -E 'NoNewPrivs|CapEff'")
+        assert "NoNewPrivs:\t1" in out and "CapEff:\t0000000000000000" in out
+
+        # The allowed routes work: an operator-allowed host, the LLM, the callbacks.
+        code, out = sh(server, alice_sb, f"curl -sf --max-time 10 http://127.0.0.1:{allowed_port}/ok")
+        assert code == 0 and out == "canary-answer" and allowed_hits == ["/ok"]
+        assert fake_llm.requests, "the LLM was never reached from the sandbox"
+        events = wait_for(
+            lambda: alice.get(f"/api/v1/conversation/{alice_conv}/events/search").json()["items"],
+            timeout=60,
+            what="events delivered by callback",
+        )
+        assert events
+        assert bob_conv != alice_conv
+    finally:
+        allowed.shutdown()
+
+
+def test_clients_reach_an_isolated_agent_server_only_through_threadline(agent_server_factory: Any) -> None:
+    server: LiveServer = agent_server_factory()
+    _, alice_key = server.user("alice")
+    _, bob_key = server.user("bob")
+    alice, bob = server.client(alice_key), server.client(bob_key)
+    conversation_id, sandbox_id = started(server, alice)
+    conv = alice.get(f"{API}/{conversation_id}").json()
+    url, key = conv["conversation_url"], conv["session_api_key"]
+    assert url.startswith(f"{server.base_url}/agent-server/{sandbox_id}/"), url
+    sandbox = alice.get("/api/v1/sandboxes", params={"id": [sandbox_id]}).json()[0]
+    assert sandbox["exposed_urls"][0]["url"] == f"{server.base_url}/agent-server/{sandbox_id}"
+    assert sandbox["sandbox_spec_id"] == "bwrap"
+    ok = httpx.get(url, headers={"X-Session-API-Key": key}, timeout=30)
+    assert ok.status_code == 200 and ok.json()["id"].replace("-", "") == conversation_id
+    # No key, a wrong key, another sandbox's key, an API key: the same 401 problem, nothing forwarded.
+    _, bob_sandbox = started(server, bob)
+    bob_info = bob.get("/api/v1/sandboxes", params={"id": [bob_sandbox]}).json()[0]
+    for headers in ({}, {"X-Session-API-Key": "nope"}, {"X-Session-API-Key": bob_info["session_api_key"]},
+                    {"X-Session-API-Key": alice_key}):  # fmt: skip
+        r = httpx.get(url, headers=headers, timeout=30)
+        assert r.status_code == 401 and r.headers["content-type"].startswith("application/problem+json"), r.text
+    assert httpx.get(f"{server.base_url}/agent-server/not-an-id/alive", timeout=30).status_code == 401
+    # Streaming POST through the proxy: a command run by the agent server.
+    r = httpx.post(
+        f"{sandbox['exposed_urls'][0]['url']}/api/bash/execute_bash_command",
+        json={"command": "echo through-threadline", "timeout": 30},
+        headers={"X-Session-API-Key": key},
+        timeout=60,
+    )
+    assert r.status_code == 200 and "through-threadline" in r.json()["stdout"]
+    # WebSocket: the agent server's event socket, forwarded.
+    ws_url = sandbox["exposed_urls"][0]["url"].replace("http://", "ws://", 1)
+    with websockets.sync.client.connect(
+        f"{ws_url}/sockets/events/{conversation_id}?resend_all=true&session_api_key={key}", open_timeout=30
+    ) as ws:
+        first = json.loads(ws.recv(timeout=30))
+        assert first.get("kind") or first.get("id")
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        websockets.sync.client.connect(
+            f"{ws_url}/sockets/events/{conversation_id}?session_api_key=wrong", open_timeout=30
+        ).close()
+    # Paused: the proxy says so instead of hanging.
+    assert alice.post(f"/api/v1/sandboxes/{sandbox_id}/pause").status_code == 200
+    assert httpx.get(url, headers={"X-Session-API-Key": key}, timeout=30).status_code in (401, 409)
+
+
+def test_a_sandbox_over_its_memory_limit_is_killed_and_recorded(agent_server_factory: Any) -> None:
+    server: LiveServer = agent_server_factory(sandbox_memory_mb=700)
+    _, key = server.user("alice")
+    client = server.client(key)
+    _, sandbox_id = started(server, client)
+    code, out = sh(server, sandbox_id, "cat /proc/self/limits | grep -E 'processes|open files'")
+    assert code == 0 and "1024" in out and "4096" in out, out
+    service = server.ctx.services["sandboxes"]
+    with pytest.raises(Exception):  # noqa: B017 - the agent server dies with the command
+        sh(server, sandbox_id, "python3 -c 'import time; x = bytearray(900 * 2**20); time.sleep(120)'", timeout=60)
+    info = wait_for(
+        lambda: (
+            (s := client.get("/api/v1/sandboxes", params={"id": [sandbox_id]}).json()[0])["status"] == "ERROR" and s
+        ),
+        timeout=60,
+        what="sandbox ERROR",
+    )
+    assert info["status"] == "ERROR"
+    row = server.run(service.rows_by_id([sandbox_id]))[sandbox_id]
+    assert "memory limit of 700 MiB" in row.detail
+    # The server is fine and serves on.
+    assert client.get("/api/v1/app-conversations/search").status_code == 200
+
+
+def test_the_unsafe_process_backend_is_an_explicit_choice_with_a_warning(
+    server_factory: Any, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    first = server_factory(sandbox_backend="process")
+    first.user("alice")
+    first.user("bob")
+    first.stop()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="threadline"):
+        again = server_factory(sandbox_backend="process")
+    assert any("no isolation" in r.getMessage() for r in caplog.records)
+    info = httpx.get(f"{again.base_url}/server_info").json()
+    assert info["sandboxes"]["backend"] == "process"
+    assert Settings(home=tmp_path).sandbox_backend == "bwrap"  # the default
+
+
+def test_server_info_shows_the_isolation_and_the_limits(server: LiveServer) -> None:
+    info = httpx.get(f"{server.base_url}/server_info").json()["sandboxes"]
+    assert info["backend"] == "bwrap" and "namespaces" in info["isolation"]
+    assert info["memory_mb"] == 4096 and info["pids"] == 1024 and info["pids_enforced_by"].startswith("rlimit")
