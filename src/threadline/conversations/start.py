@@ -353,7 +353,7 @@ class StartService:
 
         await self.sandboxes.allow_egress(sandbox, llm.base_url, self._repository_url(request))
 
-        workspace = str(Path(sandbox.work_dir) / "workspace")
+        workspace = self.sandboxes.backend.workspace_dir(Path(sandbox.work_dir))
         working_dir = workspace
         await self._transition(task_id, Status.PREPARING_REPOSITORY)
         if request.selected_repository:

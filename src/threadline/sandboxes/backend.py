@@ -52,6 +52,8 @@ class SandboxBackend(Protocol):
 
     def over_memory(self) -> dict[str, str]: ...
 
+    def workspace_dir(self, work_dir: Path) -> str: ...
+
     def limits_info(self) -> dict[str, object]: ...
 
     async def close(self) -> None: ...
@@ -225,6 +227,10 @@ class ProcessBackend:
 
     def over_memory(self) -> dict[str, str]:
         return {}
+
+    def workspace_dir(self, work_dir: Path) -> str:
+        """Where the agent server finds the sandbox's workspace (the same path: no mount namespace)."""
+        return str(work_dir / "workspace")
 
     def limits_info(self) -> dict[str, object]:
         return {"isolation": "none: agent servers run as the server's user (unsafe for more than one user)"}

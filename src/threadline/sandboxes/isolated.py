@@ -51,6 +51,9 @@ AGENT_HOST_SUFFIX = ".sandbox.internal"
 _INSIDE_RUN = "/run/threadline"
 _INSIDE_HOME = "/home/agent"
 _INSIDE_LAUNCHER = "/opt/threadline/launcher.py"
+_INSIDE_RUNTIME = "/opt/agent-runtime"
+INSIDE_WORKSPACE = "/workspace"
+_INSIDE_CONVERSATIONS = "/var/lib/agent-server/conversations"
 _AGENT_PORT = 8000
 _PROXY_PORT = 3128
 _UID_RANGE = 800_000
@@ -296,7 +299,7 @@ class IsolatedBackend(ProcessBackend):
             "OH_ENABLE_VSCODE": "false",
             "OH_ENABLE_BROWSER": "false",
             "OH_PRELOAD_TOOLS": "false",
-            "OH_CONVERSATIONS_PATH": str(work_dir / "conversations"),
+            "OH_CONVERSATIONS_PATH": _INSIDE_CONVERSATIONS,
             # Every way out is the egress proxy; only the agent server's own address is direct.
             **{name: proxy for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")},
             "NO_PROXY": "localhost",
@@ -337,25 +340,25 @@ class IsolatedBackend(ProcessBackend):
         args += ["--bind", str(work_dir / "tmp"), "/tmp", "--bind", str(work_dir / "home"), _INSIDE_HOME]
         args += ["--ro-bind", str(self._sandbox_sockets(sandbox_id)), _INSIDE_RUN]
         runtime_dir = self.runtime_dir.resolve()
-        args += ["--ro-bind", str(runtime_dir), str(runtime_dir)]
+        args += ["--ro-bind", str(runtime_dir), _INSIDE_RUNTIME]
         prefix = _python_prefix(runtime_dir)
         if prefix is not None and not str(prefix).startswith("/usr/"):
             args += ["--ro-bind", str(prefix), str(prefix)]
         for path in self.read_only_paths:
             args += ["--ro-bind-try", str(path), str(path)]
         args += ["--ro-bind", str(Path(launcher.__file__).resolve()), _INSIDE_LAUNCHER]
-        for name in ("workspace", "conversations"):
-            args += ["--bind", str(work_dir / name), str(work_dir / name)]
+        args += ["--bind", str(work_dir / "workspace"), INSIDE_WORKSPACE]
+        args += ["--bind", str(work_dir / "conversations"), _INSIDE_CONVERSATIONS]
         args += _open_mount_parents(args)
-        args += ["--chdir", str(work_dir / "workspace")]
-        python = str(runtime.python_of(runtime_dir))
+        args += ["--chdir", INSIDE_WORKSPACE]
+        python = str(runtime.python_of(Path(_INSIDE_RUNTIME)))
         args += ["--", python, "-I", _INSIDE_LAUNCHER]
         if uid is not None:
             args += ["--uid", str(uid), "--gid", str(uid)]
         args += [
             "--agent-fd", str(agent_fd), "--agent-port", str(_AGENT_PORT), "--proxy-port", str(_PROXY_PORT),
             "--egress-socket", f"{_INSIDE_RUN}/egress.sock", "--limit", "core=0",
-            "--conversations", str(work_dir / "conversations"),
+            "--conversations", _INSIDE_CONVERSATIONS,
         ]  # fmt: skip
         if self.limits.pids:
             args += ["--limit", f"nproc={self.limits.pids}"]
@@ -452,6 +455,9 @@ class IsolatedBackend(ProcessBackend):
 
     # -- limits ---------------------------------------------------------------------------------
 
+    def workspace_dir(self, work_dir: Path) -> str:
+        return INSIDE_WORKSPACE
+
     def limits_info(self) -> dict[str, object]:
         return {
             "isolation": "bubblewrap: own mount, pid, network, ipc and uts namespaces"
@@ -529,7 +535,11 @@ class IsolatedBackend(ProcessBackend):
 def _open_mount_parents(args: list[str]) -> list[str]:
     """bubblewrap makes a mount point's missing parents with the host parents' modes (`/root` is 0700),
     which would keep the sandbox's own user from reaching what is mounted there: open them (0755)."""
-    targets = {args[i + 2] for i, a in enumerate(args) if a in ("--bind", "--ro-bind", "--ro-bind-try")}
+    targets = {
+        args[i + 2]
+        for i, a in enumerate(args)
+        if a in ("--bind", "--ro-bind") or (a == "--ro-bind-try" and Path(args[i + 1]).exists())
+    }
     parents: set[str] = set()
     for target in targets:
         for parent in Path(target).parents:
@@ -537,8 +547,8 @@ def _open_mount_parents(args: list[str]) -> list[str]:
             if text != "/" and text not in targets and not text.startswith(("/usr", "/proc", "/dev")):
                 parents.add(text)
     chmods: list[str] = []
-    for parent in sorted(parents, key=lambda p: p.count("/")):
-        chmods += ["--chmod", "0755", parent]
+    for directory in sorted(parents, key=lambda p: p.count("/")):
+        chmods += ["--chmod", "0755", directory]
     return chmods
 
 

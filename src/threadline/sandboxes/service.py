@@ -101,7 +101,7 @@ class SandboxService:
                 command=[str(python), "-m", "openhands.agent_server", "--host", "127.0.0.1", "--port", "<port>"],
                 created_at=self._started_at,
                 initial_env={"OH_ENABLE_VSCODE": "false", "OH_ENABLE_BROWSER": "false", "OH_PRELOAD_TOOLS": "false"},
-                working_dir=str(self.settings.sandboxes_dir / "<sandbox id>" / "workspace"),
+                working_dir=self.backend.workspace_dir(self.settings.sandboxes_dir / "<sandbox id>"),
             )
         ]
 
