@@ -196,13 +196,17 @@ class ProcessBackend:
             deadline = time.monotonic() + grace_seconds
             while time.monotonic() < deadline and self.is_alive(sandbox_id, ours):
                 await asyncio.sleep(0.1)
+        await self._kill_the_rest(sandbox_id, ours)
+
+    async def _kill_the_rest(self, sandbox_id: str, main_pid: int | None) -> None:
+        """SIGKILL whatever of the sandbox is left and wait until none of it runs (and our child is reaped)."""
         for leftover in self._sandbox_pids(sandbox_id):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(leftover, signal.SIGKILL)
         # SIGKILL is asynchronous: return only once nothing of the sandbox runs any more. A process that is
         # exiting may have lost its environment (so no tag) before it is a zombie: the pid is watched too.
         deadline = time.monotonic() + 10
-        while (self._sandbox_pids(sandbox_id) or not _exited(ours)) and time.monotonic() < deadline:
+        while (self._sandbox_pids(sandbox_id) or not _exited(main_pid)) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         child = self._children.pop(sandbox_id, None)
         if child is not None:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from threadline.sandboxes.launcher import pipe
+
 log = logging.getLogger("threadline.sandboxes.egress")
 
 INTERNAL_HOST = "threadline.internal"
@@ -237,7 +239,7 @@ class EgressProxy:
             else:
                 up_writer.write(_origin_form(method, path, version, rest))
             # Bytes sent after the head (a request body) are still in `reader`: the pipe carries them on.
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         finally:
             up_writer.close()
 
@@ -254,16 +256,3 @@ def _origin_form(method: str, path: str, version: str, header_block: bytes) -> b
         lines.append(line)
     lines.append(b"Connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while chunk := await reader.read(65536):
-            writer.write(chunk)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            if writer.can_write_eof():
-                writer.write_eof()

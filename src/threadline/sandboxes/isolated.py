@@ -42,7 +42,7 @@ from pathlib import Path
 import httpx
 
 from threadline.sandboxes import launcher, runtime
-from threadline.sandboxes.backend import SANDBOX_ENV, SANDBOX_ROOT_ENV, Launch, ProcessBackend, _exited
+from threadline.sandboxes.backend import SANDBOX_ENV, SANDBOX_ROOT_ENV, Launch, ProcessBackend
 from threadline.sandboxes.egress import INTERNAL_HOST, EgressProxy, Rule
 
 log = logging.getLogger("threadline.sandboxes.isolated")
@@ -507,16 +507,7 @@ class IsolatedBackend(ProcessBackend):
                 await asyncio.sleep(0.05)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(init, signal.SIGKILL)
-        for leftover in self._sandbox_pids(sandbox_id):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(leftover, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while (self._sandbox_pids(sandbox_id) or not _exited(init)) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        child = self._children.pop(sandbox_id, None)
-        if child is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await asyncio.to_thread(child.wait, 10)
+        await self._kill_the_rest(sandbox_id, init)
         await self.forget(sandbox_id)
 
     async def forget(self, sandbox_id: str) -> None:

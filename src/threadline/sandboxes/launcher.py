@@ -66,7 +66,8 @@ def apply_limits(specs: list[str]) -> None:
         resource.setrlimit(_LIMITS[name], (limit, limit))
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy until end of stream, then half-close the other side (also used by the host's egress proxy)."""
     try:
         while chunk := await reader.read(65536):
             writer.write(chunk)
@@ -83,7 +84,7 @@ async def _join(
     a: tuple[asyncio.StreamReader, asyncio.StreamWriter], b: tuple[asyncio.StreamReader, asyncio.StreamWriter]
 ) -> None:
     try:
-        await asyncio.gather(_pipe(a[0], b[1]), _pipe(b[0], a[1]))
+        await asyncio.gather(pipe(a[0], b[1]), pipe(b[0], a[1]))
     finally:
         for writer in (a[1], b[1]):
             writer.close()
