@@ -489,6 +489,14 @@ MATRIX: dict[tuple[str, str], list[Probe]] = {
     ],
     ("GET", "/api/v1/sandbox-specs/search"): [Probe("GET", "/api/v1/sandbox-specs/search", 200)],
     ("GET", "/api/v1/sandbox-specs"): [Probe("GET", "/api/v1/sandbox-specs", 200, params={"id": ["bwrap"]})],
+    # -- the proxy route to isolated agent servers: only the sandbox's own session key passes --------
+    **{
+        (method, "/agent-server/{sandbox_id}/{path:path}"): [
+            Probe(method, "/agent-server/{sandbox}/api/conversations/search", 401),
+            Probe(method, "/agent-server/{sandbox}/api/conversations/search", 401, who="bob_sandbox"),
+        ]
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+    },
     # -- settings ---------------------------------------------------------------------------------
     ("GET", "/api/v1/settings"): [Probe("GET", "/api/v1/settings", 200)],
     ("POST", "/api/v1/settings"): [

@@ -137,7 +137,13 @@ def test_two_replicas_side_by_side(process_server_factory: Callable[..., Process
     # every heartbeat; each item is taken over exactly once.
     gone = new_id()
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-    orphans = [sandbox_values(user_id, a.env["THREADLINE_SECRET_KEY"], owner_instance=gone)[0] for _ in range(10)]
+    # Records of the backend the replicas run (the default, bwrap): a replica adopts only its own kind.
+    orphans = [
+        sandbox_values(user_id, a.env["THREADLINE_SECRET_KEY"], owner_instance=gone, backend="bwrap", spec_id="bwrap")[
+            0
+        ]
+        for _ in range(10)
+    ]
     tasks = [
         {
             "id": new_id(),
