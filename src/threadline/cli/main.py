@@ -196,12 +196,7 @@ def runtime_status() -> None:
 
         problem = check_bwrap()
         print(f"bubblewrap: {problem or 'works here'}")
-        limits = SandboxLimits(
-            memory_mb=settings.sandbox_memory_mb,
-            pids=settings.sandbox_max_processes,
-            open_files=settings.sandbox_max_open_files,
-        )
-        for name, value in limits.enforcement().items():
+        for name, value in SandboxLimits.from_settings(settings).enforcement().items():
             print(f"  {name}: {value}")
     else:
         print("  no isolation: every agent runs as this server's OS user (unsafe for more than one user)")

@@ -146,19 +146,7 @@ class ProcessBackend:
             (work_dir / sub).mkdir(parents=True, exist_ok=True)
         port = _free_port()
         env = self.environment(sandbox_id, work_dir, session_key, webhook_base_url)
-        log = (work_dir / "agent-server.log").open("ab")
-        try:
-            proc = subprocess.Popen(
-                self.command(port),
-                cwd=work_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
+        proc = spawn(self.command(port), work_dir, env)
         self._children[sandbox_id] = proc
         return Launch(pid=proc.pid, port=port, url=f"http://127.0.0.1:{port}")
 
@@ -241,6 +229,26 @@ class ProcessBackend:
 
     async def close(self) -> None:
         """Nothing held outside the processes."""
+
+
+def spawn(
+    command: list[str], work_dir: Path, env: dict[str, str], pass_fds: tuple[int, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """Start a sandbox's first process in a session of its own, its output appended to agent-server.log."""
+    log = (work_dir / "agent-server.log").open("ab")
+    try:
+        return subprocess.Popen(
+            command,
+            cwd=work_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            pass_fds=pass_fds,
+        )
+    finally:
+        log.close()
 
 
 def remove_work_dir(work_dir: Path) -> None:

@@ -96,18 +96,19 @@ class EgressPolicy:
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = list(rules)
 
-    def add(self, rule: Rule) -> None:
-        if rule not in self.rules:
-            self.rules.append(rule)
+    def add(self, rule: Rule) -> bool:
+        """Add a rule; False when it was there already."""
+        if rule in self.rules:
+            return False
+        self.rules.append(rule)
+        return True
 
-    def allows_name(self, host: str, port: int) -> bool:
-        return any(r.matches(host, port) for r in self.rules)
+    def matching(self, host: str, port: int) -> list[Rule]:
+        return [r for r in self.rules if r.matches(host, port)]
 
-    def decide(self, host: str, port: int, addresses: list[str]) -> str | None:
-        """None when allowed, else the reason it is not."""
-        matching = [r for r in self.rules if r.matches(host, port)]
-        if not matching:
-            return "not in the egress allowlist"
+    @staticmethod
+    def decide(matching: list[Rule], addresses: list[str]) -> str | None:
+        """For a destination some rules match: None when allowed, else the reason it is not."""
         if any(r.trusted for r in matching):
             return None
         private = [a for a in addresses if not is_public(a)]
@@ -217,8 +218,8 @@ class EgressProxy:
                 return
             address, port = self.internal_target
         else:
-            policy = self.policy(sandbox_id)
-            if not policy.allows_name(host, port):
+            matching = self.policy(sandbox_id).matching(host, port)
+            if not matching:
                 writer.write(self._refuse(sandbox_id, destination, "not in the egress allowlist"))
                 return
             try:
@@ -226,7 +227,7 @@ class EgressProxy:
             except OSError as exc:
                 writer.write(self._refuse(sandbox_id, destination, f"cannot resolve ({exc})"))
                 return
-            reason = policy.decide(host, port, addresses)
+            reason = EgressPolicy.decide(matching, addresses)
             if reason is not None:
                 writer.write(self._refuse(sandbox_id, destination, reason))
                 return

@@ -41,8 +41,9 @@ from pathlib import Path
 
 import httpx
 
+from threadline.config import Settings
 from threadline.sandboxes import launcher, runtime
-from threadline.sandboxes.backend import SANDBOX_ENV, SANDBOX_ROOT_ENV, Launch, ProcessBackend
+from threadline.sandboxes.backend import SANDBOX_ENV, SANDBOX_ROOT_ENV, Launch, ProcessBackend, spawn
 from threadline.sandboxes.egress import INTERNAL_HOST, EgressProxy, Rule
 
 log = logging.getLogger("threadline.sandboxes.isolated")
@@ -92,6 +93,14 @@ class SandboxLimits:
     pids: int = 1024
     open_files: int = 4096
     cpus: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SandboxLimits:
+        return cls(
+            memory_mb=settings.sandbox_memory_mb,
+            pids=settings.sandbox_max_processes,
+            open_files=settings.sandbox_max_open_files,
+        )
 
     def enforcement(self) -> dict[str, object]:
         """What is enforced and how (shown by `threadline runtime status` and /server_info)."""
@@ -253,12 +262,12 @@ class IsolatedBackend(ProcessBackend):
 
     # -- launch ---------------------------------------------------------------------------------
 
-    def _prepare_dirs(self, sandbox_id: str, work_dir: Path) -> dict[str, Path]:
+    def _prepare_dirs(self, sandbox_id: str, work_dir: Path) -> None:
         work_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(work_dir, 0o700)  # host-only: the sandbox sees only the subdirectories bound into it
-        dirs = {name: work_dir / name for name in ("workspace", "conversations", "home", "tmp")}
         uid = self._uid(sandbox_id)
-        for path in dirs.values():
+        for name in ("workspace", "conversations", "home", "tmp"):
+            path = work_dir / name
             path.mkdir(exist_ok=True)
             if uid is not None and path.lstat().st_uid != uid:
                 os.chown(path, uid, uid)
@@ -275,9 +284,8 @@ class IsolatedBackend(ProcessBackend):
         # everything it may read is meant to be read.
         (etc / "gitconfig").write_text("[safe]\n\tdirectory = *\n")
         (etc / "hosts").write_text("127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost\n")
-        return dirs
 
-    def environment_inside(self, sandbox_id: str, work_dir: Path, session_key: str) -> dict[str, str]:
+    def environment_inside(self, sandbox_id: str, session_key: str) -> dict[str, str]:
         proxy = f"http://127.0.0.1:{_PROXY_PORT}"
         return {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -323,7 +331,7 @@ class IsolatedBackend(ProcessBackend):
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--hostname", "sandbox", "--new-session", "--clearenv", "--info-fd", str(info_fd),
         ]  # fmt: skip
-        for key, value in self.environment_inside(sandbox_id, work_dir, session_key).items():
+        for key, value in self.environment_inside(sandbox_id, session_key).items():
             args += ["--setenv", key, value]
         args += ["--ro-bind", "/usr", "/usr"]
         for top in ("bin", "lib", "lib32", "lib64", "libx32", "sbin"):
@@ -388,20 +396,7 @@ class IsolatedBackend(ProcessBackend):
             listener.listen(256)
             command = self.bwrap_command(sandbox_id, work_dir, session_key, listener.fileno(), info_write)
             env = {SANDBOX_ENV: sandbox_id, SANDBOX_ROOT_ENV: str(self.root), "PATH": os.environ.get("PATH", "")}
-            log_file = (work_dir / "agent-server.log").open("ab")
-            try:
-                proc = subprocess.Popen(
-                    command,
-                    cwd=work_dir,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    pass_fds=(listener.fileno(), info_write),
-                )
-            finally:
-                log_file.close()
+            proc = spawn(command, work_dir, env, pass_fds=(listener.fileno(), info_write))
         except BaseException:
             os.close(info_read)
             await self.egress.close(sandbox_id)
@@ -438,8 +433,9 @@ class IsolatedBackend(ProcessBackend):
     async def allow_egress(self, sandbox_id: str, work_dir: Path, rules: list[Rule]) -> None:
         """Let this sandbox reach more (a user's LLM, its repository's host); kept with the sandbox."""
         policy = self.egress.policy(sandbox_id)
-        for rule in rules:
-            policy.add(rule)
+        added = [rule for rule in rules if policy.add(rule)]
+        if not added:
+            return
         extra = [r for r in policy.rules if r not in self.egress.base_rules]
         data = [{"host": r.host, "port": r.port, "trusted": r.trusted} for r in extra]
         await asyncio.to_thread((work_dir / "egress.json").write_text, json.dumps(data))
@@ -466,31 +462,34 @@ class IsolatedBackend(ProcessBackend):
             **self.limits.enforcement(),
         }
 
-    def memory_used(self, sandbox_id: str) -> int:
-        """Resident bytes of all the sandbox's processes (by its pid namespace)."""
-        namespace = self._namespaces.get(sandbox_id)
-        if namespace is None:
-            return 0
-        total = 0
+    def memory_used(self) -> dict[str, int]:
+        """Resident bytes of each sandbox's processes together (found by pid namespace), in one pass
+        over /proc for all sandboxes."""
+        by_namespace = {namespace: sandbox_id for sandbox_id, namespace in self._namespaces.items()}
+        used = dict.fromkeys(self._namespaces, 0)
+        if not by_namespace:
+            return used
         for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and _pid_namespace(int(entry.name)) == namespace:
-                total += _rss_bytes(int(entry.name))
-        return total
+            if not entry.name.isdigit():
+                continue
+            sandbox_id = by_namespace.get(_pid_namespace(int(entry.name)) or "")
+            if sandbox_id is not None:
+                used[sandbox_id] += _rss_bytes(int(entry.name))
+        return used
 
     def over_memory(self) -> dict[str, str]:
         """Sandboxes over their memory limit now: id -> why."""
         if not self.limits.memory_mb:
             return {}
         limit = self.limits.memory_mb * 1024 * 1024
-        over = {}
-        for sandbox_id in list(self._namespaces):
-            used = self.memory_used(sandbox_id)
-            if used > limit:
-                over[sandbox_id] = (
-                    f"killed: its processes used {used // (1024 * 1024)} MiB, over the sandbox memory limit of "
-                    f"{self.limits.memory_mb} MiB (THREADLINE_SANDBOX_MEMORY_MB)"
-                )
-        return over
+        return {
+            sandbox_id: (
+                f"killed: its processes used {used // (1024 * 1024)} MiB, over the sandbox memory limit of "
+                f"{self.limits.memory_mb} MiB (THREADLINE_SANDBOX_MEMORY_MB)"
+            )
+            for sandbox_id, used in self.memory_used().items()
+            if used > limit
+        }
 
     # -- stop -----------------------------------------------------------------------------------
 

@@ -70,11 +70,7 @@ def build_backend(settings: Settings) -> tuple[SandboxBackend, httpx.AsyncBaseTr
         settings.sandboxes_dir,
         egress=EgressProxy(operator_rules(settings), settings.local_address),
         flush_delay=settings.webhook_flush_delay,
-        limits=SandboxLimits(
-            memory_mb=settings.sandbox_memory_mb,
-            pids=settings.sandbox_max_processes,
-            open_files=settings.sandbox_max_open_files,
-        ),
+        limits=SandboxLimits.from_settings(settings),
         uid_base=settings.sandbox_uid_base,
         read_only_paths=git_read_only_paths(settings),
     )
