@@ -277,7 +277,7 @@ def test_stream_start_with_repository_and_sub_conversation(agent_server_factory:
     assert not sandbox_pids(server.settings.home, sandbox_id)
 
 
-def test_restart_reattaches_and_dead_sandboxes_are_reported(agent_server_factory: Any) -> None:
+def test_restart_reattaches_and_dead_sandboxes_are_reported(agent_server_factory: Any, fake_llm: Any) -> None:
     first: LiveServer = agent_server_factory(stop_sandboxes_on_shutdown=False)
     _, key = first.user("cy")
     client = first.client(key)
@@ -296,8 +296,12 @@ def test_restart_reattaches_and_dead_sandboxes_are_reported(agent_server_factory
     assert conv["sandbox_status"] == "RUNNING"
     assert conv["execution_status"] in ("finished", "idle", "running")
     assert agent_pid(second.settings.home, sandbox_id) == pid
+    llm_calls = len(fake_llm.requests)
     r = client.post(f"{API}/{conv_id}/send-message", json={"content": [{"type": "text", "text": "still there?"}]})
     assert r.status_code == 200, r.text
+    # The re-attached sandbox still has its way out (isolated: the egress socket is served again): the agent
+    # reaches the LLM again.
+    wait_for(lambda: len(fake_llm.requests) > llm_calls, timeout=60, what="the LLM reached after re-attach")
 
     # Killed from outside: ERROR at once, never a hung request; messages get 410.
     for pid in sandbox_pids(second.settings.home, sandbox_id):

@@ -251,3 +251,28 @@ def test_server_info_shows_the_isolation_and_the_limits(server: LiveServer) -> N
     info = httpx.get(f"{server.base_url}/server_info").json()["sandboxes"]
     assert info["backend"] == "bwrap" and "namespaces" in info["isolation"]
     assert info["memory_mb"] == 4096 and info["pids"] == 1024 and info["pids_enforced_by"].startswith("rlimit")
+
+
+def test_a_users_own_llm_url_cannot_point_a_sandbox_at_the_hosts_services(
+    agent_server_factory: Any, loopback_service: tuple[int, list[str]]
+) -> None:
+    """The server-wide LLM (the operator's choice) may be on loopback; a user's own base URL may not."""
+    port, hits = loopback_service
+    server: LiveServer = agent_server_factory()
+    _, key = server.user("mallory")
+    client = server.client(key)
+    own = {"llm_base_url": f"http://127.0.0.1:{port}/v1", "llm_api_key": "mallory-key"}
+    r = client.post("/api/v1/settings", json=own)
+    assert r.status_code == 200, r.text
+    _, sandbox_id = started(server, client, "call my LLM")
+    backend = server.ctx.services["sandboxes"].backend
+    refusal = wait_for(
+        lambda: next(
+            (x for x in backend.egress.refusals if x.sandbox_id == sandbox_id and x.destination.startswith("127.")),
+            None,
+        ),
+        timeout=60,
+        what="the agent's LLM call refused",
+    )
+    assert refusal.destination == f"127.0.0.1:{port}" and "non-public address" in refusal.reason
+    assert hits == []

@@ -509,12 +509,14 @@ class SandboxService:
     async def enforce_limits(self) -> None:
         """Stop every sandbox over its memory limit and record it ERROR with the reason."""
         over = await asyncio.to_thread(self.backend.over_memory)
+        rows = await self.rows_by_id(list(over))
         for sandbox_id, why in over.items():
-            row = await self._row(sandbox_id)
             log.warning("sandbox %s: %s", sandbox_id, why)
-            # Recorded first: from the moment its processes go, the sandbox reads ERROR with the reason.
+            # Recorded first: from the moment its processes go, the sandbox reads ERROR with the reason. A
+            # record deleted meanwhile does not spare its processes (nor the other sandboxes of this pass).
             await self._set(sandbox_id, status=SandboxStatus.ERROR.value, detail=why)
-            await self.backend.stop(sandbox_id, row.pid, 0)
+            row = rows.get(sandbox_id)
+            await self.backend.stop(sandbox_id, row.pid if row is not None else None, 0)
 
     async def _claim(self, row: Any) -> bool:
         owner = sandboxes.c.owner_instance
