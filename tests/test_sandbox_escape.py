@@ -8,6 +8,8 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -276,3 +278,39 @@ def test_a_users_own_llm_url_cannot_point_a_sandbox_at_the_hosts_services(
     )
     assert refusal.destination == f"127.0.0.1:{port}" and "non-public address" in refusal.reason
     assert hits == []
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "threadline.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_serve_without_bubblewrap_stops_with_the_command_to_run(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = dict(os.environ, THREADLINE_HOME=str(tmp_path / "home"), PATH=str(empty))
+    result = _cli(["serve", "--port", "1"], env)
+    assert result.returncode == 1
+    assert "apt-get install bubblewrap" in result.stderr and "THREADLINE_SANDBOX_BACKEND=process" in result.stderr
+    assert not (tmp_path / "home" / "threadline.db").exists()  # stopped before touching anything
+
+
+def test_runtime_status_shows_the_isolation_and_what_is_enforced(agent_runtime: Path, tmp_path: Path) -> None:
+    env = dict(
+        os.environ,
+        THREADLINE_HOME=str(tmp_path),
+        THREADLINE_RUNTIME_DIR=str(agent_runtime),
+        THREADLINE_SANDBOX_MEMORY_MB="900",
+    )
+    result = _cli(["runtime", "status"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sandbox backend: bwrap" in result.stdout and "bubblewrap: works here" in result.stdout
+    assert "memory_mb: 900" in result.stdout and "pids_enforced_by: rlimit" in result.stdout
+    unsafe = _cli(["runtime", "status"], dict(env, THREADLINE_SANDBOX_BACKEND="process"))
+    assert unsafe.returncode == 0 and "no isolation" in unsafe.stdout
