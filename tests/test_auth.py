@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Database, LiveServer
+from tests.support.cli import run_cli
 from threadline.auth import service as auth
 
 ME = "/api/v1/users/me"
@@ -71,40 +72,29 @@ def test_keys_are_stored_only_as_hashes(server: LiveServer) -> None:
         assert row.key_hash != key
 
 
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "threadline.cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_cli_users_and_keys(server_factory: Any, database: Database, tmp_path: Path) -> None:
     env = dict(os.environ, THREADLINE_HOME=str(tmp_path / "home"), THREADLINE_DATABASE_URL=database.url)
     if database.schema:
         pytest.skip("the CLI works on a whole database; PostgreSQL is covered by the server tests")
-    created = _cli(env, "users", "create", "gina")
+    created = run_cli(env, "users", "create", "gina")
     assert created.returncode == 0, created.stderr
-    assert _cli(env, "users", "create", "gina").returncode == 1  # duplicate name: clean error
-    made = _cli(env, "keys", "create", "--user", "gina", "--label", "laptop")
+    assert run_cli(env, "users", "create", "gina").returncode == 1  # duplicate name: clean error
+    made = run_cli(env, "keys", "create", "--user", "gina", "--label", "laptop")
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip().splitlines()[-1]
     assert key.startswith("tl_")
-    assert _cli(env, "keys", "create", "--user", "nobody").returncode == 1
-    listing = _cli(env, "keys", "list")
+    assert run_cli(env, "keys", "create", "--user", "nobody").returncode == 1
+    listing = run_cli(env, "keys", "list")
     assert "gina" in listing.stdout and "laptop" in listing.stdout and key not in listing.stdout
 
     server = server_factory()
     with server.client(key) as client:
         assert client.get(ME).json()["name"] == "gina"
         key_id = next(k.id for k in server.run(auth.list_keys(server.ctx.db)) if k.label == "laptop")
-        revoked = _cli(env, "keys", "revoke", key_id)
+        revoked = run_cli(env, "keys", "revoke", key_id)
         assert revoked.returncode == 0, revoked.stderr
         assert client.get(ME).status_code == 401
-    assert _cli(env, "keys", "revoke", "0" * 32).returncode == 1
+    assert run_cli(env, "keys", "revoke", "0" * 32).returncode == 1
 
 
 def test_serve_first_start_creates_admin_and_prints_key_once(tmp_path: Path) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ import pytest
 import websockets.sync.client
 
 from tests.conftest import LiveServer, wait_for
+from tests.support.cli import run_cli
 from tests.test_agent_e2e import API, start_and_wait
 from threadline.config import Settings
 
@@ -280,22 +279,11 @@ def test_a_users_own_llm_url_cannot_point_a_sandbox_at_the_hosts_services(
     assert hits == []
 
 
-def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "threadline.cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_serve_without_bubblewrap_stops_with_the_command_to_run(tmp_path: Path) -> None:
     empty = tmp_path / "bin"
     empty.mkdir()
     env = dict(os.environ, THREADLINE_HOME=str(tmp_path / "home"), PATH=str(empty))
-    result = _cli(["serve", "--port", "1"], env)
+    result = run_cli(env, "serve", "--port", "1")
     assert result.returncode == 1
     assert "apt-get install bubblewrap" in result.stderr and "THREADLINE_SANDBOX_BACKEND=process" in result.stderr
     assert not (tmp_path / "home" / "threadline.db").exists()  # stopped before touching anything
@@ -308,9 +296,9 @@ def test_runtime_status_shows_the_isolation_and_what_is_enforced(agent_runtime: 
         THREADLINE_RUNTIME_DIR=str(agent_runtime),
         THREADLINE_SANDBOX_MEMORY_MB="900",
     )
-    result = _cli(["runtime", "status"], env)
+    result = run_cli(env, "runtime", "status")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sandbox backend: bwrap" in result.stdout and "bubblewrap: works here" in result.stdout
     assert "memory_mb: 900" in result.stdout and "pids_enforced_by: rlimit" in result.stdout
-    unsafe = _cli(["runtime", "status"], dict(env, THREADLINE_SANDBOX_BACKEND="process"))
+    unsafe = run_cli(dict(env, THREADLINE_SANDBOX_BACKEND="process"), "runtime", "status")
     assert unsafe.returncode == 0 and "no isolation" in unsafe.stdout

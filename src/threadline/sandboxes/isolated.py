@@ -520,6 +520,8 @@ class IsolatedBackend(ProcessBackend):
     async def close(self) -> None:
         """On shutdown: stop serving the egress sockets (sandboxes that keep running are re-attached later)."""
         await self.egress.close_all()
+        with contextlib.suppress(OSError):
+            self.sockets.rmdir()  # only when empty: sockets of sandboxes still running stay
 
 
 def _open_mount_parents(args: list[str]) -> list[str]:
