@@ -84,15 +84,20 @@ def test_cli_users_and_keys(server_factory: Any, database: Database, tmp_path: P
     key = made.stdout.strip().splitlines()[-1]
     assert key.startswith("tl_")
     assert run_cli(env, "keys", "create", "--user", "nobody").returncode == 1
-    listing = run_cli(env, "keys", "list")
+    # An 80-column terminal still shows whole key ids (the other columns wrap instead).
+    listing = run_cli(dict(env, COLUMNS="80"), "keys", "list")
     assert "gina" in listing.stdout and "laptop" in listing.stdout and key not in listing.stdout
 
     server = server_factory()
     with server.client(key) as client:
         assert client.get(ME).json()["name"] == "gina"
         key_id = next(k.id for k in server.run(auth.list_keys(server.ctx.db)) if k.label == "laptop")
-        revoked = run_cli(env, "keys", "revoke", key_id)
+        assert key_id in listing.stdout
+        assert run_cli(env, "keys", "revoke", key_id[:3]).returncode == 1  # too short to be a prefix
+        # A unique beginning of the id is enough, even copied with the ellipsis of a cut column.
+        revoked = run_cli(env, "keys", "revoke", key_id[:8] + "…")
         assert revoked.returncode == 0, revoked.stderr
+        assert key_id in revoked.stderr
         assert client.get(ME).status_code == 401
     assert run_cli(env, "keys", "revoke", "0" * 32).returncode == 1
 

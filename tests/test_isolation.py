@@ -487,6 +487,9 @@ MATRIX: dict[tuple[str, str], list[Probe]] = {
     ("DELETE", "/api/v1/sandboxes/{sandbox_id}"): [
         Probe("DELETE", "/api/v1/sandboxes/{sandbox}", 404, like_missing=True),
     ],
+    ("DELETE", "/api/v1/sandboxes"): [
+        Probe("DELETE", "/api/v1/sandboxes", 404, params={"sandbox_id": "{sandbox}"}, like_missing=True),
+    ],
     ("GET", "/api/v1/sandbox-specs/search"): [Probe("GET", "/api/v1/sandbox-specs/search", 200)],
     ("GET", "/api/v1/sandbox-specs"): [Probe("GET", "/api/v1/sandbox-specs", 200, params={"id": ["bwrap"]})],
     # -- the proxy route to isolated agent servers: only the sandbox's own session key passes --------

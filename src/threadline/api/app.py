@@ -110,6 +110,9 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         version=__version__,
         description="Self-hostable OpenHands App Conversations API (v1).",
         lifespan=lifespan,
+        # A trailing slash is a 404 problem that names the path meant, not a bare 307 (which clients follow
+        # with a changed method or not at all).
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     install_problem_docs(app)

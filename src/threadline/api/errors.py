@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -13,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 from threadline.observability.logging import current_request_id
 
@@ -109,10 +111,22 @@ class ProblemResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
         try:
             return super().render(content)
-        except UnicodeEncodeError:
-            # A problem may echo what the client sent, and JSON text may hold lone surrogates ("\ud800"),
-            # which UTF-8 cannot encode: send every non-ASCII character escaped instead.
-            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+        except (UnicodeEncodeError, ValueError):
+            # A problem may echo what the client sent: JSON text may hold lone surrogates ("\ud800"), which
+            # UTF-8 cannot encode, and Python's JSON reader takes NaN, Infinity and 1e999, which JSON cannot
+            # write. Non-finite numbers are echoed as their names, every non-ASCII character escaped.
+            return json.dumps(finite(content), ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, Infinity, -Infinity) replaced by its name as a string."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def _validation_detail(errors: list[dict[str, Any]]) -> str:
@@ -141,6 +155,21 @@ def _unstorable_text_problem() -> Response:
     )
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request, path: str | None = None) -> list[str]:
+    """The methods some route serves at this path, asked of the router itself (each route matches one
+    method; included routers do not list theirs)."""
+    scope = dict(request.scope, path=path or request.url.path)
+    allowed = []
+    for method in _METHODS:
+        probe = dict(scope, method=method)
+        if any(route.matches(probe)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_request: Request, exc: Problem) -> Response:
@@ -153,15 +182,38 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = []
         for err in exc.errors():
             item = {k: err[k] for k in ("loc", "msg", "type") if k in err}
-            if "input" in err:
-                item["input"] = err["input"]
+            if err.get("type") == "json_invalid":
+                # pydantic says "JSON decode error" at ("body", <offset>): say what is wrong and where.
+                offset = err.get("loc", ("body", None))[-1]
+                reason = str((err.get("ctx") or {}).get("error") or "malformed")
+                item = {
+                    "loc": ["body"],
+                    "msg": f"the body is not valid JSON: {reason} at character {offset}",
+                    "type": "json_invalid",
+                }
+            elif "input" in err:
+                item["input"] = finite(err["input"])
+                if item["input"] != err["input"] and isinstance(err["input"], float):
+                    item["msg"] = f"a non-finite number ({item['input']}) is not allowed: JSON numbers are finite"
             errors.append(item)
         return problem_response(422, _validation_detail(errors), type_slug="validation-error", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> Response:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-        return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # The router names only the first route whose path matched; a path has one route per method.
+            allowed = _allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
+        elif exc.status_code == 404 and detail == "Not Found":
+            path = request.url.path
+            if path.endswith("/") and path != "/" and _allowed_methods(request, path.rstrip("/")):
+                detail = f"no such path: {path} (without the trailing slash: {path.rstrip('/')})"
+            else:
+                detail = f"no such path: {path}"
+        return problem_response(exc.status_code, detail, headers=headers or None)
 
     @app.exception_handler(StatementError)
     async def _database(request: Request, exc: StatementError) -> Response:

@@ -135,8 +135,19 @@ async def list_keys(db: Database) -> list[ApiKeyInfo]:
     ]
 
 
-async def revoke_key(db: Database, key_id: str) -> None:
+async def revoke_key(db: Database, key_id: str) -> str:
+    """Revoke by id, or by a unique beginning of one (4 characters or more, as `keys list` may show it cut
+    with a trailing "…"); returns the whole id."""
+    key_id = key_id.strip().rstrip("…").lower()
     async with db.write() as conn:
+        if len(key_id) != 32 and len(key_id) >= 4:
+            found = (
+                await conn.execute(select(api_keys.c.id).where(api_keys.c.id.startswith(key_id, autoescape=True)))
+            ).all()
+            if len(found) > 1:
+                raise Conflict(f"{key_id!r} is the beginning of {len(found)} key ids; give more of it")
+            if found:
+                key_id = found[0].id
         result = await conn.execute(
             update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)).values(revoked_at=utcnow())
         )
@@ -144,6 +155,7 @@ async def revoke_key(db: Database, key_id: str) -> None:
             exists = (await conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id))).first()
             if exists is None:
                 raise NotFound(f"no API key with id {key_id!r}")
+    return key_id
 
 
 async def authenticate(db: Database, key: str) -> User | None:

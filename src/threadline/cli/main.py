@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
-from threadline.api.errors import Problem
-from threadline.auth import service as auth
 from threadline.cli.conversations import conversations_app
 from threadline.cli.login import login
-from threadline.config import Settings
-from threadline.db.engine import Database
-from threadline.db.migrate import upgrade_to_head
+
+if TYPE_CHECKING:
+    # The server's modules (FastAPI, SQLAlchemy, Alembic) load only in the commands that use them:
+    # `threadline --help` and the user commands stay quick.
+    from threadline.auth import service as auth
+    from threadline.db.engine import Database
 
 app = typer.Typer(help="Threadline: a self-hostable OpenHands App Conversations API server.", no_args_is_help=True)
 users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
@@ -37,6 +38,11 @@ T = TypeVar("T")
 
 def _run_db(action: Callable[[Database], Awaitable[T]]) -> T:
     """Run one administrative action against the configured database (migrated first)."""
+
+    from threadline.api.errors import Problem
+    from threadline.config import Settings
+    from threadline.db.engine import Database
+    from threadline.db.migrate import upgrade_to_head
 
     async def main() -> T:
         settings = Settings()
@@ -63,6 +69,8 @@ def serve(
     import uvicorn
 
     from threadline.api.app import create_app
+    from threadline.auth import service as auth
+    from threadline.config import Settings
     from threadline.observability.logging import configure_logging
 
     overrides: dict[str, object] = {}
@@ -116,6 +124,8 @@ def users_create(
     admin: Annotated[bool, typer.Option("--admin", help="Make the user an administrator.")] = False,
 ) -> None:
     """Create a user."""
+    from threadline.auth import service as auth
+
     user = _run_db(lambda db: auth.create_user(db, name, is_admin=admin))
     print(user.id)
 
@@ -126,6 +136,7 @@ def keys_create(
     label: Annotated[str | None, typer.Option("--label", help="A note to tell keys apart.")] = None,
 ) -> None:
     """Create an API key; the key is printed once, alone on the last line."""
+    from threadline.auth import service as auth
 
     async def action(db: Database) -> tuple[auth.ApiKeyInfo, str]:
         owner = await auth.get_user_by_name(db, user)
@@ -139,8 +150,12 @@ def keys_create(
 @keys_app.command("list")
 def keys_list() -> None:
     """List API keys (never the keys themselves)."""
+    from threadline.auth import service as auth
+
     keys = _run_db(auth.list_keys)
-    table = Table("id", "user", "label", "prefix", "created", "revoked")
+    table = Table("user", "label", "prefix", "created", "revoked")
+    # Whole ids, whatever the terminal's width: the other columns wrap instead.
+    table.columns.insert(0, Column("id", no_wrap=True, min_width=max((len(k.id) for k in keys), default=2)))
     for k in keys:
         table.add_row(
             k.id,
@@ -155,9 +170,11 @@ def keys_list() -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str) -> None:
-    """Revoke an API key by its id (see `threadline keys list`)."""
-    _run_db(lambda db: auth.revoke_key(db, key_id))
-    err.print(f"Revoked key {key_id}.")
+    """Revoke an API key by its id, or a unique beginning of it (see `threadline keys list`)."""
+    from threadline.auth import service as auth
+
+    revoked = _run_db(lambda db: auth.revoke_key(db, key_id))
+    err.print(f"Revoked key {revoked}.")
 
 
 @runtime_app.command("install")
@@ -166,14 +183,19 @@ def runtime_install(
     if_missing: Annotated[bool, typer.Option("--if-missing", help="Do nothing when already installed.")] = False,
 ) -> None:
     """Create the agent runtime venv with the pinned openhands-agent-server (path: THREADLINE_RUNTIME_DIR)."""
+    from threadline.config import Settings
     from threadline.sandboxes import runtime
 
     target = Settings().resolved_runtime_dir
     if if_missing and runtime.is_installed(target):
         return
-    err.print(f"Installing {runtime.AGENT_SERVER_PACKAGE}=={runtime.AGENT_SERVER_VERSION} into {target} ...")
+    err.print(
+        f"Installing {runtime.AGENT_SERVER_PACKAGE}=={runtime.AGENT_SERVER_VERSION} into {target} "
+        "(about 740 MB; a few minutes the first time). pip's progress follows."
+    )
     try:
-        runtime.install(target, python, quiet=True)
+        # Not quiet: pip names each package as it goes, so a first start is never minutes of silence.
+        runtime.install(target, python, quiet=False)
     except runtime.RuntimeInstallError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -183,6 +205,7 @@ def runtime_install(
 @runtime_app.command("status")
 def runtime_status() -> None:
     """Show where the agent runtime is and which version it holds."""
+    from threadline.config import Settings
     from threadline.sandboxes import runtime
 
     target = Settings().resolved_runtime_dir

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from threadline.conversations.validation import BranchName, RepositoryName
+from threadline.wire import Bool
 
 # Aware UTC datetimes serialise as ISO-8601 with a trailing Z.
 UTCTimestamp = datetime
@@ -150,7 +151,7 @@ class AppConversationUpdateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     title: Annotated[str, Field(max_length=1000)] | None = None
-    public: bool | None = None
+    public: Bool | None = None
     selected_repository: RepositoryName | None = None
     selected_branch: BranchName | None = None
     git_provider: ProviderType | None = None

@@ -11,18 +11,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from threadline.conversations.models import ConversationTrigger, ProviderType, SandboxStatus
 from threadline.conversations.validation import BranchName, RepositoryName
+from threadline.wire import Bool
 
 
 class TextContent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    cache_prompt: bool = False
+    cache_prompt: Bool = False
     type: Literal["text"] = "text"
     text: str
 
 
 class ImageContent(BaseModel):
-    cache_prompt: bool = False
+    cache_prompt: Bool = False
     type: Literal["image"] = "image"
     image_urls: list[str]
 
@@ -30,7 +31,7 @@ class ImageContent(BaseModel):
 class SendMessageRequest(BaseModel):
     role: Literal["user", "system", "assistant", "tool"] = "user"
     content: list[TextContent | ImageContent] = Field(default_factory=list)
-    run: bool = False
+    run: Bool = False
 
 
 class AgentType(StrEnum):
@@ -59,7 +60,7 @@ class AppConversationStartRequest(BaseModel):
     pr_number: list[int] = Field(default_factory=list)
     parent_conversation_id: uuid.UUID | None = None
     agent_type: AgentType = AgentType.default
-    public: bool | None = None
+    public: Bool | None = None
     plugins: list[dict[str, Any]] | None = None
     secrets: dict[str, str] | None = Field(
         default=None, description="Secrets for the conversation (write-only: redacted in start tasks)."

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query
@@ -30,6 +29,7 @@ from threadline.conversations.start_models import (
 )
 from threadline.idempotency.service import Idempotent, idempotency
 from threadline.ids import MalformedId, parse_id
+from threadline.wire import IsoDateTime
 
 router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
 MAX_BATCH = 100
@@ -79,7 +79,7 @@ async def stream_app_conversation_start(
 @router.get("/start-tasks/search", response_model=AppConversationStartTaskPage)
 async def search_app_conversation_start_tasks(
     conversation_id__eq: str | None = None,
-    created_at__gte: datetime | None = None,
+    created_at__gte: IsoDateTime | None = None,
     sort_order: AppConversationStartTaskSortOrder = AppConversationStartTaskSortOrder.CREATED_AT_DESC,
     page_id: str | None = None,
     limit: Annotated[int, Query(gt=0, le=100)] = 100,
@@ -100,7 +100,7 @@ async def search_app_conversation_start_tasks(
 @router.get("/start-tasks/count", response_model=int)
 async def count_app_conversation_start_tasks(
     conversation_id__eq: str | None = None,
-    created_at__gte: datetime | None = None,
+    created_at__gte: IsoDateTime | None = None,
     user: User = Depends(current_user),
     starts: StartService = Depends(starts_of),
 ) -> int:

@@ -109,6 +109,18 @@ async def delete_sandbox(
     return Success()
 
 
+@router.delete("/api/v1/sandboxes", response_model=Success, responses={404: {}})
+async def delete_sandbox_by_query(
+    sandbox_id: Annotated[str, Query(description="The sandbox to delete (the form upstream clients send)")],
+    user: User = Depends(current_user),
+    service: SandboxService = Depends(sandboxes_of),
+) -> Success:
+    """The same as `DELETE /api/v1/sandboxes/{sandbox_id}`, with the id in the query, as the upstream route
+    is really shaped (the OpenHands SDK's cloud workspace cleans up this way)."""
+    await service.delete(user.id, await sandbox_id_path(sandbox_id))
+    return Success()
+
+
 @router.get("/api/v1/sandbox-specs/search", response_model=SandboxSpecInfoPage)
 async def search_sandbox_specs(
     page_id: str | None = None,

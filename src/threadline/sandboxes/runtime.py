@@ -108,7 +108,8 @@ def install(runtime_dir: Path, python: str | None = None, *, quiet: bool = False
     pip = [str(python_of(runtime_dir)), "-m", "pip", "install", "--disable-pip-version-check"]
     if quiet:
         pip.append("-q")
-    result = subprocess.run([*pip, f"{AGENT_SERVER_PACKAGE}=={AGENT_SERVER_VERSION}"], check=False)
+    # pip's progress goes to stderr: stdout stays for what a caller may parse (the first start's admin key).
+    result = subprocess.run([*pip, f"{AGENT_SERVER_PACKAGE}=={AGENT_SERVER_VERSION}"], check=False, stdout=sys.stderr)
     if result.returncode != 0:
         raise RuntimeInstallError(
             f"installing {AGENT_SERVER_PACKAGE}=={AGENT_SERVER_VERSION} failed (pip exit {result.returncode})"

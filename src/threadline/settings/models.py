@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi.exceptions import RequestValidationError
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 MAX_MODEL_LENGTH = 256  # user_settings.llm_model is String(256)
 MAX_BASE_URL_LENGTH = 1024  # user_settings.llm_base_url is String(1024)
@@ -67,15 +66,3 @@ class SettingsUpdateRequest(BaseModel):
     llm_model: ModelName | None = None
     llm_base_url: BaseUrl | None = None
     llm_api_key: ApiKey | None = Field(default=None, description="Stored encrypted; never returned")
-
-
-def parse_update_request(raw: bytes) -> SettingsUpdateRequest:
-    """Validate a request body without ever echoing its values (it may hold an API key) in the 422."""
-    try:
-        return SettingsUpdateRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        errors: list[dict[str, Any]] = [
-            {"loc": ("body", *err["loc"]), "msg": err["msg"], "type": err["type"]}
-            for err in exc.errors(include_url=False, include_context=False, include_input=False)
-        ]
-        raise RequestValidationError(errors) from None

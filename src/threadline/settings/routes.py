@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from threadline.api.context import AppContext, get_context
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
 from threadline.settings import service
-from threadline.settings.models import LLMSettings, SettingsUpdateRequest, parse_update_request
+from threadline.settings.models import LLMSettings, SettingsUpdateRequest
 
 router = APIRouter(prefix="/api/v1/settings", tags=["Settings"])
 
@@ -40,3 +44,15 @@ async def update_settings(
     """Change the caller's LLM settings: absent fields are kept, null clears back to the server default."""
     update = parse_update_request(await request.body())
     return await service.update_settings(ctx.db, ctx.settings, user.id, update)
+
+
+def parse_update_request(raw: bytes) -> SettingsUpdateRequest:
+    """Validate a request body without ever echoing its values (it may hold an API key) in the 422."""
+    try:
+        return SettingsUpdateRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        errors: list[dict[str, Any]] = [
+            {"loc": ("body", *err["loc"]), "msg": err["msg"], "type": err["type"]}
+            for err in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        raise RequestValidationError(errors) from None

@@ -1,0 +1,29 @@
+"""Types the wire is strict about, where pydantic's lax mode would guess.
+
+- booleans are JSON `true`/`false` only (lax mode takes "yes", 0, 1.0);
+- date-times are ISO 8601 text (lax mode reads "0.5" or "1700000000" as a Unix time, which the schema,
+  `format: date-time`, does not allow).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, StrictBool
+
+_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+
+Bool = StrictBool
+
+
+def _iso_only(value: Any) -> Any:
+    if (isinstance(value, int | float) and not isinstance(value, bool)) or (
+        isinstance(value, str) and _NUMBER.match(value)
+    ):
+        raise ValueError("must be an ISO 8601 date-time such as 2026-01-31T12:00:00Z, not a number")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
