@@ -433,6 +433,18 @@ MATRIX: dict[tuple[str, str], list[Probe]] = {
             "GET", API, 200, params={"ids": ["{conv}", "{public_conv}"]}, check=_equals([None, None]), like_missing=True
         ),
     ],
+    # -- reviewing A's work: B sees what an unknown conversation shows ------------------------------
+    ("GET", f"{API}/{{conversation_id}}/git/changes"): [
+        Probe("GET", f"{A_CONV}/git/changes", 404, like_missing=True),
+        Probe("GET", f"{A_PUBLIC}/git/changes", 404, like_missing=True),
+    ],
+    ("GET", f"{API}/{{conversation_id}}/git/diff"): [
+        Probe("GET", f"{A_CONV}/git/diff", 404, params={"path": "README.md"}, like_missing=True),
+    ],
+    ("GET", f"{API}/{{conversation_id}}/download"): [
+        Probe("GET", f"{A_CONV}/download", 404, like_missing=True),
+        Probe("GET", f"{A_PUBLIC}/download", 404, like_missing=True),
+    ],
     ("GET", f"{API}/{{conversation_id}}"): [
         Probe("GET", A_CONV, 404, like_missing=True),
         Probe("GET", f"{API}/{{conv:dashed}}", 404, like_missing=True),

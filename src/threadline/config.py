@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     instance_lease_ttl_seconds: float = 30.0
     agent_timeout: float = 5.0
     webhook_flush_delay: float = 1.0
+    # GET .../download: a workspace with more bytes of files than this is a 413.
+    download_max_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
     # Where repositories are cloned from, e.g. "https://git.example.com/{repository}.git" or
     # "file:///srv/git/{repository}.git"; unset: the provider's public host (github.com, gitlab.com, ...).
     git_url_template: str | None = None

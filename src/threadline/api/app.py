@@ -23,6 +23,7 @@ from threadline.config import Settings
 from threadline.conversations.routes import router as conversations_router
 from threadline.conversations.start import StartService
 from threadline.conversations.start_routes import router as start_router
+from threadline.conversations.workspace_routes import router as workspace_router
 from threadline.crypto import SecretBox
 from threadline.db.engine import Database
 from threadline.db.migrate import upgrade_to_head
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
     app.include_router(users_router)
     app.include_router(start_router)
     app.include_router(conversations_router)
+    app.include_router(workspace_router)
     app.include_router(events_router)
     app.include_router(sandboxes_router)
     app.include_router(settings_router)

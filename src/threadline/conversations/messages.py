@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from threadline.api.errors import Conflict, NotFound, Problem
 from threadline.conversations import service as conversations_service
 from threadline.conversations.models import SandboxStatus
@@ -11,9 +13,9 @@ from threadline.sandboxes.agent_client import AgentServerError, AgentServerUnava
 from threadline.sandboxes.service import SandboxGone, SandboxService
 
 
-async def send_message(
-    db: Database, sandboxes: SandboxService, user_id: str, conversation_id: str, request: AppSendMessageRequest
-) -> AppSendMessageResponse:
+async def running_sandbox(db: Database, sandboxes: SandboxService, user_id: str, conversation_id: str) -> Any:
+    """The sandbox record of the caller's conversation, which must be RUNNING: 404 for another user's or
+    an unknown conversation, 409 while PAUSED or STARTING, 410 when ERROR or MISSING."""
     async with db.read() as conn:
         conversation = await conversations_service.get_row(conn, user_id, conversation_id)
     rows = await sandboxes.rows_by_id([conversation.sandbox_id])
@@ -27,16 +29,28 @@ async def send_message(
         )
     if row is None or status is not SandboxStatus.RUNNING:
         raise SandboxGone(f"the conversation's sandbox is {status.value}", sandbox_status=status.value)
+    return row
+
+
+def agent_problem(exc: AgentServerError, conversation_id: str, doing: str) -> Problem:
+    """What a client is told when the agent server failed at something."""
+    if isinstance(exc, AgentServerUnavailable):
+        return Problem("the agent server did not answer; try again", status=503, type_slug="agent-unavailable")
+    if exc.status_code == 404:
+        return NotFound(f"conversation {conversation_id} is not known to its agent server")
+    return Problem(f"the agent server refused {doing}: {exc}", status=502, type_slug="agent-error")
+
+
+async def send_message(
+    db: Database, sandboxes: SandboxService, user_id: str, conversation_id: str, request: AppSendMessageRequest
+) -> AppSendMessageResponse:
+    row = await running_sandbox(db, sandboxes, user_id, conversation_id)
     text = "\n".join(c.text for c in request.content if isinstance(c, TextContent))
     if not text:
         raise Problem("only text content can be sent to the agent", status=422, type_slug="validation-error")
     try:
         # Queuing a message is quick on the agent side: the short agent timeout applies.
         await sandboxes.client(row).send_message(conversation_id, text, run=request.run)
-    except AgentServerUnavailable as exc:
-        raise Problem("the agent server did not answer; try again", status=503, type_slug="agent-unavailable") from exc
     except AgentServerError as exc:
-        if exc.status_code == 404:
-            raise NotFound(f"conversation {conversation_id} is not known to its agent server") from exc
-        raise Problem(f"the agent server refused the message: {exc}", status=502, type_slug="agent-error") from exc
+        raise agent_problem(exc, conversation_id, "the message") from exc
     return AppSendMessageResponse(success=True, sandbox_status=SandboxStatus.RUNNING)

@@ -443,6 +443,25 @@ class AgentServerClient:
         value = data.get("response") if isinstance(data, dict) else None
         return value if isinstance(value, str) else None
 
+    # -- git ------------------------------------------------------------------------------------
+
+    async def git_changes(self, repository_path: str, ref: str | None = None) -> list[dict[str, Any]]:
+        """``GET /api/git/changes?path=&ref=``: ``[{status, path}]`` of the repository at (or above) the path,
+        against ``ref`` (default: the agent server's choice of base, for display)."""
+        params = {"path": repository_path, **({"ref": ref} if ref else {})}
+        data = self._json(await self._request("GET", "/api/git/changes", params=params))
+        if not isinstance(data, list):
+            raise AgentServerError("GET /api/git/changes: unexpected answer")
+        return [item for item in data if isinstance(item, dict)]
+
+    async def git_diff(self, file_path: str, ref: str | None = None) -> dict[str, Any]:
+        """``GET /api/git/diff?path=&ref=``: ``{modified, original}`` of one file (absolute path in the sandbox)."""
+        params = {"path": file_path, **({"ref": ref} if ref else {})}
+        data = self._json(await self._request("GET", "/api/git/diff", params=params))
+        if not isinstance(data, dict):
+            raise AgentServerError("GET /api/git/diff: unexpected answer")
+        return data
+
     # -- events ----------------------------------------------------------------------------------
 
     @staticmethod
