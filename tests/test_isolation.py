@@ -343,6 +343,7 @@ def _public_events(r: httpx.Response, world: World) -> None:
 A_CONV = f"{API}/{{conv}}"
 A_PUBLIC = f"{API}/{{public_conv}}"
 START = {"title": "bob starts", "secrets": {"BOB_TOKEN": "bob-secret"}}
+MESSAGE = {"content": [{"type": "text", "text": "from bob"}]}
 
 MATRIX: dict[tuple[str, str], list[Probe]] = {
     # -- public, no user data -------------------------------------------------------------------
@@ -432,6 +433,11 @@ MATRIX: dict[tuple[str, str], list[Probe]] = {
         Probe(
             "GET", API, 200, params={"ids": ["{conv}", "{public_conv}"]}, check=_equals([None, None]), like_missing=True
         ),
+    ],
+    # -- pending messages: B cannot queue into A's conversation or start ---------------------------
+    ("POST", "/api/v1/conversations/{conversation_id}/pending-messages"): [
+        Probe("POST", "/api/v1/conversations/{conv}/pending-messages", 404, json=MESSAGE, like_missing=True),
+        Probe("POST", "/api/v1/conversations/{task}/pending-messages", 404, json=MESSAGE, like_missing=True),
     ],
     # -- reviewing A's work: B sees what an unknown conversation shows ------------------------------
     ("GET", f"{API}/{{conversation_id}}/git/changes"): [

@@ -20,6 +20,8 @@ from threadline.api.middleware import BodySizeLimit
 from threadline.api.openapi import install_problem_docs
 from threadline.auth.routes import router as users_router
 from threadline.config import Settings
+from threadline.conversations.pending import PendingMessages
+from threadline.conversations.pending_routes import router as pending_router
 from threadline.conversations.routes import router as conversations_router
 from threadline.conversations.start import StartService
 from threadline.conversations.start_routes import router as start_router
@@ -67,12 +69,14 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         await lease.register()
         sandboxes = SandboxService(db, settings, backend, http, box, lease)
         pool = WarmPool(sandboxes, settings.warm_pool_size, refill_interval=settings.warm_pool_refill_interval)
-        starts = StartService(db, settings, sandboxes, pool, metrics=metrics)
+        pending = PendingMessages(db, sandboxes)
+        starts = StartService(db, settings, sandboxes, pool, metrics=metrics, pending=pending)
         ctx = AppContext(settings=settings, db=db)
         ctx.services.update(
             {
                 "sandboxes": sandboxes,
                 "starts": starts,
+                "pending": pending,
                 "pool": pool,
                 "box": box,
                 "http": http,
@@ -85,7 +89,9 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         )
         app.state.ctx = ctx
         await sandboxes.adopt_orphans()
-        maintenance = asyncio.create_task(_maintain(lease, sandboxes, starts, settings.instance_heartbeat_seconds))
+        maintenance = asyncio.create_task(
+            _maintain(lease, sandboxes, starts, pending, settings.instance_heartbeat_seconds)
+        )
         watchdog = asyncio.create_task(_enforce_limits(sandboxes))
         pool.start()
         interrupted = await starts.close_interrupted()
@@ -123,6 +129,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
     app.include_router(start_router)
     app.include_router(conversations_router)
     app.include_router(workspace_router)
+    app.include_router(pending_router)
     app.include_router(events_router)
     app.include_router(sandboxes_router)
     app.include_router(settings_router)
@@ -141,14 +148,18 @@ def _static_paths(app: FastAPI) -> frozenset[str]:
     return frozenset(p for r in app.routes if isinstance(p := getattr(r, "path", None), str) and "{" not in p)
 
 
-async def _maintain(lease: InstanceLease, sandboxes: SandboxService, starts: StartService, interval: float) -> None:
-    """Keep this instance's lease fresh and adopt the sandboxes of instances that went away."""
+async def _maintain(
+    lease: InstanceLease, sandboxes: SandboxService, starts: StartService, pending: PendingMessages, interval: float
+) -> None:
+    """Keep this instance's lease fresh, adopt the sandboxes of instances that went away, and deliver pending
+    messages that can be delivered now (after a restart or a resume)."""
     while True:
         await asyncio.sleep(interval)
         try:
             await lease.heartbeat()
             await sandboxes.adopt_orphans()
             await starts.close_interrupted()
+            await pending.deliver_due()
         except Exception:
             log.exception("sandbox maintenance failed; retrying")
 

@@ -41,13 +41,19 @@ def agent_problem(exc: AgentServerError, conversation_id: str, doing: str) -> Pr
     return Problem(f"the agent server refused {doing}: {exc}", status=502, type_slug="agent-error")
 
 
+def message_text(request: AppSendMessageRequest) -> str:
+    """The text the agent gets from a message (its text parts); 422 when it has none."""
+    text = "\n".join(c.text for c in request.content if isinstance(c, TextContent))
+    if not text:
+        raise Problem("only text content can be sent to the agent", status=422, type_slug="validation-error")
+    return text
+
+
 async def send_message(
     db: Database, sandboxes: SandboxService, user_id: str, conversation_id: str, request: AppSendMessageRequest
 ) -> AppSendMessageResponse:
     row = await running_sandbox(db, sandboxes, user_id, conversation_id)
-    text = "\n".join(c.text for c in request.content if isinstance(c, TextContent))
-    if not text:
-        raise Problem("only text content can be sent to the agent", status=422, type_slug="validation-error")
+    text = message_text(request)
     try:
         # Queuing a message is quick on the agent side: the short agent timeout applies.
         await sandboxes.client(row).send_message(conversation_id, text, run=request.run)

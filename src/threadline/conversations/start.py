@@ -21,6 +21,7 @@ from threadline.api.errors import NotFound, Problem
 from threadline.config import Settings
 from threadline.conversations import service as conversations_service
 from threadline.conversations.models import ProviderType, SandboxStatus
+from threadline.conversations.pending import PendingMessages
 from threadline.conversations.start_models import (
     TERMINAL_STATUSES,
     AppConversationStartRequest,
@@ -101,12 +102,14 @@ class StartService:
         pool: WarmPool | None = None,
         *,
         metrics: Metrics | None = None,
+        pending: PendingMessages | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.sandboxes = sandboxes
         self.pool = pool
         self.metrics = metrics
+        self.pending = pending
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- reads ----------------------------------------------------------------------------------
@@ -437,6 +440,13 @@ class StartService:
                 await conn.execute(delete(conversations).where(conversations.c.id == conversation_id))
             raise
         await self._transition(task_id, Status.READY, agent_server_url=self.sandboxes.agent_url(sandbox))
+        if self.pending is not None:
+            # Messages sent while it started (to the task's id or the conversation's), in order.
+            for target in (task_id, conversation_id):
+                try:
+                    await self.pending.deliver(target)
+                except Exception:  # retried by the maintenance loop; the start itself succeeded
+                    log.exception("delivering pending messages to %s failed", target)
 
     # -- process lifetime -----------------------------------------------------------------------
 

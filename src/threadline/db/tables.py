@@ -132,6 +132,25 @@ start_tasks = Table(
     Index("ix_start_tasks_conversation", "app_conversation_id"),
 )
 
+# Messages sent before a conversation is READY (to its start task's id or its own), delivered in order
+# once it is; kept until then, across restarts.
+pending_messages = Table(
+    "pending_messages",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # The id the message was sent to: a start task's or a conversation's.
+    Column("target_id", String(32), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("run", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    Column("conversation_id", String(32), nullable=True),
+    UniqueConstraint("target_id", "position", name="uq_pending_messages_target_position"),
+    Index("ix_pending_messages_undelivered", "delivered_at", "target_id"),
+)
+
 events = Table(
     "events",
     metadata,

@@ -1,0 +1,37 @@
+"""`POST /api/v1/conversations/{id}/pending-messages`: messages for a conversation that is not READY yet."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends
+
+from threadline.api.context import AppContext, get_context
+from threadline.auth.dependencies import current_user
+from threadline.auth.service import User
+from threadline.conversations.messages import message_text
+from threadline.conversations.pending import PendingMessageResponse, PendingMessages
+from threadline.conversations.routes import conversation_id_path
+from threadline.conversations.start_models import AppSendMessageRequest
+
+router = APIRouter(prefix="/api/v1/conversations", tags=["Conversations"])
+
+
+@router.post(
+    "/{conversation_id}/pending-messages",
+    status_code=201,
+    response_model=PendingMessageResponse,
+    responses={404: {}, 409: {}, 422: {}, 429: {}},
+)
+async def add_pending_message(
+    request: Annotated[AppSendMessageRequest, Body()],
+    conversation_id: str = Depends(conversation_id_path),
+    user: User = Depends(current_user),
+    ctx: AppContext = Depends(get_context),
+) -> PendingMessageResponse:
+    """Queue a message for a conversation that is still starting: the id may be the start task's (before
+    the conversation has an id) or the conversation's. Delivered to the agent in order once the conversation
+    is READY and its sandbox RUNNING (at once, `queued: false`, if it already is). At most 10 wait
+    per conversation (then 429). Kept across restarts until delivered."""
+    pending: PendingMessages = ctx.services["pending"]
+    return await pending.add(user.id, conversation_id, message_text(request), request.run)
