@@ -75,8 +75,10 @@ def test_booleans_and_date_times_are_strict(server: LiveServer, alice: tuple[Any
         body = problem(client.get(f"{API}/search", params={"created_at__gte": value}), 422)
         assert "ISO 8601" in body["detail"]
         problem(client.get(f"/api/v1/conversation/{conv}/events/search", params={"timestamp__gte": value}), 422)
+        problem(client.get(f"{API}/start-tasks/search", params={"created_at__gte": value}), 422)
     assert client.get(f"{API}/search", params={"created_at__gte": "2020-01-01T00:00:00Z"}).status_code == 200
     assert client.get(f"{API}/count", params={"updated_at__lt": "2020-01-01"}).json() == 0
+    assert client.get(f"{API}/start-tasks/search", params={"created_at__gte": "2020-01-01T00:00:00Z"}).status_code == 200
 
 
 def test_malformed_json_says_what_and_where(server: LiveServer, alice: tuple[Any, httpx.Client]) -> None:

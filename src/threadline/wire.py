@@ -26,4 +26,5 @@ def _iso_only(value: Any) -> Any:
     return value
 
 
-IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
+# Optional as a whole (not `IsoDateTime | None`): metadata on one member of a union is lost on parameters.
+OptionalIsoDateTime = Annotated[datetime | None, BeforeValidator(_iso_only)]

@@ -23,7 +23,7 @@ from threadline.conversations.models import (
     Success,
 )
 from threadline.ids import MalformedId, parse_id
-from threadline.wire import IsoDateTime
+from threadline.wire import OptionalIsoDateTime
 
 router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
 
@@ -79,10 +79,10 @@ def _tag_keys(values: list[str]) -> tuple[str, ...]:
 
 async def search_filters(
     title__contains: Annotated[str | None, Query(title="Filter by title containing this string")] = None,
-    created_at__gte: Annotated[IsoDateTime | None, Query()] = None,
-    created_at__lt: Annotated[IsoDateTime | None, Query()] = None,
-    updated_at__gte: Annotated[IsoDateTime | None, Query()] = None,
-    updated_at__lt: Annotated[IsoDateTime | None, Query()] = None,
+    created_at__gte: Annotated[OptionalIsoDateTime, Query()] = None,
+    created_at__lt: Annotated[OptionalIsoDateTime, Query()] = None,
+    updated_at__gte: Annotated[OptionalIsoDateTime, Query()] = None,
+    updated_at__lt: Annotated[OptionalIsoDateTime, Query()] = None,
     sandbox_id__eq: Annotated[str | None, Query()] = None,
     include_sub_conversations: Annotated[
         bool, Query(title="If True, include sub-conversations in the results.")

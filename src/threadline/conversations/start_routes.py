@@ -29,7 +29,7 @@ from threadline.conversations.start_models import (
 )
 from threadline.idempotency.service import Idempotent, idempotency
 from threadline.ids import MalformedId, parse_id
-from threadline.wire import IsoDateTime
+from threadline.wire import OptionalIsoDateTime
 
 router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
 MAX_BATCH = 100
@@ -79,7 +79,7 @@ async def stream_app_conversation_start(
 @router.get("/start-tasks/search", response_model=AppConversationStartTaskPage)
 async def search_app_conversation_start_tasks(
     conversation_id__eq: str | None = None,
-    created_at__gte: IsoDateTime | None = None,
+    created_at__gte: OptionalIsoDateTime = None,
     sort_order: AppConversationStartTaskSortOrder = AppConversationStartTaskSortOrder.CREATED_AT_DESC,
     page_id: str | None = None,
     limit: Annotated[int, Query(gt=0, le=100)] = 100,
@@ -100,7 +100,7 @@ async def search_app_conversation_start_tasks(
 @router.get("/start-tasks/count", response_model=int)
 async def count_app_conversation_start_tasks(
     conversation_id__eq: str | None = None,
-    created_at__gte: IsoDateTime | None = None,
+    created_at__gte: OptionalIsoDateTime = None,
     user: User = Depends(current_user),
     starts: StartService = Depends(starts_of),
 ) -> int:

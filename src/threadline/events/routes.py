@@ -15,7 +15,7 @@ from threadline.conversations.routes import conversation_id_path
 from threadline.conversations.service import get_row
 from threadline.events import service
 from threadline.events.models import MAX_KIND_LENGTH, EventPage, EventPayload, EventSortOrder
-from threadline.wire import IsoDateTime
+from threadline.wire import OptionalIsoDateTime
 
 router = APIRouter(prefix="/api/v1/conversation/{conversation_id}/events", tags=["Events"])
 
@@ -55,14 +55,14 @@ async def event_filters(
         ),
     ] = None,
     timestamp__gte: Annotated[
-        IsoDateTime | None,
+        OptionalIsoDateTime,
         Query(
             title="Optional filter by timestamp greater than or equal to",
             description="ISO-8601; without a UTC offset it means UTC.",
         ),
     ] = None,
     timestamp__lt: Annotated[
-        IsoDateTime | None,
+        OptionalIsoDateTime,
         Query(
             title="Optional filter by timestamp less than", description="ISO-8601; without a UTC offset it means UTC."
         ),
