@@ -106,3 +106,24 @@ def test_pending_messages_survive_a_restart(agent_server_factory: Any) -> None:
     assert "after the restart" not in _user_texts(client, cid)
     assert client.post(f"/api/v1/sandboxes/{sid}/resume").status_code == 200
     wait_for(lambda: "after the restart" in _user_texts(client, cid), timeout=120, what="delivered after resume")
+
+
+def test_concurrent_sends_get_consecutive_positions_and_the_limit_holds(
+    server: LiveServer, alice: tuple[Any, httpx.Client]
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    user, client = alice
+    sandbox_id, _ = server.sandbox(user.id, status="PAUSED")
+    conv = server.conversation(user.id, sandbox_id=sandbox_id)["id"]
+    url = f"{server.base_url}{PENDING.format(id=conv)}"
+    headers = dict(client.headers)
+
+    def send(i: int) -> httpx.Response:
+        return httpx.post(url, json=message(f"m{i}"), headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(send, range(14)))
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses == [201] * 10 + [429] * 4, [r.text for r in answers if r.status_code not in (201, 429)]
+    assert sorted(r.json()["position"] for r in answers if r.status_code == 201) == list(range(1, 11))

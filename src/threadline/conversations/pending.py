@@ -49,9 +49,13 @@ class PendingMessages:
     async def add(self, user_id: str, target_id: str, text: str, run: bool) -> PendingMessageResponse:
         message_id = new_id()
         async with self.db.write() as conn:
+            # The target's row is locked while the message is numbered: concurrent sends to one conversation
+            # get consecutive positions and the limit holds (SQLite serialises writes anyway).
             task = (
                 await conn.execute(
-                    select(start_tasks.c.status).where(start_tasks.c.id == target_id, start_tasks.c.user_id == user_id)
+                    select(start_tasks.c.status)
+                    .where(start_tasks.c.id == target_id, start_tasks.c.user_id == user_id)
+                    .with_for_update()
                 )
             ).first()
             if task is not None and task.status == "ERROR":
@@ -60,9 +64,9 @@ class PendingMessages:
             if task is None:
                 conversation = (
                     await conn.execute(
-                        select(conversations.c.id).where(
-                            conversations.c.id == target_id, conversations.c.user_id == user_id
-                        )
+                        select(conversations.c.id)
+                        .where(conversations.c.id == target_id, conversations.c.user_id == user_id)
+                        .with_for_update()
                     )
                 ).first()
             if task is None and conversation is None:
