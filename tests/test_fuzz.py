@@ -163,7 +163,7 @@ class Seeded:
             fixed["query"] = {"id": [self.sandbox_id]}
         elif operation.path.endswith("/events") and "id" in query_names:
             fixed["query"] = {"id": [self.event_id]}
-        if operation.path.startswith("/api/v1/webhooks"):
+        if operation.path.startswith("/api/v1/webhooks") or "/settings/secrets" in operation.path:
             fixed["headers"] = {"X-Session-API-Key": self.session_key}
         return fixed
 

@@ -141,6 +141,7 @@ class World:
             "tasks": c.get(f"{API}/start-tasks/search").json(),
             "sandboxes": c.get("/api/v1/sandboxes", params={"id": [ids["sandbox"]]}).json(),
             "settings": c.get("/api/v1/settings").json(),
+            "secrets": c.get("/api/v1/secrets").json(),
             "me": c.get("/api/v1/users/me").json(),
         }
 
@@ -188,6 +189,11 @@ def world(server_factory: Callable[..., LiveServer], tmp_path: Path) -> Iterator
         },
     )
     assert r.status_code == 200, r.text
+    r = alice_client.post(
+        "/api/v1/secrets",
+        json={"name": "ALICE_SECRET_5E1F", "value": "alice-secret-value-9a7c", "description": "alice-secret-desc-1b2d"},
+    )
+    assert r.status_code == 201, r.text
     etag = alice_client.get(f"{API}/{conv['id']}").headers["ETag"]
     page = alice_client.get(f"{API}/search", params={"limit": 1}).json()
     assert page["next_page_id"]
@@ -234,6 +240,9 @@ def world(server_factory: Callable[..., LiveServer], tmp_path: Path) -> Iterator
         "alice-model-2e9f",
         "alice-llm-4d1b",
         "alice-llm-key-a8f3e1",
+        "ALICE_SECRET_5E1F",
+        "alice-secret-value-9a7c",
+        "alice-secret-desc-1b2d",
         etag.strip('"'),
         page["next_page_id"],
     }
@@ -447,6 +456,10 @@ MATRIX: dict[tuple[str, str], list[Probe]] = {
     ("GET", f"{API}/{{conversation_id}}/git/diff"): [
         Probe("GET", f"{A_CONV}/git/diff", 404, params={"path": "README.md"}, like_missing=True),
     ],
+    ("GET", f"{API}/{{conversation_id}}/skills"): [
+        Probe("GET", f"{A_CONV}/skills", 404, like_missing=True),
+        Probe("GET", f"{A_PUBLIC}/skills", 404, like_missing=True),
+    ],
     ("GET", f"{API}/{{conversation_id}}/download"): [
         Probe("GET", f"{A_CONV}/download", 404, like_missing=True),
         Probe("GET", f"{A_PUBLIC}/download", 404, like_missing=True),
@@ -522,6 +535,23 @@ MATRIX: dict[tuple[str, str], list[Probe]] = {
     ("GET", "/api/v1/settings"): [Probe("GET", "/api/v1/settings", 200)],
     ("POST", "/api/v1/settings"): [
         Probe("POST", "/api/v1/settings", 200, json={"llm_model": "openai/bob-model", "llm_api_key": "bob-llm-key"}),
+    ],
+    # -- secrets: B has a namespace of its own; A's are neither readable nor writable ------------------
+    ("GET", "/api/v1/secrets"): [Probe("GET", "/api/v1/secrets", 200)],
+    ("POST", "/api/v1/secrets"): [Probe("POST", "/api/v1/secrets", 201, json={"name": "BOB_OWN", "value": "bob-v"})],
+    ("GET", "/api/v1/secrets/{name}"): [Probe("GET", "/api/v1/secrets/ALICE_SECRET_5E1F", 404)],
+    ("PATCH", "/api/v1/secrets/{name}"): [
+        Probe("PATCH", "/api/v1/secrets/ALICE_SECRET_5E1F", 404, json={"value": "bob was here"}),
+    ],
+    ("DELETE", "/api/v1/secrets/{name}"): [Probe("DELETE", "/api/v1/secrets/ALICE_SECRET_5E1F", 404)],
+    # The lookup of A's sandbox's secrets: only A's sandbox's own session key (B's is refused, like B's API key).
+    ("GET", "/api/v1/sandboxes/{sandbox_id}/settings/secrets"): [
+        Probe("GET", "/api/v1/sandboxes/{sandbox}/settings/secrets", 401, who="bob_sandbox"),
+        Probe("GET", "/api/v1/sandboxes/{sandbox}/settings/secrets", 401),
+    ],
+    ("GET", "/api/v1/sandboxes/{sandbox_id}/settings/secrets/{name}"): [
+        Probe("GET", "/api/v1/sandboxes/{sandbox}/settings/secrets/ALICE_SECRET_5E1F", 401, who="bob_sandbox"),
+        Probe("GET", "/api/v1/sandboxes/{sandbox}/settings/secrets/ALICE_SECRET_5E1F", 401),
     ],
     # -- agent callbacks, with B's sandbox's session key ------------------------------------------
     ("POST", f"{HOOKS}/conversations"): [

@@ -131,6 +131,11 @@ def test_no_secret_in_logs_error_details_or_what_others_read(
     user_secret = "user-secret-" + uuid.uuid4().hex
     r = client.post("/api/v1/settings", json={"llm_api_key": user_llm_key})
     assert r.status_code == 200 and user_llm_key not in r.text
+    # A stored secret (POST /api/v1/secrets) that the agent really uses in a command.
+    stored_secret = "stored-secret-" + uuid.uuid4().hex
+    r = client.post("/api/v1/secrets", json={"name": "STORED_TOKEN", "value": stored_secret})
+    assert r.status_code == 201 and stored_secret not in r.text
+    fake_llm.enqueue_tool_call("terminal", {"command": 'echo "using $STORED_TOKEN and $MY_TOKEN"'})
 
     task = start_and_wait(
         client,
@@ -148,6 +153,7 @@ def test_no_secret_in_logs_error_details_or_what_others_read(
     events = wait_for(
         lambda: client.get(f"/api/v1/conversation/{conv_id}/events/search").json()["items"], what="events stored"
     )
+    assert "using " in json.dumps(events), "the agent's command with the stored secret did not run"
     session_key = conversation(client, conv_id)["session_api_key"]
     assert session_key
     secrets = {
@@ -158,6 +164,7 @@ def test_no_secret_in_logs_error_details_or_what_others_read(
         "server LLM key": server_llm_key,
         "user LLM key": user_llm_key,
         "user secret": user_secret,
+        "stored secret": stored_secret,
     }
 
     # A start that fails (the repository does not exist) with secrets in the request: the task's detail
@@ -185,6 +192,8 @@ def test_no_secret_in_logs_error_details_or_what_others_read(
         client.get(f"{API}/start-tasks/search"),
         client.get("/api/v1/sandboxes/search"),
         client.get("/api/v1/settings"),
+        client.get("/api/v1/secrets"),
+        client.get("/api/v1/secrets/STORED_TOKEN"),
         client.get(f"/api/v1/conversation/{conv_id}/events/search", params={"limit": 100}),
     ]
     for r in owner_reads:

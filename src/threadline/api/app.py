@@ -43,6 +43,7 @@ from threadline.sandboxes.proxy_routes import router as agent_proxy_router
 from threadline.sandboxes.routes import router as sandboxes_router
 from threadline.sandboxes.service import SandboxService
 from threadline.sandboxes.setup import build_backend
+from threadline.secrets.routes import router as secrets_router
 from threadline.settings.routes import router as settings_router
 from threadline.sharing.routes import router as sharing_router
 from threadline.webhooks.routes import router as webhooks_router
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
     app.include_router(events_router)
     app.include_router(sandboxes_router)
     app.include_router(settings_router)
+    app.include_router(secrets_router)
     app.include_router(webhooks_router)
     app.include_router(sharing_router)
     app.include_router(agent_proxy_router)

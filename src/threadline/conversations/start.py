@@ -41,6 +41,8 @@ from threadline.pagination import decode_page_token, encode_page_token, filters_
 from threadline.sandboxes.agent_client import AgentServerError, llm_agent_settings
 from threadline.sandboxes.pool import WarmPool
 from threadline.sandboxes.service import SandboxService
+from threadline.secrets import service as secrets_service
+from threadline.secrets.service import StoredSecret
 from threadline.settings.service import effective_llm
 
 log = logging.getLogger("threadline.start")
@@ -54,6 +56,17 @@ _DEFAULT_GIT_HOSTS = {
     ProviderType.github: "https://github.com/{repository}.git",
     ProviderType.gitlab: "https://gitlab.com/{repository}.git",
     ProviderType.bitbucket: "https://bitbucket.org/{repository}.git",
+}
+
+# A private repository is cloned with the token stored as the provider's secret (its name, and the user
+# name the provider expects beside a token in HTTP basic auth).
+PROVIDER_TOKENS = {
+    ProviderType.github: ("GITHUB_TOKEN", "x-access-token"),
+    ProviderType.gitlab: ("GITLAB_TOKEN", "oauth2"),
+    ProviderType.bitbucket: ("BITBUCKET_TOKEN", "x-token-auth"),
+    ProviderType.bitbucket_data_center: ("BITBUCKET_DATA_CENTER_TOKEN", "x-token-auth"),
+    ProviderType.forgejo: ("FORGEJO_TOKEN", "oauth2"),
+    ProviderType.azure_devops: ("AZURE_DEVOPS_TOKEN", "pat"),
 }
 
 
@@ -91,6 +104,17 @@ def clone_url(settings: Settings, repository: str, provider: ProviderType | None
     if template is None:
         raise StartFailed(f"no clone URL known for provider {provider}; set THREADLINE_GIT_URL_TEMPLATE")
     return template.format(repository=repository)
+
+
+def clone_token(request: AppConversationStartRequest, stored: Sequence[StoredSecret]) -> tuple[str, str] | None:
+    """(user name, token) to clone `selected_repository` with: the provider's token secret from the start
+    request, else from the user's stored secrets; None to clone without credentials."""
+    known = PROVIDER_TOKENS.get(request.git_provider or ProviderType.github)
+    if known is None:
+        return None
+    name, user_name = known
+    value = (request.secrets or {}).get(name) or next((s.value for s in stored if s.name == name), None)
+    return (user_name, value) if value else None
 
 
 class StartService:
@@ -329,6 +353,8 @@ class StartService:
             raise StartFailed("no LLM model configured: set one with POST /api/v1/settings or THREADLINE_LLM_MODEL")
         if llm.api_key:
             secrets.append(llm.api_key)
+        stored = await secrets_service.stored_secrets(self.db, self.sandboxes.box, user_id=user_id)
+        secrets.extend(s.value for s in stored)
         conversation_id = request.conversation_id.hex if request.conversation_id else new_id()
         parent_id = request.parent_conversation_id.hex if request.parent_conversation_id else None
         async with self.db.read() as conn:
@@ -364,11 +390,29 @@ class StartService:
             working_dir = str(Path(workspace) / name)
             url = self._repository_url(request) or ""
             branch = f"--branch {shlex.quote(request.selected_branch)} " if request.selected_branch else ""
+            token = clone_token(request, stored)
+            token_file: Path | None = None
+            credentials = ""
+            if token is not None:
+                # The token reaches git through a credential helper reading a private file that is gone
+                # right after: never in the command (the agent server stores it), the URL or .git/config.
+                user_name, value = token
+                token_file, inside = self.sandboxes.backend.private_file(sandbox_id, Path(sandbox.work_dir), value)
+                helper = (
+                    f'!f() {{ test "$1" = get || exit 0; echo username={user_name}; '
+                    f'printf "password=%s\\n" "$(cat {inside})"; }}; f'
+                )
+                credentials = f"-c credential.helper= -c credential.helper={shlex.quote(helper)} "
             command = (
                 f"if [ -d {shlex.quote(working_dir)}/.git ]; then echo already cloned; "
-                f"else git clone {branch}-- {shlex.quote(url)} {shlex.quote(working_dir)}; fi"
+                f"else GIT_TERMINAL_PROMPT=0 git {credentials}clone {branch}-- {shlex.quote(url)} "
+                f"{shlex.quote(working_dir)}; fi"
             )
-            result = await agent.execute_bash(command, cwd=workspace, timeout=600)
+            try:
+                result = await agent.execute_bash(command, cwd=workspace, timeout=600)
+            finally:
+                if token_file is not None:
+                    token_file.unlink(missing_ok=True)
             if not result.ok:
                 raise StartFailed(
                     f"cloning {request.selected_repository} failed (exit {result.exit_code}): "
@@ -432,7 +476,7 @@ class StartService:
                 initial_message=initial_text,
                 run=run,
                 tags=None,
-                secrets={k: {"kind": "StaticSecret", "value": v} for k, v in (request.secrets or {}).items()} or None,
+                secrets=self._agent_secrets(sandbox, stored, request) or None,
             )
         except Exception:
             # No half-started conversations: the record goes again when the agent did not take it.
@@ -447,6 +491,26 @@ class StartService:
                     await self.pending.deliver(target)
                 except Exception:  # retried by the maintenance loop; the start itself succeeded
                     log.exception("delivering pending messages to %s failed", target)
+
+    def _agent_secrets(
+        self, sandbox: Any, stored: Sequence[StoredSecret], request: AppConversationStartRequest
+    ) -> dict[str, Any]:
+        """The secrets the agent may use. Stored ones are looked up from Threadline when the agent uses
+        them (with the sandbox's session key), so an edited or deleted secret takes effect in running
+        conversations; the start request's own `secrets` override them by name and are given as values."""
+        base = self.sandboxes.backend.threadline_url(self.settings.callback_base_url)
+        headers = {"X-Session-API-Key": self.sandboxes.session_key(sandbox)}
+        given: dict[str, Any] = {
+            s.name: {
+                "kind": "LookupSecret",
+                "url": f"{base}/api/v1/sandboxes/{sandbox.id}/settings/secrets/{s.name}",
+                "headers": headers,
+                "description": s.description,
+            }
+            for s in stored
+        }
+        given.update({k: {"kind": "StaticSecret", "value": v} for k, v in (request.secrets or {}).items()})
+        return given
 
     # -- process lifetime -----------------------------------------------------------------------
 

@@ -71,6 +71,29 @@ async def git_diff(
         raise agent_problem(exc, conversation_id, "the diff") from exc
 
 
+async def skills(db: Database, sandboxes: SandboxService, user_id: str, conversation_id: str) -> dict[str, Any]:
+    """The skills of the conversation, as upstream answers them: `{"skills": [{name, type, content,
+    triggers}]}` (type "repo" for always-on skills, "knowledge" for triggered ones)."""
+    row = await running_sandbox(db, sandboxes, user_id, conversation_id)
+    working_dir = await _working_dir(sandboxes, row, conversation_id)
+    try:
+        found = await sandboxes.client(row, timeout=30.0).load_skills(working_dir)
+    except AgentServerError as exc:
+        raise agent_problem(exc, conversation_id, "the skills") from exc
+    return {
+        "skills": [
+            {
+                "name": str(item.get("name") or ""),
+                "type": "knowledge" if item.get("type") == "knowledge" or item.get("triggers") else "repo",
+                "content": str(item.get("content") or ""),
+                "triggers": [str(t) for t in item.get("triggers") or []],
+                "description": item.get("description") if isinstance(item.get("description"), str) else None,
+            }
+            for item in found
+        ]
+    }
+
+
 @dataclass(frozen=True)
 class Archive:
     root: Path

@@ -45,6 +45,18 @@ async def get_git_diff(
     return await workspace.git_diff(ctx.db, ctx.services["sandboxes"], user.id, conversation_id, path, ref)
 
 
+@router.get("/{conversation_id}/skills", responses={404: {}, 409: {}, 410: {}, 502: {}, 503: {}})
+async def get_skills(
+    conversation_id: str = Depends(conversation_id_path),
+    user: User = Depends(current_user),
+    ctx: AppContext = Depends(get_context),
+) -> dict[str, Any]:
+    """The skills the conversation's agent has: the repository's own (`.openhands/skills`, `AGENTS.md`, ...)
+    and the sandbox user's, as `{"skills": [{"name", "type": "repo" | "knowledge", "content", "triggers",
+    "description"}]}`. The sandbox must be RUNNING (409 otherwise)."""
+    return await workspace.skills(ctx.db, ctx.services["sandboxes"], user.id, conversation_id)
+
+
 @router.get(
     "/{conversation_id}/download",
     response_class=StreamingResponse,

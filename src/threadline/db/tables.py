@@ -151,6 +151,18 @@ pending_messages = Table(
     Index("ix_pending_messages_undelivered", "delivered_at", "target_id"),
 )
 
+# A user's secrets for their agents (issue 15 B3): the value is a Fernet token, never returned by the API.
+user_secrets = Table(
+    "user_secrets",
+    metadata,
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("description", String(1000), nullable=True),
+    Column("value_enc", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
 events = Table(
     "events",
     metadata,

@@ -445,6 +445,17 @@ class AgentServerClient:
 
     # -- git ------------------------------------------------------------------------------------
 
+    async def load_skills(self, project_dir: str) -> list[dict[str, Any]]:
+        """``POST /api/skills``: the skills a conversation working in ``project_dir`` has (the project's own
+        and the sandbox user's). Public skills are left out: they are fetched from GitHub, which a sandbox
+        may not reach."""
+        body = {"load_public": False, "load_user": True, "load_project": True, "load_org": False}
+        data = self._json(await self._request("POST", "/api/skills", json={**body, "project_dir": project_dir}))
+        skills = data.get("skills") if isinstance(data, dict) else None
+        if not isinstance(skills, list):
+            raise AgentServerError("POST /api/skills: unexpected answer")
+        return [item for item in skills if isinstance(item, dict)]
+
     async def git_changes(self, repository_path: str, ref: str | None = None) -> list[dict[str, Any]]:
         """``GET /api/git/changes?path=&ref=``: ``[{status, path}]`` of the repository at (or above) the path,
         against ``ref`` (default: the agent server's choice of base, for display)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -53,6 +54,10 @@ class SandboxBackend(Protocol):
     def over_memory(self) -> dict[str, str]: ...
 
     def workspace_dir(self, work_dir: Path) -> str: ...
+
+    def threadline_url(self, callback_base_url: str) -> str: ...
+
+    def private_file(self, sandbox_id: str, work_dir: Path, content: str) -> tuple[Path, str]: ...
 
     def limits_info(self) -> dict[str, object]: ...
 
@@ -224,11 +229,33 @@ class ProcessBackend:
         """Where the agent server finds the sandbox's workspace (the same path: no mount namespace)."""
         return str(work_dir / "workspace")
 
+    def threadline_url(self, callback_base_url: str) -> str:
+        """Where the agent server reaches Threadline (callbacks, secret lookups): its public base URL."""
+        return callback_base_url
+
+    def private_file(self, sandbox_id: str, work_dir: Path, content: str) -> tuple[Path, str]:
+        """A file only the sandbox's user can read, outside its workspace: (path on the host, path inside)."""
+        return write_private_file(work_dir / "tmp", content, uid=None)
+
     def limits_info(self) -> dict[str, object]:
         return {"isolation": "none: agent servers run as the server's user (unsafe for more than one user)"}
 
     async def close(self) -> None:
         """Nothing held outside the processes."""
+
+
+def write_private_file(directory: Path, content: str, *, uid: int | None) -> tuple[Path, str]:
+    """Write `content` to a new file of mode 0600 (owned by `uid` when given) under `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f".threadline-{secrets.token_hex(8)}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        if uid is not None:
+            os.fchown(fd, uid, uid)
+        os.write(fd, content.encode())
+    finally:
+        os.close(fd)
+    return path, str(path)
 
 
 def spawn(

@@ -43,7 +43,14 @@ import httpx
 
 from threadline.config import Settings
 from threadline.sandboxes import launcher, runtime
-from threadline.sandboxes.backend import SANDBOX_ENV, SANDBOX_ROOT_ENV, Launch, ProcessBackend, spawn
+from threadline.sandboxes.backend import (
+    SANDBOX_ENV,
+    SANDBOX_ROOT_ENV,
+    Launch,
+    ProcessBackend,
+    spawn,
+    write_private_file,
+)
 from threadline.sandboxes.egress import INTERNAL_HOST, EgressProxy, Rule
 
 log = logging.getLogger("threadline.sandboxes.isolated")
@@ -453,6 +460,15 @@ class IsolatedBackend(ProcessBackend):
 
     def workspace_dir(self, work_dir: Path) -> str:
         return INSIDE_WORKSPACE
+
+    def threadline_url(self, callback_base_url: str) -> str:
+        """Inside, Threadline is only reachable by name through the egress proxy's relay."""
+        return f"http://{INTERNAL_HOST}"
+
+    def private_file(self, sandbox_id: str, work_dir: Path, content: str) -> tuple[Path, str]:
+        """In the sandbox's private /tmp, owned by its user (root-run) or ours (its user namespace)."""
+        host, _ = write_private_file(work_dir / "tmp", content, uid=self._uid(sandbox_id))
+        return host, f"/tmp/{host.name}"
 
     def limits_info(self) -> dict[str, object]:
         return {

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from threadline.api.context import AppContext, get_context
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
 from threadline.settings import service
 from threadline.settings.models import LLMSettings, SettingsUpdateRequest
+from threadline.wire import parse_without_echo
 
 router = APIRouter(prefix="/api/v1/settings", tags=["Settings"])
 
-# The body is parsed by hand (see parse_update_request) so a 422 never echoes an API key; the schema
+# The body is parsed by hand (see parse_without_echo) so a 422 never echoes an API key; the schema
 # is still published.
 _UPDATE_BODY = {
     "requestBody": {
@@ -42,17 +39,5 @@ async def update_settings(
     ctx: AppContext = Depends(get_context),
 ) -> LLMSettings:
     """Change the caller's LLM settings: absent fields are kept, null clears back to the server default."""
-    update = parse_update_request(await request.body())
+    update = parse_without_echo(SettingsUpdateRequest, await request.body())
     return await service.update_settings(ctx.db, ctx.settings, user.id, update)
-
-
-def parse_update_request(raw: bytes) -> SettingsUpdateRequest:
-    """Validate a request body without ever echoing its values (it may hold an API key) in the 422."""
-    try:
-        return SettingsUpdateRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        errors: list[dict[str, Any]] = [
-            {"loc": ("body", *err["loc"]), "msg": err["msg"], "type": err["type"]}
-            for err in exc.errors(include_url=False, include_context=False, include_input=False)
-        ]
-        raise RequestValidationError(errors) from None
