@@ -411,3 +411,34 @@ def test_skills_of_an_unknown_or_malformed_conversation(server: LiveServer) -> N
     client = server.client(key)
     problem(client.get(f"{API}/{uuid.uuid4().hex}/skills"), 404)
     problem(client.get(f"{API}/not-an-id/skills"), 404)  # a malformed id is an unknown one
+
+
+# -- the SDK ------------------------------------------------------------------------------------------
+
+
+def test_the_sdk_manages_secrets(server: LiveServer) -> None:
+    import asyncio
+
+    from threadline.client import AsyncThreadline, Threadline
+    from threadline.client.errors import NotFound
+
+    _, key = server.user("alice")
+    with Threadline(server.base_url, key) as client:
+        created = client.secrets.create("NPM_TOKEN", "npm-value", description="registry")
+        assert (created.name, created.description) == ("NPM_TOKEN", "registry")
+        assert [s.name for s in client.secrets.all()] == ["NPM_TOKEN"]
+        updated = client.secrets.update("NPM_TOKEN", value="npm-new", description=None, new_name="NPM_AUTH")
+        assert (updated.name, updated.description) == ("NPM_AUTH", None)
+        assert client.secrets.get("NPM_AUTH").updated_at >= created.updated_at
+        client.secrets.delete("NPM_AUTH")
+        with pytest.raises(NotFound):
+            client.secrets.get("NPM_AUTH")
+
+    async def main() -> None:
+        async with AsyncThreadline(server.base_url, key) as client:
+            await client.secrets.create("GITHUB_TOKEN", "ghp")
+            assert [s.name for s in await client.secrets.all()] == ["GITHUB_TOKEN"]
+            await client.secrets.delete("GITHUB_TOKEN")
+            assert await client.secrets.all() == []
+
+    asyncio.run(main())

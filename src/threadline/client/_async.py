@@ -40,6 +40,7 @@ from threadline.conversations.start_models import (
 )
 from threadline.events.models import EventPayload, EventSortOrder
 from threadline.sandboxes.models import SandboxInfo
+from threadline.secrets.models import SecretInfo
 from threadline.settings.models import LLMSettings
 
 if TYPE_CHECKING:
@@ -68,11 +69,13 @@ class AsyncPageIterator(Generic[T]):
 
     async def __aiter__(self) -> AsyncIterator[T]:
         async for page in self.pages():
-            for item in page:
-                yield item
+            for item in page:  # async only
+                yield item  # async only
+            # sync only: yield from page
 
     async def to_list(self) -> list[T]:
-        return [item async for item in self]
+        return [item async for item in self]  # async only
+        # sync only: return list(self)
 
 
 class _Resource:
@@ -149,9 +152,10 @@ class Conversations(_Resource):
             if task.status != last:
                 last = task.status
                 if on_status is not None:
-                    result = on_status(task)
-                    if inspect.isawaitable(result):
-                        await result
+                    result = on_status(task)  # async only
+                    if inspect.isawaitable(result):  # async only
+                        await result  # async only
+                    # sync only: on_status(task)
             if task.status in TERMINAL_STATUSES:
                 break
             if time.monotonic() >= deadline:
@@ -351,6 +355,34 @@ class Settings(_Resource):
         )
 
 
+class Secrets(_Resource):
+    """`/api/v1/secrets`: secrets your agents may use (values are write-only: never returned)."""
+
+    async def all(self) -> list[SecretInfo]:
+        """Your secrets, by name: names, descriptions and times."""
+        return (await self._send(calls.secrets_list())).secrets
+
+    async def get(self, name: str) -> SecretInfo:
+        return await self._send(calls.secret_get(name))
+
+    async def create(self, name: str, value: str, *, description: str | None = None) -> SecretInfo:
+        return await self._send(calls.secret_create(name, value, description))
+
+    async def update(
+        self,
+        name: str,
+        *,
+        value: str | Unset = UNSET,
+        description: str | Unset | None = UNSET,
+        new_name: str | Unset = UNSET,
+    ) -> SecretInfo:
+        """An argument not given keeps the value; `description=None` clears it; `new_name` renames."""
+        return await self._send(calls.secret_update(name, dict(value=value, description=description, name=new_name)))
+
+    async def delete(self, name: str) -> None:
+        await self._send(calls.secret_delete(name))
+
+
 class AsyncThreadline:
     """Asynchronous client of a Threadline (or any OpenHands App Conversations API v1) server.
 
@@ -390,6 +422,7 @@ class AsyncThreadline:
         self.conversations = Conversations(self)
         self.sandboxes = Sandboxes(self)
         self.settings = Settings(self)
+        self.secrets = Secrets(self)
 
     @property
     def base_url(self) -> str:

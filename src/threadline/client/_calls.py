@@ -31,6 +31,7 @@ from threadline.conversations.models import AppConversation, AppConversationPage
 from threadline.conversations.start_models import AppConversationStartTask, AppSendMessageResponse
 from threadline.events.models import EventPage
 from threadline.sandboxes.models import SandboxInfo, SandboxPage
+from threadline.secrets.models import SecretInfo, SecretList
 from threadline.settings.models import LLMSettings
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ _sandbox = TypeAdapter(SandboxInfo)
 _sandboxes = TypeAdapter(list[SandboxInfo | None])
 _sandbox_page = TypeAdapter(SandboxPage)
 _settings = TypeAdapter(LLMSettings)
+_secret = TypeAdapter(SecretInfo)
+_secret_list = TypeAdapter(SecretList)
 
 
 def _seg(value: str) -> str:
@@ -228,3 +231,24 @@ def settings_get() -> Call[LLMSettings]:
 
 def settings_update(fields: Mapping[str, Any]) -> Call[LLMSettings]:
     return Call("POST", "/api/v1/settings", model_parser(_settings), json=drop_unset(fields), has_body=True)
+
+
+def secrets_list() -> Call[SecretList]:
+    return Call("GET", "/api/v1/secrets", model_parser(_secret_list))
+
+
+def secret_get(name: str) -> Call[SecretInfo]:
+    return Call("GET", f"/api/v1/secrets/{_seg(name)}", model_parser(_secret))
+
+
+def secret_create(name: str, value: str, description: str | None) -> Call[SecretInfo]:
+    body = {"name": name, "value": value, **({"description": description} if description is not None else {})}
+    return Call("POST", "/api/v1/secrets", model_parser(_secret), json=body, has_body=True)
+
+
+def secret_update(name: str, fields: Mapping[str, Any]) -> Call[SecretInfo]:
+    return Call("PATCH", f"/api/v1/secrets/{_seg(name)}", model_parser(_secret), json=drop_unset(fields), has_body=True)
+
+
+def secret_delete(name: str) -> Call[None]:
+    return Call("DELETE", f"/api/v1/secrets/{_seg(name)}", ignore_body)

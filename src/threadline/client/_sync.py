@@ -1,4 +1,7 @@
-"""The synchronous client: `Threadline`."""
+"""The synchronous client: `Threadline`.
+
+Generated from `_async.py` by `scripts/unasync.py`; edit that file and run the script, not this one.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from threadline.conversations.start_models import (
 )
 from threadline.events.models import EventPayload, EventSortOrder
 from threadline.sandboxes.models import SandboxInfo
+from threadline.secrets.models import SecretInfo
 from threadline.settings.models import LLMSettings
 
 if TYPE_CHECKING:
@@ -344,6 +348,34 @@ class Settings(_Resource):
         )
 
 
+class Secrets(_Resource):
+    """`/api/v1/secrets`: secrets your agents may use (values are write-only: never returned)."""
+
+    def all(self) -> list[SecretInfo]:
+        """Your secrets, by name: names, descriptions and times."""
+        return (self._send(calls.secrets_list())).secrets
+
+    def get(self, name: str) -> SecretInfo:
+        return self._send(calls.secret_get(name))
+
+    def create(self, name: str, value: str, *, description: str | None = None) -> SecretInfo:
+        return self._send(calls.secret_create(name, value, description))
+
+    def update(
+        self,
+        name: str,
+        *,
+        value: str | Unset = UNSET,
+        description: str | Unset | None = UNSET,
+        new_name: str | Unset = UNSET,
+    ) -> SecretInfo:
+        """An argument not given keeps the value; `description=None` clears it; `new_name` renames."""
+        return self._send(calls.secret_update(name, dict(value=value, description=description, name=new_name)))
+
+    def delete(self, name: str) -> None:
+        self._send(calls.secret_delete(name))
+
+
 class Threadline:
     """Client of a Threadline (or any OpenHands App Conversations API v1) server.
 
@@ -383,6 +415,7 @@ class Threadline:
         self.conversations = Conversations(self)
         self.sandboxes = Sandboxes(self)
         self.settings = Settings(self)
+        self.secrets = Secrets(self)
 
     @property
     def base_url(self) -> str:
