@@ -259,7 +259,16 @@ def test_rate_limited_calls_wait_for_retry_after(server_factory: Callable[..., L
             impatient.me()
         assert limited.value.status == 429 and limited.value.retry_after == 1
         assert limited.value.type.endswith("/rate-limited")
-    time.sleep(1.1)
+
+        def allowed() -> bool:
+            try:
+                impatient.me()
+            except RateLimited:
+                return False
+            return True
+
+        # Polled until the bucket (2 tokens/s) gives a token again; the allowed call leaves it empty.
+        wait_for(allowed, timeout=limited.value.retry_after + 5, interval=0.05, what="a refilled token")
     with client_for(server, key) as patient:
         started = time.monotonic()
         names = [patient.me().name for _ in range(4)]
@@ -299,7 +308,16 @@ def test_calls_made_while_the_server_restarts_succeed(
     threads = [threading.Thread(target=read), threading.Thread(target=write)]
     for t in threads:
         t.start()
-    time.sleep(1.5)  # both calls fail and back off while nothing listens
+
+    def retried(method: str) -> bool:
+        # Logged before each back-off: "GET /api/...: ConnectError; retry 2 of 8 in 0.50 s".
+        return any(
+            r.getMessage().startswith(f"{method} ") and "ConnectError; retry 2 of" in r.getMessage()
+            for r in list(caplog.records)
+        )
+
+    # Both calls fail and back off (twice each) while nothing listens.
+    wait_for(lambda: retried("GET") and retried("PATCH"), timeout=30, interval=0.02, what="two failed attempts")
     assert all(t.is_alive() for t in threads)
     server_factory(port=server.settings.port)
     for t in threads:

@@ -23,7 +23,7 @@ def check_repository(value: str) -> str:
     if len(segments) < 2:
         raise ValueError("must be of the form owner/name (nested groups group/sub/name allowed)")
     for segment in segments:
-        if not _REPO_SEGMENT.match(segment):
+        if not _REPO_SEGMENT.fullmatch(segment):
             raise ValueError(
                 "must be of the form owner/name: each part letters, digits, '.', '_' or '-', "
                 "not starting with '.' or '-'"

@@ -15,6 +15,7 @@ answers (those may hold LLM API keys).
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -608,8 +609,17 @@ def _usage_to_metrics(source: Mapping[str, Any]) -> Mapping[str, Any]:
     return found if isinstance(found, Mapping) else {}
 
 
+def _finite_positive(value: Any) -> float | None:
+    """A usable count or cost from an agent's report: a real number > 0 and finite (JSON readers take NaN,
+    Infinity and 1e999; a boolean is no number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
+
+
 def _int(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) and value > 0 else 0
+    found = _finite_positive(value)
+    return int(found) if found is not None else 0
 
 
 def metrics_from_stats(conversation_info: Mapping[str, Any]) -> dict[str, Any]:
@@ -628,15 +638,15 @@ def metrics_from_stats(conversation_info: Mapping[str, Any]) -> dict[str, Any]:
     usages = _usage_to_metrics(conversation_info)
     entries = [(uid, m) for uid, m in usages.items() if isinstance(m, Mapping)]
     primary: Mapping[str, Any] = next((m for uid, m in entries if uid == "agent"), entries[0][1] if entries else {})
-    primary_usage = primary.get("accumulated_token_usage") or {}
+    primary_usage = primary.get("accumulated_token_usage")
+    if not isinstance(primary_usage, Mapping):
+        primary_usage = {}
 
     totals = dict.fromkeys(_TOKEN_FIELDS, 0)
     cost = 0.0
     context_window = 0
     for _, metrics in entries:
-        value = metrics.get("accumulated_cost")
-        if isinstance(value, int | float) and value > 0:
-            cost += float(value)
+        cost += _finite_positive(metrics.get("accumulated_cost")) or 0.0
         usage = metrics.get("accumulated_token_usage") or {}
         if isinstance(usage, Mapping):
             for name in _TOKEN_FIELDS:
@@ -648,7 +658,9 @@ def metrics_from_stats(conversation_info: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "model_name": model_name,
         "accumulated_cost": round(cost, 12),
-        "max_budget_per_task": float(budget) if isinstance(budget, int | float) else None,
+        "max_budget_per_task": float(budget)
+        if isinstance(budget, int | float) and not isinstance(budget, bool) and math.isfinite(budget)
+        else None,
         "accumulated_token_usage": {
             "model": str(primary_usage.get("model") or primary.get("model_name") or ""),
             **totals,
