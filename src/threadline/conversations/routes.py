@@ -106,7 +106,10 @@ async def search_filters(
     ] = None,
     execution_status__eq: Annotated[
         ConversationExecutionStatus | None,
-        Query(description="The last execution status the agent reported (the stored copy)"),
+        Query(
+            description="The last execution status the agent reported (the stored copy); matches only "
+            "conversations whose sandbox is RUNNING, as execution_status is null otherwise"
+        ),
     ] = None,
     llm_model__eq: Annotated[str | None, Query()] = None,
     accumulated_cost__gte: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
@@ -138,6 +141,13 @@ async def search_filters(
     )
 
 
+async def settle_sandboxes(ctx: AppContext, user: User, filters: service.ConversationFilters) -> None:
+    """Before a query on stored sandbox statuses: record the user's sandboxes whose agent server died."""
+    sandboxes = ctx.services.get("sandboxes")
+    if sandboxes is not None and filters.execution_status__eq is not None:
+        await sandboxes.settle_user(user.id)
+
+
 async def present(ctx: AppContext, user: User, items: list[AppConversation]) -> list[AppConversation]:
     """Fill live fields (sandbox and agent status) when a sandbox service is configured."""
     live = ctx.services.get("live_status")
@@ -156,6 +166,7 @@ async def search_app_conversations(
     user: User = Depends(current_user),
     ctx: AppContext = Depends(get_context),
 ) -> AppConversationPage:
+    await settle_sandboxes(ctx, user, filters)
     page = await service.search(
         ctx.db,
         ctx.settings.resolved_secret_key,
@@ -175,6 +186,7 @@ async def count_app_conversations(
     user: User = Depends(current_user),
     ctx: AppContext = Depends(get_context),
 ) -> int:
+    await settle_sandboxes(ctx, user, filters)
     return await service.count(ctx.db, user.id, filters)
 
 
