@@ -303,7 +303,7 @@ def test_restart_reattaches_and_dead_sandboxes_are_reported(agent_server_factory
     # reaches the LLM again.
     wait_for(lambda: len(fake_llm.requests) > llm_calls, timeout=60, what="the LLM reached after re-attach")
 
-    # Killed from outside: ERROR at once, never a hung request; messages get 410.
+    # Killed from outside: MISSING at once (its runtime is gone), never a hung request; messages get 410.
     for pid in sandbox_pids(second.settings.home, sandbox_id):
         with contextlib.suppress(ProcessLookupError):  # in a pid namespace, the first one takes all with it
             os.kill(pid, 9)
@@ -311,8 +311,12 @@ def test_restart_reattaches_and_dead_sandboxes_are_reported(agent_server_factory
     started = time.monotonic()
     conv = conversation(client, conv_id)
     assert time.monotonic() - started < 5
-    assert conv["sandbox_status"] == "ERROR" and conv["execution_status"] is None
+    assert conv["sandbox_status"] == "MISSING" and conv["execution_status"] is None
     assert conv["session_api_key"] is None and conv["conversation_url"] is None
+    assert client.get("/api/v1/sandboxes", params={"id": [sandbox_id]}).json()[0]["status"] == "MISSING"
+    # Not shown, so not matched: the stored copy of the agent's last status no longer counts.
+    for status in ("finished", "idle", "running"):
+        assert client.get(f"{API}/count", params={"execution_status__eq": status}).json() == 0
     r = client.post(f"{API}/{conv_id}/send-message", json={"content": [{"type": "text", "text": "x"}]})
     assert r.status_code == 410
 

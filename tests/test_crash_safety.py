@@ -10,7 +10,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
+import signal
 import sqlite3
 import threading
 import time
@@ -296,3 +299,67 @@ def _event_ids(client: httpx.Client, conversation_id: str) -> set[str]:
         page_id = body["next_page_id"]
         if not page_id:
             return ids
+
+
+def test_after_a_crash_a_dead_agent_server_reads_missing_and_filters_agree(
+    process_server_factory: Callable[..., ProcessServer], agent_runtime: Path, fake_llm: Any
+) -> None:
+    """Issue 15 C5: Threadline and the agent server both die. From the first read after the restart (the dead
+    process's lease still fresh: nothing depends on its expiry) the sandbox is MISSING everywhere, its
+    conversation shows `execution_status: null`, and search, count and their filters say the same."""
+    # A lease that outlives the test: the restarted process never adopts the dead one's sandboxes.
+    settings = agent_settings(agent_runtime, fake_llm.base_url, instance_lease_ttl_seconds=3600)
+    first = process_server_factory(**settings)
+    key = first.admin_key
+    assert key
+    home = first.env["THREADLINE_HOME"]
+    with first.client(key, timeout=60) as client:
+        r = client.post(API, json={"initial_message": {"content": [{"type": "text", "text": "hi"}]}})
+        assert r.status_code == 200, r.text
+        task_id = r.json()["id"]
+        task = wait_for(
+            lambda: (
+                (t := client.get(f"{API}/start-tasks", params={"ids": task_id}).json()[0])["status"]
+                in ("READY", "ERROR")
+                and t
+            ),
+            timeout=180,
+            what="the conversation to be READY",
+        )
+        assert task["status"] == "READY", task
+        cid, sid = task["app_conversation_id"], task["sandbox_id"]
+
+        def finished() -> bool:
+            shown = client.get(f"{API}/{cid}").json()["execution_status"]
+            counted = client.get(f"{API}/count", params={"execution_status__eq": "finished"}).json()
+            return shown == "finished" and counted == 1
+
+        wait_for(finished, timeout=120, what="the agent to finish, and its status to be stored")
+
+    first.kill()
+    for pid in sandbox_processes(home):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not sandbox_processes(home), timeout=30, what="the agent server to be gone")
+
+    second = process_server_factory(port=first.port, **settings)
+    with second.client(key, timeout=60) as client:
+        for _ in range(2):  # the first read and any later one agree
+            assert client.get("/api/v1/sandboxes", params={"id": sid}).json()[0]["status"] == "MISSING"
+            items = client.get(f"{API}/search").json()["items"]
+            assert [(c["id"], c["sandbox_status"], c["execution_status"]) for c in items] == [(cid, "MISSING", None)]
+            assert client.get(f"{API}/{cid}").json()["execution_status"] is None
+            assert client.get(f"{API}/count").json() == 1
+            for status in ("finished", "idle", "running"):
+                filtered = {"execution_status__eq": status}
+                assert client.get(f"{API}/count", params=filtered).json() == 0, status
+                assert client.get(f"{API}/search", params=filtered).json()["items"] == [], status
+        # Sending to it is refused as gone; resuming starts a new agent server on the same directory.
+        r = client.post(f"{API}/{cid}/send-message", json={"content": [{"type": "text", "text": "x"}]})
+        assert r.status_code == 410 and r.json()["sandbox_status"] == "MISSING", r.text
+        assert client.post(f"/api/v1/sandboxes/{sid}/resume").status_code == 200
+        wait_for(
+            lambda: client.get("/api/v1/sandboxes", params={"id": sid}).json()[0]["status"] == "RUNNING",
+            timeout=120,
+            what="the resumed sandbox to run",
+        )

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,6 +17,8 @@ from tests.conftest import Database, LiveServer
 from threadline.conversations import service
 from threadline.conversations.models import ConversationExecutionStatus, ConversationTrigger, ProviderType, SortOrder
 from threadline.db.tables import conversation_tags, conversations
+from threadline.ids import new_id
+from threadline.sandboxes.backend import SANDBOX_ENV
 
 API = "/api/v1/app-conversations"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -50,10 +55,30 @@ def _fields(i: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def dataset(server: LiveServer, alice: tuple[Any, httpx.Client], bob: tuple[Any, httpx.Client]) -> list[dict[str, Any]]:
+def running_sandbox(server: LiveServer, alice: tuple[Any, httpx.Client]) -> Iterator[str]:
+    """A RUNNING sandbox of alice's, a process standing in for its agent server (one that does not answer:
+    the stored execution statuses are shown). `execution_status__eq` matches only where it is RUNNING."""
+    user, _ = alice
+    sandbox_id = new_id()
+    stand_in = subprocess.Popen(["sleep", "600"], env={**os.environ, SANDBOX_ENV: sandbox_id})
+    try:
+        server.sandbox(user.id, "RUNNING", id=sandbox_id, pid=stand_in.pid, url="http://127.0.0.1:9")
+        yield sandbox_id
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+
+
+@pytest.fixture
+def dataset(
+    server: LiveServer, alice: tuple[Any, httpx.Client], bob: tuple[Any, httpx.Client], running_sandbox: str
+) -> list[dict[str, Any]]:
     """30 of alice's conversations with varied fields (newest first, as search lists them); bob has look-alikes."""
     user, _ = alice
-    convs = [dict(server.conversation(user.id, **_fields(i)), _fields=_fields(i)) for i in range(30)]
+    convs = [
+        dict(server.conversation(user.id, sandbox_id=running_sandbox, **_fields(i)), _fields=_fields(i))
+        for i in range(30)
+    ]
     for i in (0, 1, 7):
         server.conversation(bob[0].id, **_fields(i))
     return list(reversed(convs))
@@ -335,9 +360,10 @@ PLAN_CASES: list[tuple[service.ConversationFilters, str, bool]] = [
     (service.ConversationFilters(git_provider__eq=ProviderType.forgejo), "ix_conversations_user_git_provider", False),
     (service.ConversationFilters(trigger__eq=ConversationTrigger.slack), "ix_conversations_user_trigger", False),
     (service.ConversationFilters(public__eq=True), "ix_conversations_user_public", False),
+    # Matched only in RUNNING sandboxes: the planner starts from those (none here) and the sandbox index.
     (
         service.ConversationFilters(execution_status__eq=ConversationExecutionStatus.stuck),
-        "ix_conversations_user_execution_status",
+        "ix_conversations_sandbox",
         False,
     ),
     (service.ConversationFilters(llm_model__eq="rare-model"), "ix_conversations_user_llm_model", False),

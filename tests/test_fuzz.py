@@ -83,11 +83,17 @@ CHECKS = [
 
 
 def _fuzz(
-    operation: Any, mode: GenerationMode, base_url: str, credentials: dict[str, str], **fixed: dict[str, Any]
+    operation: Any,
+    mode: GenerationMode,
+    base_url: str,
+    credentials: dict[str, str],
+    checks: list[Callable[..., bool | None]] = CHECKS,
+    examples: int = EXAMPLES,
+    **fixed: dict[str, Any],
 ) -> None:
     @given(case=operation.as_strategy(generation_mode=mode, **fixed))
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=examples,
         derandomize=True,
         database=None,
         deadline=None,
@@ -100,7 +106,7 @@ def _fuzz(
         # Generated framing headers (an empty Transfer-Encoding, say) make a request the HTTP server itself
         # refuses with its own text/plain 400 before any application sees it: not the API under test.
         assume(not _FRAMING & {name.lower() for name in (case.headers or {})})
-        case.call_and_validate(base_url=base_url, headers=credentials, checks=CHECKS)
+        case.call_and_validate(base_url=base_url, headers=credentials, checks=checks)
 
     run()
 
@@ -215,6 +221,58 @@ def test_fuzz_every_operation(server_factory: Callable[..., LiveServer], tmp_pat
     assert not unreached, f"never answered other than 401/422: {unreached}"
 
 
+# -- the document states what the server enforces (issue 15 C4) ------------------------------------------
+
+# 4xx answers to requests of the right shape that depend on state, not on shape: a page token of the right
+# form this server did not issue (as an unknown id is a 404), an Idempotency-Key already used for another
+# request (the generator reuses keys across examples). And text that is not Unicode (unpaired surrogates,
+# which pydantic refuses as `string_unicode`) or that PostgreSQL cannot store (NUL): no schema can rule
+# those out of every string, free-form objects included.
+_NOT_ABOUT_SHAPE = ("/bad-page-token", "/idempotency-key-reused", "/unstorable-text")
+
+
+def _not_about_shape(problem: dict[str, Any]) -> bool:
+    if str(problem.get("type", "")).endswith(_NOT_ABOUT_SHAPE):
+        return True
+    errors = problem.get("errors") or []
+    return bool(errors) and all(e.get("type") == "string_unicode" for e in errors)
+
+
+def _no_refusal_of_valid_shapes(ctx: Any, response: Any, case: Any) -> bool | None:
+    if response.status_code in (400, 422):
+        problem = response.json()
+        assert _not_about_shape(problem), (
+            f"the document allows what the server refuses: {case.method} {case.formatted_path} -> "
+            f"{response.status_code} {response.text[:600]}; query={case.query!r} headers={case.headers!r} "
+            f"body={case.body!r}"
+        )
+    return None
+
+
+@pytest.mark.timeout(600)  # about 25 s per database here
+def test_requests_the_document_allows_are_not_refused_for_their_shape(
+    server_factory: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    """Positive data only (what /openapi.json admits), every operation, random and known ids: no 422, and
+    no 400 but for a page token this server did not issue. A constraint the server enforces and the
+    document does not state (empty `ids=`, `selected_branch: ""`, `llm_base_url: "0"`...) fails here."""
+    server = server_factory(runtime_dir=tmp_path / "no-runtime", llm_model="openai/fuzz-model")
+    seeded = Seeded(server)
+    schema = schemathesis.openapi.from_url(f"{server.base_url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    operations.sort(key=lambda op: op.method.upper() == "DELETE")
+    with_key = {"X-Access-Token": seeded.key}
+    checks = [_no_server_error, _no_refusal_of_valid_shapes]
+    failures: list[str] = []
+    for operation in operations:
+        for fixed in ({}, seeded.fixed(operation)):
+            try:
+                _fuzz(operation, GenerationMode.POSITIVE, server.base_url, with_key, checks, 15, **fixed)
+            except (Exception, BaseExceptionGroup) as exc:
+                failures.append(f"{operation.label} {'known ids' if fixed else 'random'}: {exc}"[:3000])
+    assert not failures, f"{len(failures)} failing runs:\n\n" + "\n\n".join(failures)
+
+
 # -- what fuzzing found: regressions ---------------------------------------------------------------------
 
 _JSON = {"content-type": "application/json"}
@@ -247,6 +305,7 @@ def test_text_a_database_cannot_store_is_a_client_error(
     assert r.status_code == 422 or server.settings.is_sqlite, r.text
     if r.status_code == 422:
         assert r.headers["content-type"].startswith("application/problem+json")
+        assert _not_about_shape(r.json()), r.text
         assert client.get(f"/api/v1/app-conversations/{conv['id']}").json()["tags"] == {"k": "v"}
 
 

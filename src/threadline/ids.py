@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import uuid
 
+# What parse_id accepts, as the published OpenAPI states it (32 hex characters or a dashed UUID).
+ID_PATTERN = r"^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+ID_SCHEMA = {"type": "string", "pattern": ID_PATTERN}
+
+
+def id_list_schema(max_items: int) -> dict[str, object]:
+    """`json_schema_extra` of a repeated id query parameter (the array's own schema is FastAPI's)."""
+    return {"items": ID_SCHEMA, "maxItems": max_items}
+
 
 class MalformedId(ValueError):
     pass

@@ -17,6 +17,10 @@ from pydantic import BaseModel, BeforeValidator, StrictBool, ValidationError
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 
 Bool = StrictBool
+# Page tokens are unpadded URL-safe base64 (pagination.py). A token of that shape that this server did not
+# issue (or issued for other filters) is still a 400, as an unknown id is a 404.
+PAGE_ID_SCHEMA: dict[str, Any] = {"pattern": r"^[A-Za-z0-9_-]*$"}
+PAGE_ID_TITLE = "Optional next_page_id from the previously returned page"
 
 
 def _iso_only(value: Any) -> Any:

@@ -123,7 +123,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         redirect_slashes=False,
     )
     install_error_handlers(app)
-    install_problem_docs(app)
+    install_problem_docs(app, (settings.max_tags, settings.max_tag_key_length, settings.max_tag_value_length))
     app.include_router(ops.router)
     app.include_router(observability_metrics.router)
     app.include_router(users_router)

@@ -150,7 +150,8 @@ def _unstorable_text_problem() -> Response:
     return problem_response(
         422,
         "text must be valid Unicode without NUL characters (U+0000) or unpaired surrogates",
-        type_slug="validation-error",
+        # A type of its own: the OpenAPI document cannot state this of every string (docs/compatibility.md).
+        type_slug="unstorable-text",
         errors=[],
     )
 

@@ -84,13 +84,38 @@ def document_problems(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def install_problem_docs(app: FastAPI) -> None:
+def state_tag_limits(spec: dict[str, Any], max_tags: int, max_key_length: int, max_value_length: int) -> None:
+    """State the configured tag limits (THREADLINE_MAX_TAG*) on the request bodies that set tags.
+
+    Settings, not constants: so stated here, on the document of this server, and not in the models. A PATCH
+    is checked against the merged tags, so one within these limits can still exceed `max_tags` in total.
+    """
+    schemas = spec.get("components", {}).get("schemas", {})
+    for name in ("AppConversationStartRequest", "AppConversationUpdateRequest"):
+        tags = schemas.get(name, {}).get("properties", {}).get("tags")
+        if tags is None:
+            continue
+        for variant in tags.get("anyOf", [tags]):
+            if variant.get("type") != "object":
+                continue
+            variant["maxProperties"] = max_tags
+            variant["propertyNames"] = {"minLength": 1, "maxLength": max_key_length}
+            values = variant.get("additionalProperties", {})
+            for value in values.get("anyOf", [values]):
+                if value.get("type") == "string":
+                    value["maxLength"] = max_value_length
+
+
+def install_problem_docs(app: FastAPI, tag_limits: tuple[int, int, int] | None = None) -> None:
     """Make `app.openapi()` (and so /openapi.json) return the rewritten document."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_problems(generate())
+            spec = document_problems(generate())
+            if tag_limits is not None:
+                state_tag_limits(spec, *tag_limits)
+            app.openapi_schema = spec
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

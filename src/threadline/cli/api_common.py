@@ -9,13 +9,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from threadline.cli import client_config
-from threadline.client import Threadline, ThreadlineError
+
+if TYPE_CHECKING:
+    # The client (httpx, the wire models) loads when a command runs, not for `threadline --help`.
+    from threadline.client import Threadline, ThreadlineError
 
 EXIT_API_ERROR = 1
 EXIT_USAGE = 2
@@ -51,6 +55,8 @@ def report(exc: ThreadlineError) -> None:
 @contextmanager
 def api_errors() -> Iterator[None]:
     """Turn client errors into a message on stderr and exit code 1 (2 when not logged in)."""
+    from threadline.client import ThreadlineError
+
     try:
         yield
     except ThreadlineError as exc:
@@ -83,4 +89,6 @@ def open_client() -> Threadline:
     except client_config.ConfigError as exc:
         raise usage_error(str(exc)) from exc
     show_retries()
+    from threadline.client import Threadline
+
     return Threadline(creds.url, creds.api_key, max_retries=CLI_MAX_RETRIES)

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from threadline.client._base import ENV_API_KEY, ENV_URL
+from threadline.client_env import ENV_API_KEY, ENV_URL
 
 ENV_CONFIG = "THREADLINE_CONFIG"
 

@@ -12,23 +12,18 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from threadline.cli.api_common import api_errors, err, open_client, out, usage_error
-from threadline.client import (
-    AppConversation,
-    AppConversationStartTask,
-    ConversationExecutionStatus,
-    ConversationTrigger,
-    ProviderType,
-    SortOrder,
-    StartFailed,
-    StartTimeout,
-)
+from threadline.enums import ConversationExecutionStatus, ConversationTrigger, ProviderType, SortOrder
+
+if TYPE_CHECKING:
+    # The client (httpx, the wire models) loads when a command runs, not for `threadline --help`.
+    from threadline.client import AppConversation, AppConversationStartTask
 
 conversations_app = typer.Typer(
     help="Your conversations on a Threadline server (log in first: `threadline login`).", no_args_is_help=True
@@ -300,6 +295,8 @@ def start_conversation(
         "public": public,
         "llm_model": model,
     }
+    from threadline.client import StartFailed, StartTimeout
+
     with api_errors(), open_client() as client:
         if not wait:
             task = client.conversations.start(message, **fields)

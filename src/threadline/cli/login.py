@@ -11,7 +11,6 @@ from rich.markup import escape
 
 from threadline.cli import client_config
 from threadline.cli.api_common import api_errors, err, fail, show_retries, usage_error
-from threadline.client import InvalidResponse, Threadline
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -46,6 +45,8 @@ def login(
         raise usage_error("the API key is empty")
 
     show_retries()
+    from threadline.client import InvalidResponse, Threadline  # here: `threadline --help` stays light
+
     with api_errors(), Threadline(url, key, max_retries=2) as client:
         try:
             who = client.me().name

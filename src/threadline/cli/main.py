@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Column, Table
 
 from threadline.cli.conversations import conversations_app
 from threadline.cli.login import login
@@ -38,6 +36,8 @@ T = TypeVar("T")
 
 def _run_db(action: Callable[[Database], Awaitable[T]]) -> T:
     """Run one administrative action against the configured database (migrated first)."""
+
+    import asyncio
 
     from threadline.api.errors import Problem
     from threadline.config import Settings
@@ -150,6 +150,8 @@ def keys_create(
 @keys_app.command("list")
 def keys_list() -> None:
     """List API keys (never the keys themselves)."""
+    from rich.table import Column, Table
+
     from threadline.auth import service as auth
 
     keys = _run_db(auth.list_keys)

@@ -28,14 +28,14 @@ from threadline.client.errors import (
     error_from_response,
     parse_retry_after,
 )
+from threadline.client_env import ENV_API_KEY as ENV_API_KEY
+from threadline.client_env import ENV_URL as ENV_URL
 
 log = logging.getLogger("threadline.client")
 # A library does not print on its own: retries are logged, and shown only where the application wants.
 log.addHandler(logging.NullHandler())
 T = TypeVar("T")
 
-ENV_URL = "THREADLINE_URL"
-ENV_API_KEY = "THREADLINE_API_KEY"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 CONVERSATIONS = "/api/v1/app-conversations"
 SANDBOXES = "/api/v1/sandboxes"

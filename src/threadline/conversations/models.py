@@ -3,66 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from threadline.conversations.validation import BranchName, RepositoryName
+
+# Re-exported (the wire models' names); defined without pydantic for the CLI.
+from threadline.enums import ConversationExecutionStatus as ConversationExecutionStatus
+from threadline.enums import ConversationTrigger as ConversationTrigger
+from threadline.enums import ProviderType as ProviderType
+from threadline.enums import SandboxStatus as SandboxStatus
+from threadline.enums import SortOrder as SortOrder
 from threadline.wire import Bool
 
 # Aware UTC datetimes serialise as ISO-8601 with a trailing Z.
 UTCTimestamp = datetime
-
-
-class ProviderType(StrEnum):
-    github = "github"
-    gitlab = "gitlab"
-    bitbucket = "bitbucket"
-    bitbucket_data_center = "bitbucket_data_center"
-    forgejo = "forgejo"
-    azure_devops = "azure_devops"
-    enterprise_sso = "enterprise_sso"
-
-
-class ConversationTrigger(StrEnum):
-    resolver = "resolver"
-    gui = "gui"
-    suggested_task = "suggested_task"
-    openhands_api = "openhands_api"
-    slack = "slack"
-    microagent_management = "microagent_management"
-    jira = "jira"
-    jira_dc = "jira_dc"
-    linear = "linear"
-    bitbucket = "bitbucket"
-    automation = "automation"
-
-
-class SandboxStatus(StrEnum):
-    STARTING = "STARTING"
-    RUNNING = "RUNNING"
-    PAUSED = "PAUSED"
-    ERROR = "ERROR"
-    MISSING = "MISSING"
-
-
-class ConversationExecutionStatus(StrEnum):
-    idle = "idle"
-    running = "running"
-    paused = "paused"
-    waiting_for_confirmation = "waiting_for_confirmation"
-    finished = "finished"
-    error = "error"
-    stuck = "stuck"
-    deleting = "deleting"
-
-
-class SortOrder(StrEnum):
-    CREATED_AT = "CREATED_AT"
-    CREATED_AT_DESC = "CREATED_AT_DESC"
-    UPDATED_AT = "UPDATED_AT"
-    UPDATED_AT_DESC = "UPDATED_AT_DESC"
 
 
 class TokenUsage(BaseModel):

@@ -22,8 +22,8 @@ from threadline.conversations.models import (
     SortOrder,
     Success,
 )
-from threadline.ids import MalformedId, parse_id
-from threadline.wire import OptionalIsoDateTime
+from threadline.ids import ID_PATTERN, MalformedId, id_list_schema, parse_id
+from threadline.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
 
 router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
 
@@ -55,7 +55,7 @@ def parse_id_list(values: list[str], field: str, max_items: int) -> list[str]:
     return parsed
 
 
-MAX_TAG_FILTERS = 50
+MAX_TAG_FILTERS = 50  # of each: tag, tag_key
 
 
 def _tag_pairs(values: list[str]) -> tuple[tuple[str, str], ...]:
@@ -89,10 +89,18 @@ async def search_filters(
     ] = False,
     tag: Annotated[
         list[str] | None,
-        Query(description="key:value (split at the first ':'); repeatable, every one must match"),
+        Query(
+            description=f"key:value (split at the first ':'); repeatable (at most {MAX_TAG_FILTERS}), "
+            "every one must match",
+            json_schema_extra={"items": {"type": "string", "pattern": "^[^:]+:"}, "maxItems": MAX_TAG_FILTERS},
+        ),
     ] = None,
     tag_key: Annotated[
-        list[str] | None, Query(description="Has a tag with this key; repeatable, every one must match")
+        list[str] | None,
+        Query(
+            description=f"Has a tag with this key; repeatable (at most {MAX_TAG_FILTERS}), every one must match",
+            json_schema_extra={"items": {"type": "string", "minLength": 1}, "maxItems": MAX_TAG_FILTERS},
+        ),
     ] = None,
     selected_repository__eq: Annotated[str | None, Query()] = None,
     git_provider__eq: Annotated[ProviderType | None, Query()] = None,
@@ -102,18 +110,25 @@ async def search_filters(
     ] = None,
     parent_conversation_id__eq: Annotated[
         str | None,
-        Query(description="Sub-conversations of this conversation (included whatever include_sub_conversations says)"),
+        Query(
+            description="Sub-conversations of this conversation (included whatever include_sub_conversations says)",
+            json_schema_extra={"pattern": ID_PATTERN},
+        ),
     ] = None,
     execution_status__eq: Annotated[
         ConversationExecutionStatus | None,
-        Query(description="The last execution status the agent reported (the stored copy)"),
+        Query(
+            description="The last execution status the agent reported (the stored copy); matches only "
+            "conversations whose sandbox is RUNNING, as execution_status is null otherwise"
+        ),
     ] = None,
     llm_model__eq: Annotated[str | None, Query()] = None,
     accumulated_cost__gte: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
 ) -> service.ConversationFilters:
     tags, tag_keys = tag or [], tag_key or []
-    if len(tags) + len(tag_keys) > MAX_TAG_FILTERS:
-        raise Invalid("tag", f"at most {MAX_TAG_FILTERS} tag and tag_key filters per request", location="query")
+    for name, values in (("tag", tags), ("tag_key", tag_keys)):
+        if len(values) > MAX_TAG_FILTERS:
+            raise Invalid(name, f"at most {MAX_TAG_FILTERS} {name} filters per request", location="query")
     parent = None
     if parent_conversation_id__eq is not None:
         parent = parse_id_list([parent_conversation_id__eq], "parent_conversation_id__eq", 1)[0]
@@ -138,6 +153,13 @@ async def search_filters(
     )
 
 
+async def settle_sandboxes(ctx: AppContext, user: User, filters: service.ConversationFilters) -> None:
+    """Before a query on stored sandbox statuses: record the user's sandboxes whose agent server died."""
+    sandboxes = ctx.services.get("sandboxes")
+    if sandboxes is not None and filters.execution_status__eq is not None:
+        await sandboxes.settle_user(user.id)
+
+
 async def present(ctx: AppContext, user: User, items: list[AppConversation]) -> list[AppConversation]:
     """Fill live fields (sandbox and agent status) when a sandbox service is configured."""
     live = ctx.services.get("live_status")
@@ -151,11 +173,12 @@ async def present(ctx: AppContext, user: User, items: list[AppConversation]) -> 
 async def search_app_conversations(
     filters: service.ConversationFilters = Depends(search_filters),
     sort_order: SortOrder = SortOrder.CREATED_AT_DESC,
-    page_id: str | None = None,
+    page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
     limit: Annotated[int, Query(gt=0, le=100)] = 100,
     user: User = Depends(current_user),
     ctx: AppContext = Depends(get_context),
 ) -> AppConversationPage:
+    await settle_sandboxes(ctx, user, filters)
     page = await service.search(
         ctx.db,
         ctx.settings.resolved_secret_key,
@@ -175,12 +198,13 @@ async def count_app_conversations(
     user: User = Depends(current_user),
     ctx: AppContext = Depends(get_context),
 ) -> int:
+    await settle_sandboxes(ctx, user, filters)
     return await service.count(ctx.db, user.id, filters)
 
 
 @router.get("", response_model=list[AppConversation | None])
 async def batch_get_app_conversations(
-    ids: Annotated[list[str], Query()],
+    ids: Annotated[list[str], Query(json_schema_extra=id_list_schema(service.MAX_BATCH_IDS))],
     user: User = Depends(current_user),
     ctx: AppContext = Depends(get_context),
 ) -> list[AppConversation | None]:

@@ -101,7 +101,11 @@ def _where(user_id: str, f: ConversationFilters) -> list[ColumnElement[bool]]:
         # Never shared: public false, or never set (null).
         clauses.append(or_(c.public == false(), c.public.is_(None)))
     if f.execution_status__eq is not None:
+        # Shown only while the sandbox is RUNNING (null otherwise), so matched only then too. Dead agent
+        # servers are recorded before the query (SandboxService.settle_user), so RUNNING here is true.
+        running = select(sandboxes.c.id).where(sandboxes.c.user_id == user_id, sandboxes.c.status == "RUNNING")
         clauses.append(c.execution_status == f.execution_status__eq.value)
+        clauses.append(c.sandbox_id.in_(running))
     if f.llm_model__eq is not None:
         clauses.append(c.llm_model == f.llm_model__eq)
     if f.accumulated_cost__gte is not None:

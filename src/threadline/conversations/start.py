@@ -49,6 +49,8 @@ log = logging.getLogger("threadline.start")
 Status = AppConversationStartTaskStatus
 REDACTED = "**********"
 _TERMINAL_VALUES = [s.value for s in TERMINAL_STATUSES]
+# A conversation started in one of these sandboxes resumes it first (a new agent server, same directory).
+_RESUMABLE = (SandboxStatus.PAUSED, SandboxStatus.ERROR, SandboxStatus.MISSING)
 # `_transition(owner=...)` default: any owner.
 _ANY_OWNER = object()
 
@@ -270,7 +272,7 @@ class StartService:
             return
         row = (await self.sandboxes.rows_by_id([sandbox_id])).get(sandbox_id)
         if row is not None and row.user_id == user_id:
-            if self.sandboxes.effective_status(row) in (SandboxStatus.PAUSED, SandboxStatus.ERROR):
+            if self.sandboxes.effective_status(row) in _RESUMABLE:
                 await self.sandboxes.check_capacity(user_id, exclude=sandbox_id)
 
     async def stream(self, user_id: str, task_id: str, poll: float = 0.2) -> AsyncIterator[AppConversationStartTask]:
@@ -369,7 +371,7 @@ class StartService:
         sandbox_id = request.sandbox_id or (parent.sandbox_id if parent is not None else None)
         if sandbox_id:
             row = await self.sandboxes.get_row(user_id, sandbox_id)
-            if self.sandboxes.effective_status(row) in (SandboxStatus.PAUSED, SandboxStatus.ERROR):
+            if self.sandboxes.effective_status(row) in _RESUMABLE:
                 await self.sandboxes.resume(user_id, sandbox_id)
         else:
             # A pre-started sandbox from the warm pool when one is ready, else a new one.

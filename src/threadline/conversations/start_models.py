@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from threadline.conversations.models import ConversationTrigger, ProviderType, SandboxStatus
 from threadline.conversations.validation import BranchName, RepositoryName
@@ -114,11 +115,24 @@ class AppConversationStartTaskPage(BaseModel):
     next_page_id: str | None = None
 
 
+# The agent is sent the text parts (messages.message_text): a message needs one that is not empty.
+_A_TEXT_PART: JsonDict = {
+    "type": "object",
+    "required": ["text"],
+    "additionalProperties": False,
+    "properties": {
+        "cache_prompt": {"type": "boolean"},
+        "type": {"const": "text"},
+        "text": {"type": "string", "minLength": 1},
+    },
+}
+
+
 class AppSendMessageRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["user"] = "user"
-    content: list[TextContent | ImageContent] = Field(min_length=1)
+    content: list[TextContent | ImageContent] = Field(min_length=1, json_schema_extra={"contains": _A_TEXT_PART})
     run: bool = True
 
 

@@ -28,8 +28,8 @@ from threadline.conversations.start_models import (
     AppSendMessageResponse,
 )
 from threadline.idempotency.service import Idempotent, idempotency
-from threadline.ids import MalformedId, parse_id
-from threadline.wire import OptionalIsoDateTime
+from threadline.ids import ID_PATTERN, MalformedId, id_list_schema, parse_id
+from threadline.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
 
 router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
 MAX_BATCH = 100
@@ -78,10 +78,10 @@ async def stream_app_conversation_start(
 
 @router.get("/start-tasks/search", response_model=AppConversationStartTaskPage)
 async def search_app_conversation_start_tasks(
-    conversation_id__eq: str | None = None,
+    conversation_id__eq: Annotated[str | None, Query(json_schema_extra={"pattern": ID_PATTERN})] = None,
     created_at__gte: OptionalIsoDateTime = None,
     sort_order: AppConversationStartTaskSortOrder = AppConversationStartTaskSortOrder.CREATED_AT_DESC,
-    page_id: str | None = None,
+    page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
     limit: Annotated[int, Query(gt=0, le=100)] = 100,
     user: User = Depends(current_user),
     starts: StartService = Depends(starts_of),
@@ -99,7 +99,7 @@ async def search_app_conversation_start_tasks(
 
 @router.get("/start-tasks/count", response_model=int)
 async def count_app_conversation_start_tasks(
-    conversation_id__eq: str | None = None,
+    conversation_id__eq: Annotated[str | None, Query(json_schema_extra={"pattern": ID_PATTERN})] = None,
     created_at__gte: OptionalIsoDateTime = None,
     user: User = Depends(current_user),
     starts: StartService = Depends(starts_of),
@@ -111,7 +111,7 @@ async def count_app_conversation_start_tasks(
 
 @router.get("/start-tasks", response_model=list[AppConversationStartTask | None])
 async def batch_get_app_conversation_start_tasks(
-    ids: Annotated[list[str], Query()],
+    ids: Annotated[list[str], Query(json_schema_extra=id_list_schema(MAX_BATCH))],
     user: User = Depends(current_user),
     starts: StartService = Depends(starts_of),
 ) -> list[AppConversationStartTask | None]:

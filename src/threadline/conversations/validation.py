@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, WithJsonSchema
 
 _REPO_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
@@ -62,5 +62,26 @@ def check_branch(value: str) -> str:
     return value
 
 
-RepositoryName = Annotated[str, AfterValidator(check_repository)]
-BranchName = Annotated[str, AfterValidator(check_branch)]
+# The same rules as JSON Schema patterns (ECMA 262), so the published OpenAPI admits only what is accepted.
+REPOSITORY_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)+$"
+BRANCH_PATTERN = (
+    r"^(?!-)(?!@$)(?!/)(?!\.)(?!.*\.\.)(?!.*@\{)(?!.*//)(?!.*/\.)(?!.*/$)(?!.*\.$)(?!.*\.lock(/|$))"
+    r"[^\x00-\x20\x7f~^:?*\[\\]+$"
+)
+REPOSITORY_SCHEMA = {
+    "type": "string",
+    "minLength": 3,
+    "maxLength": MAX_REPOSITORY_LENGTH,
+    "pattern": REPOSITORY_PATTERN,
+    "description": "owner/name (nested groups group/sub/name allowed)",
+}
+BRANCH_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_BRANCH_LENGTH,
+    "pattern": BRANCH_PATTERN,
+    "description": "A git branch name (`git check-ref-format --branch`)",
+}
+
+RepositoryName = Annotated[str, AfterValidator(check_repository), WithJsonSchema(REPOSITORY_SCHEMA)]
+BranchName = Annotated[str, AfterValidator(check_branch), WithJsonSchema(BRANCH_SCHEMA)]

@@ -35,7 +35,16 @@ async def get_git_changes(
 
 @router.get("/{conversation_id}/git/diff", responses={404: {}, 409: {}, 410: {}, 422: {}, 502: {}, 503: {}})
 async def get_git_diff(
-    path: Annotated[str, Query(min_length=1, max_length=4096, description="A path as git/changes lists it")],
+    path: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=4096,
+            description="A path as git/changes lists it: relative, without '..'",
+            # What relative_file_path accepts.
+            json_schema_extra={"pattern": r"^(?!/)(?!(.*/)?\.\.(/|$))[^\x00]+$"},
+        ),
+    ],
     ref: Annotated[BranchName | None, Query(description=_REF)] = None,
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),

@@ -14,8 +14,15 @@ from threadline.auth.service import User
 from threadline.conversations.routes import conversation_id_path
 from threadline.conversations.service import get_row
 from threadline.events import service
-from threadline.events.models import MAX_KIND_LENGTH, EventPage, EventPayload, EventSortOrder
-from threadline.wire import OptionalIsoDateTime
+from threadline.events.models import (
+    MAX_BATCH_IDS,
+    MAX_EVENT_ID_LENGTH,
+    MAX_KIND_LENGTH,
+    EventPage,
+    EventPayload,
+    EventSortOrder,
+)
+from threadline.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
 
 router = APIRouter(prefix="/api/v1/conversation/{conversation_id}/events", tags=["Events"])
 
@@ -77,7 +84,7 @@ async def search_events(
     conversation_id: str = Depends(conversation_id_path),
     filters: EventQuery = Depends(event_filters),
     sort_order: Annotated[EventSortOrder, Query(title="Sort order for results")] = EventSortOrder.TIMESTAMP,
-    page_id: Annotated[str | None, Query(title="Optional next_page_id from the previously returned page")] = None,
+    page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
     limit: Annotated[int, Query(title="The max number of results in the page", gt=0, le=service.MAX_LIMIT)] = 100,
     ctx: AppContext = Depends(get_context),
 ) -> Response:
@@ -116,7 +123,20 @@ async def count_events(
 
 @router.get("", response_model=list[EventPayload | None], summary="Batch Get Events")
 async def batch_get_events(
-    ids: Annotated[list[str], Query(alias="id", title="Id", description="Event ids, 1-100 of them")],
+    ids: Annotated[
+        list[str],
+        Query(
+            alias="id",
+            title="Id",
+            description=f"Event ids, 1-{MAX_BATCH_IDS} of them",
+            # No NUL: what _check_ids refuses (an event id the server could never have stored).
+            json_schema_extra={
+                "items": {"type": "string", "minLength": 1, "maxLength": MAX_EVENT_ID_LENGTH, "pattern": "^[^\\x00]*$"},
+                "minItems": 1,
+                "maxItems": MAX_BATCH_IDS,
+            },
+        ),
+    ],
     conversation_id: str = Depends(owned_conversation_id),
     ctx: AppContext = Depends(get_context),
 ) -> list[EventPayload | None]:

@@ -48,7 +48,8 @@ async def fill_live_fields(ctx: AppContext, user: User, items: list[AppConversat
         rows = {item.sandbox_id: item._sandbox_row for item in items if item._sandbox_row is not None}
     else:
         rows = await service.rows_by_id(list(by_sandbox))
-    statuses = {sid: service.effective_status(row) for sid, row in rows.items() if row.user_id == user.id}
+    # settle: a dead sandbox found here is recorded, so filters on stored statuses agree with this page.
+    statuses = await service.settle([row for row in rows.values() if row.user_id == user.id])
     running = [sid for sid, status in statuses.items() if status is SandboxStatus.RUNNING]
     fetched = await asyncio.gather(*(_fetch(service, rows[sid], [c.id for c in by_sandbox[sid]]) for sid in running))
     agent_infos = {cid: info for result in fetched for cid, info in result.items()}

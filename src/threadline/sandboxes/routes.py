@@ -13,9 +13,10 @@ from threadline.auth.dependencies import current_user, starting_user
 from threadline.auth.service import User
 from threadline.conversations.models import Success
 from threadline.idempotency.service import Idempotent, idempotency
-from threadline.ids import MalformedId, parse_id
+from threadline.ids import MalformedId, id_list_schema, parse_id
 from threadline.sandboxes.models import SandboxInfo, SandboxPage, SandboxSpecInfo, SandboxSpecInfoPage
 from threadline.sandboxes.service import SandboxService
+from threadline.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE
 
 router = APIRouter(tags=["Sandbox"])
 MAX_BATCH = 100
@@ -47,7 +48,7 @@ def _ids(values: list[str]) -> list[str]:
 
 @router.get("/api/v1/sandboxes/search", response_model=SandboxPage)
 async def search_sandboxes(
-    page_id: str | None = None,
+    page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
     limit: Annotated[int, Query(gt=0, le=100)] = 100,
     user: User = Depends(current_user),
     service: SandboxService = Depends(sandboxes_of),
@@ -57,7 +58,7 @@ async def search_sandboxes(
 
 @router.get("/api/v1/sandboxes", response_model=list[SandboxInfo | None])
 async def batch_get_sandboxes(
-    id: Annotated[list[str], Query()],
+    id: Annotated[list[str], Query(json_schema_extra=id_list_schema(MAX_BATCH))],
     user: User = Depends(current_user),
     service: SandboxService = Depends(sandboxes_of),
 ) -> list[SandboxInfo | None]:
@@ -123,7 +124,7 @@ async def delete_sandbox_by_query(
 
 @router.get("/api/v1/sandbox-specs/search", response_model=SandboxSpecInfoPage)
 async def search_sandbox_specs(
-    page_id: str | None = None,
+    page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
     limit: Annotated[int, Query(gt=0, le=100)] = 100,
     _user: User = Depends(current_user),
     service: SandboxService = Depends(sandboxes_of),
@@ -133,7 +134,7 @@ async def search_sandbox_specs(
 
 @router.get("/api/v1/sandbox-specs", response_model=list[SandboxSpecInfo | None])
 async def batch_get_sandbox_specs(
-    id: Annotated[list[str], Query()],
+    id: Annotated[list[str], Query(json_schema_extra={"maxItems": MAX_BATCH})],
     _user: User = Depends(current_user),
     service: SandboxService = Depends(sandboxes_of),
 ) -> list[SandboxSpecInfo | None]:

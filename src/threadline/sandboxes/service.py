@@ -1,7 +1,8 @@
 """Sandboxes: records in the database, agent servers run by a backend, status that is actually right.
 
 Stored `status` is the desired/last known state. The effective status adds what only the running
-system knows: a RUNNING or STARTING sandbox whose process died is ERROR. STARTING turns RUNNING when the
+system knows: a RUNNING sandbox whose process died is MISSING, a STARTING one ERROR (effective_status);
+reads that find one record it so (settle). STARTING turns RUNNING when the
 agent server's /alive answers (an idle agent server is RUNNING, not STARTING forever).
 """
 
@@ -108,10 +109,50 @@ class SandboxService:
     # -- presentation ---------------------------------------------------------------------------
 
     def effective_status(self, row: Any) -> SandboxStatus:
+        """The stored status, corrected by what the process table says. One rule wherever it is read, so a
+        sandbox reads the same from the first request after its agent server died, whoever owns it:
+
+        - RUNNING, process gone: MISSING (its runtime is gone: killed, or died while Threadline was down);
+        - STARTING, process gone: ERROR (the start failed; what the start-up watcher records too);
+        - STARTING without a process id yet: STARTING (being launched: nothing has died).
+        """
         stored = SandboxStatus(row.status)
-        if stored.value in _LIVE and not self.backend.is_alive(row.id, row.pid):
-            return SandboxStatus.ERROR
-        return stored
+        if stored.value not in _LIVE or self.backend.is_alive(row.id, row.pid):
+            return stored
+        if stored is SandboxStatus.RUNNING:
+            return SandboxStatus.MISSING
+        return SandboxStatus.STARTING if row.pid is None else SandboxStatus.ERROR
+
+    async def settle(self, rows: Sequence[Any]) -> dict[str, SandboxStatus]:
+        """Effective statuses of `rows`; a live record whose process died is recorded as what it reads.
+
+        Recorded so that queries on the stored status (the conversations' `execution_status__eq`) agree
+        with what is shown. Compare-and-set on status and pid: a resume or re-attach in between wins.
+        """
+        statuses: dict[str, SandboxStatus] = {}
+        for row in rows:
+            status = statuses[row.id] = self.effective_status(row)
+            if row.status in _LIVE and status.value not in _LIVE:
+                detail = (
+                    "agent server gone (its process is not running)"
+                    if status is SandboxStatus.MISSING
+                    else "agent server exited during start-up"
+                )
+                pid = sandboxes.c.pid.is_(None) if row.pid is None else sandboxes.c.pid == row.pid
+                async with self.db.write() as conn:
+                    await conn.execute(
+                        update(sandboxes)
+                        .where(sandboxes.c.id == row.id, sandboxes.c.status == row.status, pid)
+                        .values(status=status.value, pid=None, detail=detail, updated_at=utcnow())
+                    )
+        return statuses
+
+    async def settle_user(self, user_id: str) -> None:
+        """Record the user's dead RUNNING/STARTING sandboxes (before a query on stored statuses)."""
+        async with self.db.read() as conn:
+            query = select(sandboxes).where(sandboxes.c.user_id == user_id, sandboxes.c.status.in_(list(_LIVE)))
+            rows = (await conn.execute(query)).all()
+        await self.settle(rows)
 
     def session_key(self, row: Any) -> str:
         return self.box.decrypt(row.session_key_enc)
@@ -414,9 +455,11 @@ class SandboxService:
         status = self.effective_status(row)
         if status in (SandboxStatus.RUNNING, SandboxStatus.STARTING):
             return
-        if status is SandboxStatus.MISSING or not row.work_dir or not Path(row.work_dir).exists():
+        # MISSING is resumable like ERROR while its directory (workspace, conversations) is still there:
+        # a new agent server starts on it. Without the directory nothing is left to resume.
+        if not row.work_dir or not Path(row.work_dir).exists():
             raise SandboxGone(f"sandbox {sandbox_id} is gone and cannot be resumed")
-        if status is SandboxStatus.ERROR:
+        if status in (SandboxStatus.ERROR, SandboxStatus.MISSING):
             await self.backend.stop(sandbox_id, row.pid, 0)
         async with self.db.write() as conn:
             await self.take_slot(conn, user_id, exclude=sandbox_id)
@@ -481,12 +524,18 @@ class SandboxService:
                 self._watchers.add(task)
                 task.add_done_callback(self._watchers.discard)
             else:
+                # Recorded as it already reads (effective_status): a crash changes nothing a client saw.
+                status = self.effective_status(row)
                 log.warning(
-                    "adopted sandbox %s of instance %s: its agent server is gone, MISSING", row.id, row.owner_instance
+                    "adopted sandbox %s of instance %s: its agent server is gone, %s",
+                    row.id,
+                    row.owner_instance,
+                    status.value,
                 )
-                await self._set(
-                    row.id, status=SandboxStatus.MISSING.value, pid=None, detail="agent server gone after a restart"
-                )
+                detail = "agent server gone after a restart"
+                if status is not SandboxStatus.MISSING:
+                    status, detail = SandboxStatus.ERROR, "start interrupted by a restart"
+                await self._set(row.id, status=status.value, pid=None, detail=detail)
         async with self.db.read() as conn:
             query = select(sandboxes.c.id).where(sandboxes.c.status.in_(list(_LIVE)))
             live_records = {r.id for r in await conn.execute(query)}

@@ -6,7 +6,7 @@ from enum import StrEnum
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 MAX_MODEL_LENGTH = 256  # user_settings.llm_model is String(256)
 MAX_BASE_URL_LENGTH = 1024  # user_settings.llm_base_url is String(1024)
@@ -32,8 +32,36 @@ def _http_url(value: str) -> str:
     return value
 
 
-ModelName = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_LENGTH), AfterValidator(_not_blank)]
-BaseUrl = Annotated[str, Field(min_length=1, max_length=MAX_BASE_URL_LENGTH), AfterValidator(_http_url)]
+# What _not_blank and _http_url accept, as JSON Schema patterns: the published OpenAPI admits nothing the
+# server refuses. Something not blank (Python's whitespace: ECMA's \s plus \x1c-\x1f and \x85); an
+# http(s) URL with a host (ASCII) and a port in range, with no whitespace or control character anywhere.
+_NOT_BLANK_PATTERN = r"[^\s\x1c-\x1f\x85]"
+_PORT = r"([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_URL_TAIL = r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*"
+BASE_URL_PATTERN = (
+    rf"^https?://([A-Za-z0-9._~%!$&'()*+,;=:-]*@)?[A-Za-z0-9._~%!$&'()*+,;=-]+(:{_PORT})?([/?#]{_URL_TAIL})?$"
+)
+ModelName = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_MODEL_LENGTH),
+    AfterValidator(_not_blank),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_MODEL_LENGTH, "pattern": _NOT_BLANK_PATTERN}),
+]
+BaseUrl = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_BASE_URL_LENGTH),
+    AfterValidator(_http_url),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "uri",
+            "minLength": 1,
+            "maxLength": MAX_BASE_URL_LENGTH,
+            "pattern": BASE_URL_PATTERN,
+            "description": "An http:// or https:// URL with a host",
+        }
+    ),
+]
 ApiKey = Annotated[str, Field(min_length=1, max_length=MAX_API_KEY_LENGTH)]
 
 

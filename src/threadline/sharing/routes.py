@@ -12,8 +12,10 @@ from threadline.conversations.routes import conversation_id_path, parse_id_list
 from threadline.events import service as events_service
 from threadline.events.models import EventPage, EventSortOrder
 from threadline.events.routes import EventQuery, event_filters
+from threadline.ids import id_list_schema
 from threadline.sharing import service
 from threadline.sharing.models import SharedConversation
+from threadline.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE
 
 # No credentials here, so the rate limit is per client address.
 router = APIRouter(prefix="/api/v1/shared-conversations", tags=["Sharing"], dependencies=[Depends(anonymous_client)])
@@ -25,7 +27,13 @@ _NO_STORE = "no-store"
 @router.get("", response_model=list[SharedConversation | None], summary="Batch Get Shared Conversations")
 async def batch_get_shared_conversations(
     response: Response,
-    ids: Annotated[list[str], Query(description=f"Conversation ids, 1-{service.MAX_BATCH_IDS} of them")],
+    ids: Annotated[
+        list[str],
+        Query(
+            description=f"Conversation ids, 1-{service.MAX_BATCH_IDS} of them",
+            json_schema_extra=id_list_schema(service.MAX_BATCH_IDS),
+        ),
+    ],
     ctx: AppContext = Depends(get_context),
 ) -> list[SharedConversation | None]:
     """The shared view of each public conversation; null for one that is missing or not public."""
@@ -40,7 +48,7 @@ async def search_shared_events(
     conversation_id: str = Depends(conversation_id_path),
     filters: EventQuery = Depends(event_filters),
     sort_order: Annotated[EventSortOrder, Query(title="Sort order for results")] = EventSortOrder.TIMESTAMP,
-    page_id: Annotated[str | None, Query(title="Optional next_page_id from the previously returned page")] = None,
+    page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
     limit: Annotated[
         int, Query(title="The max number of results in the page", gt=0, le=events_service.MAX_LIMIT)
     ] = 100,
