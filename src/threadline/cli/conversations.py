@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from threadline.client import AppConversation, AppConversationStartTask
 
 conversations_app = typer.Typer(
-    help="Your conversations on a Threadline server (log in first: `threadline login`).", no_args_is_help=True
+    help="Your conversations on a Threadline server (log in first: `threadline login`).",
+    no_args_is_help=True,
+    rich_markup_mode=None,  # plain help: see cli/main.py
 )
 
 NONE = "(none)"

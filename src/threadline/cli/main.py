@@ -18,12 +18,20 @@ if TYPE_CHECKING:
     from threadline.auth import service as auth
     from threadline.db.engine import Database
 
-app = typer.Typer(help="Threadline: a self-hostable OpenHands App Conversations API server.", no_args_is_help=True)
-users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
-keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+# Plain help (rich_markup_mode=None) on every Typer: rich help rendering costs about 60 ms of CPU per
+# `--help`, a fifth of the budget (issue 15 D4, docs/performance.md).
+app = typer.Typer(
+    help="Threadline: a self-hostable OpenHands App Conversations API server.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+users_app = typer.Typer(help="Manage users.", no_args_is_help=True, rich_markup_mode=None)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
-runtime_app = typer.Typer(help="Manage the agent runtime (openhands-agent-server).", no_args_is_help=True)
+runtime_app = typer.Typer(
+    help="Manage the agent runtime (openhands-agent-server).", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(runtime_app, name="runtime")
 # For users of a server (over its API, not its database): login, then conversations.
 app.command("login")(login)

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from threadline.config import Settings
 from threadline.conversations.models import SandboxStatus
 from threadline.crypto import SecretBox
 from threadline.db.engine import Database
-from threadline.db.tables import conversations, events, sandboxes
+from threadline.db.tables import conversations, events, instances, sandboxes
 from threadline.db.types import utcnow
 from threadline.ids import new_id
 from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
@@ -129,22 +130,32 @@ class SandboxService:
         Recorded so that queries on the stored status (the conversations' `execution_status__eq`) agree
         with what is shown. Compare-and-set on status and pid: a resume or re-attach in between wins.
         """
-        statuses: dict[str, SandboxStatus] = {}
-        for row in rows:
-            status = statuses[row.id] = self.effective_status(row)
-            if row.status in _LIVE and status.value not in _LIVE:
-                detail = (
-                    "agent server gone (its process is not running)"
-                    if status is SandboxStatus.MISSING
-                    else "agent server exited during start-up"
+        statuses = {row.id: self.effective_status(row) for row in rows}
+        dead = [row for row in rows if row.status in _LIVE and statuses[row.id].value not in _LIVE]
+        others = {row.owner_instance for row in dead if row.owner_instance not in (None, self.owner)}
+        hosts: dict[str, str] = {}
+        if others:
+            async with self.db.read() as conn:
+                query = select(instances.c.id, instances.c.hostname).where(instances.c.id.in_(list(others)))
+                hosts = {r.id: r.hostname for r in await conn.execute(query)}
+        here = socket.gethostname()[:255]
+        for row in dead:
+            # Only what this host's process table vouches for: a live instance elsewhere may run it there.
+            if hosts.get(row.owner_instance, here) != here:
+                continue
+            status = statuses[row.id]
+            detail = (
+                "agent server gone (its process is not running)"
+                if status is SandboxStatus.MISSING
+                else "agent server exited during start-up"
+            )
+            pid = sandboxes.c.pid.is_(None) if row.pid is None else sandboxes.c.pid == row.pid
+            async with self.db.write() as conn:
+                await conn.execute(
+                    update(sandboxes)
+                    .where(sandboxes.c.id == row.id, sandboxes.c.status == row.status, pid)
+                    .values(status=status.value, pid=None, detail=detail, updated_at=utcnow())
                 )
-                pid = sandboxes.c.pid.is_(None) if row.pid is None else sandboxes.c.pid == row.pid
-                async with self.db.write() as conn:
-                    await conn.execute(
-                        update(sandboxes)
-                        .where(sandboxes.c.id == row.id, sandboxes.c.status == row.status, pid)
-                        .values(status=status.value, pid=None, detail=detail, updated_at=utcnow())
-                    )
         return statuses
 
     async def settle_user(self, user_id: str) -> None:
