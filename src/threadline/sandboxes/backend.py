@@ -38,7 +38,9 @@ class Launch:
 class SandboxBackend(Protocol):
     name: str
 
-    async def launch(self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str) -> Launch: ...
+    async def launch(
+        self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str, runtime_dir: Path | None = None
+    ) -> Launch: ...
 
     def is_alive(self, sandbox_id: str, pid: int | None) -> bool: ...
 
@@ -111,8 +113,8 @@ class ProcessBackend:
         self.flush_delay = flush_delay
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
-    def command(self, port: int) -> list[str]:
-        python = runtime.python_of(self.runtime_dir)
+    def command(self, port: int, runtime_dir: Path | None = None) -> list[str]:
+        python = runtime.python_of(runtime_dir or self.runtime_dir)
         return [str(python), "-m", "openhands.agent_server", "--host", "127.0.0.1", "--port", str(port)]
 
     def environment(self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str) -> dict[str, str]:
@@ -137,16 +139,17 @@ class ProcessBackend:
         )
         return env
 
-    async def launch(self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str) -> Launch:
-        if not runtime.python_of(self.runtime_dir).exists():
-            raise FileNotFoundError(
-                f"the agent runtime is not installed at {self.runtime_dir}; run `threadline runtime install`"
-            )
+    async def launch(
+        self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str, runtime_dir: Path | None = None
+    ) -> Launch:
+        """Start the agent server of `runtime_dir` (the sandbox's spec's; None: the configured runtime)."""
+        runtime_dir = runtime_dir or self.runtime_dir
+        require_runtime(runtime_dir)
         for sub in ("workspace", "conversations", "tmux"):
             (work_dir / sub).mkdir(parents=True, exist_ok=True)
         port = _free_port()
         env = self.environment(sandbox_id, work_dir, session_key, webhook_base_url)
-        proc = spawn(self.command(port), work_dir, env)
+        proc = spawn(self.command(port, runtime_dir), work_dir, env)
         self._children[sandbox_id] = proc
         return Launch(pid=proc.pid, port=port, url=f"http://127.0.0.1:{port}")
 
@@ -229,6 +232,14 @@ class ProcessBackend:
 
     async def close(self) -> None:
         """Nothing held outside the processes."""
+
+
+def require_runtime(runtime_dir: Path) -> None:
+    if not runtime.python_of(runtime_dir).exists():
+        raise FileNotFoundError(
+            f"the agent runtime is not installed at {runtime_dir}; run `threadline runtime install` "
+            "(with `--version V` for a version other than the pinned one)"
+        )
 
 
 def spawn(

@@ -43,7 +43,7 @@ import httpx
 
 from threadline.config import Settings
 from threadline.sandboxes import launcher, runtime
-from threadline.sandboxes.backend import SANDBOX_ENV, SANDBOX_ROOT_ENV, Launch, ProcessBackend, spawn
+from threadline.sandboxes.backend import SANDBOX_ENV, SANDBOX_ROOT_ENV, Launch, ProcessBackend, require_runtime, spawn
 from threadline.sandboxes.egress import INTERNAL_HOST, EgressProxy, Rule
 
 log = logging.getLogger("threadline.sandboxes.isolated")
@@ -226,6 +226,8 @@ class IsolatedBackend(ProcessBackend):
     reached and stopped."""
 
     name = "bwrap"
+    # Every spec's runtime is mounted here (its host path stays hidden from the sandbox).
+    inside_runtime_dir = _INSIDE_RUNTIME
 
     def __init__(
         self,
@@ -317,7 +319,13 @@ class IsolatedBackend(ProcessBackend):
         }
 
     def bwrap_command(
-        self, sandbox_id: str, work_dir: Path, session_key: str, agent_fd: int, info_fd: int
+        self,
+        sandbox_id: str,
+        work_dir: Path,
+        session_key: str,
+        agent_fd: int,
+        info_fd: int,
+        runtime_dir: Path | None = None,
     ) -> list[str]:
         bwrap = bwrap_path()
         if bwrap is None:
@@ -347,7 +355,8 @@ class IsolatedBackend(ProcessBackend):
         args += ["--proc", "/proc", "--dev", "/dev"]
         args += ["--bind", str(work_dir / "tmp"), "/tmp", "--bind", str(work_dir / "home"), _INSIDE_HOME]
         args += ["--ro-bind", str(self._sandbox_sockets(sandbox_id)), _INSIDE_RUN]
-        runtime_dir = self.runtime_dir.resolve()
+        # The runtime of the sandbox's spec (one agent-server version), always at the same place inside.
+        runtime_dir = (runtime_dir or self.runtime_dir).resolve()
         args += ["--ro-bind", str(runtime_dir), _INSIDE_RUNTIME]
         prefix = _python_prefix(runtime_dir)
         if prefix is not None and not str(prefix).startswith("/usr/"):
@@ -375,11 +384,11 @@ class IsolatedBackend(ProcessBackend):
         args += ["--", python, "-m", "openhands.agent_server", "--host", "localhost", "--port", str(_AGENT_PORT)]
         return args
 
-    async def launch(self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str) -> Launch:
-        if not runtime.python_of(self.runtime_dir).exists():
-            raise FileNotFoundError(
-                f"the agent runtime is not installed at {self.runtime_dir}; run `threadline runtime install`"
-            )
+    async def launch(
+        self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str, runtime_dir: Path | None = None
+    ) -> Launch:
+        runtime_dir = runtime_dir or self.runtime_dir
+        require_runtime(runtime_dir)
         await asyncio.to_thread(self._prepare_dirs, sandbox_id, work_dir)
         run_dir = self._sandbox_sockets(sandbox_id)
         _private_dir(self.sockets)
@@ -394,7 +403,7 @@ class IsolatedBackend(ProcessBackend):
             listener.bind(str(agent_path))
             os.chmod(agent_path, 0o600)
             listener.listen(256)
-            command = self.bwrap_command(sandbox_id, work_dir, session_key, listener.fileno(), info_write)
+            command = self.bwrap_command(sandbox_id, work_dir, session_key, listener.fileno(), info_write, runtime_dir)
             env = {SANDBOX_ENV: sandbox_id, SANDBOX_ROOT_ENV: str(self.root), "PATH": os.environ.get("PATH", "")}
             proc = spawn(command, work_dir, env, pass_fds=(listener.fileno(), info_write))
         except BaseException:
