@@ -48,7 +48,7 @@ class SandboxBackend(Protocol):
 
     async def reap_orphans(self, live_ids: set[str]) -> list[int]: ...
 
-    async def reattach(self, sandbox_id: str, work_dir: Path, pid: int | None) -> None: ...
+    async def reattach(self, sandbox_id: str, work_dir: Path, pid: int | None, port: int | None = None) -> int: ...
 
     async def allow_egress(self, sandbox_id: str, work_dir: Path, rules: list[Rule]) -> None: ...
 
@@ -214,8 +214,9 @@ class ProcessBackend:
                     killed.append(pid)
         return killed
 
-    async def reattach(self, sandbox_id: str, work_dir: Path, pid: int | None) -> None:
-        """Nothing to set up again: a process sandbox is reached on its TCP port."""
+    async def reattach(self, sandbox_id: str, work_dir: Path, pid: int | None, port: int | None = None) -> int:
+        """Nothing to set up again: a process sandbox is reached on its own TCP port."""
+        return port or 0
 
     async def allow_egress(self, sandbox_id: str, work_dir: Path, rules: list[Rule]) -> None:
         """A process sandbox has the host's whole network: there is nothing to allow."""

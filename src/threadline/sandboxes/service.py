@@ -144,10 +144,17 @@ class SandboxService:
 
     def agent_url(self, row: Any) -> str:
         """The agent server's URL for clients: an isolated sandbox has no address of its own outside, so
-        clients reach it through Threadline's proxy route (which checks the sandbox's session key)."""
+        clients reach it through Threadline's proxy route (which checks the sandbox's session key), or, with
+        THREADLINE_SANDBOX_AGENT_URL=port, on the port Threadline's host relays to it."""
         if row.backend == PROCESS_SPEC_ID:
             return str(row.url)
+        if self._own_port(row):
+            return f"http://{urlsplit(self.settings.callback_base_url).hostname}:{row.port}"
         return f"{self.settings.callback_base_url}/agent-server/{row.id}"
+
+    def _own_port(self, row: Any) -> bool:
+        """The sandbox's agent server has a port of its own (THREADLINE_SANDBOX_AGENT_URL=port)."""
+        return self.settings.sandbox_agent_url == "port" and bool(row.port)
 
     def _public_port(self) -> int:
         parts = urlsplit(self.settings.callback_base_url)
@@ -156,7 +163,7 @@ class SandboxService:
     def to_info(self, row: Any) -> SandboxInfo:
         status = self.effective_status(row)
         running = status is SandboxStatus.RUNNING
-        port = row.port if row.backend == PROCESS_SPEC_ID else self._public_port()
+        port = row.port if row.backend == PROCESS_SPEC_ID or self._own_port(row) else self._public_port()
         return SandboxInfo(
             id=row.id,
             created_by_user_id=row.user_id,
@@ -500,7 +507,9 @@ class SandboxService:
             if not await self._claim(row):
                 continue  # another instance adopted it first
             if self.backend.is_alive(row.id, row.pid):
-                await self.backend.reattach(row.id, Path(row.work_dir), row.pid)
+                port = await self.backend.reattach(row.id, Path(row.work_dir), row.pid, row.port)
+                if port != (row.port or 0):
+                    await self._set(row.id, port=port)
                 log.info(
                     "adopted sandbox %s of instance %s: its agent server runs, re-attached", row.id, row.owner_instance
                 )
