@@ -142,3 +142,50 @@ def test_a_sandbox_of_an_older_spec_runs_that_version_also_after_a_resume(
         what="the default sandbox RUNNING",
     )
     assert version(info) == next(iter(runtime.installed(server.settings.resolved_runtime_dir)))
+
+
+def test_agent_ports_serve_a_sandbox_of_an_older_spec_and_come_back_after_a_restart(
+    agent_server_factory: Any, fake_llm: Any, sdk_client_python: Path
+) -> None:
+    from tests.test_agent_e2e import conversation, start_and_wait
+
+    first: LiveServer = agent_server_factory(sandbox_agent_url="port", stop_sandboxes_on_shutdown=False)
+    _, key = first.user("olga")
+    client = first.client(key)
+    spec_id = f"{first.settings.sandbox_backend}-{sdk_client.SDK_VERSION}"
+    sandbox_id = client.post("/api/v1/sandboxes", params={"sandbox_spec_id": spec_id}).json()["id"]
+
+    def running(api: Any) -> dict[str, Any] | None:
+        info: dict[str, Any] = api.get("/api/v1/sandboxes", params={"id": [sandbox_id]}).json()[0]
+        return info if info["status"] == "RUNNING" else None
+
+    info = wait_for(lambda: running(client), timeout=120, what="the sandbox RUNNING")
+    (exposed,) = info["exposed_urls"]
+    assert exposed["url"] == f"http://127.0.0.1:{exposed['port']}"
+    session = {"X-Session-API-Key": info["session_api_key"]}
+    assert httpx.get(f"{exposed['url']}/health").status_code == 200
+    assert httpx.get(f"{exposed['url']}/api/conversations/search").status_code == 401  # the agent server's own check
+    assert httpx.get(f"{exposed['url']}/server_info", headers=session).json()["version"] == sdk_client.SDK_VERSION
+
+    # Threadline's own conversations run in it too (started in the sandbox, as upstream's start request does).
+    task = start_and_wait(
+        client, {"sandbox_id": sandbox_id, "initial_message": {"content": [{"type": "text", "text": "hi"}]}}
+    )
+    assert task["status"] == "READY", task["detail"]
+    assert task["agent_server_url"] == exposed["url"]
+    wait_for(
+        lambda: conversation(client, task["app_conversation_id"])["execution_status"] == "finished",
+        timeout=90,
+        what="the conversation finished",
+    )
+
+    first.stop()  # type: ignore[attr-defined]
+    # The port closed with the server; the sandbox kept running and is re-attached with its port by the next.
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{exposed['url']}/health")
+    second: LiveServer = agent_server_factory(sandbox_agent_url="port")
+    client = second.client(key)
+    info = wait_for(lambda: running(client), timeout=60, what="the sandbox RUNNING after the restart")
+    url = info["exposed_urls"][0]["url"]
+    assert httpx.get(f"{url}/server_info", headers=session).json()["version"] == sdk_client.SDK_VERSION
+    assert conversation(client, task["app_conversation_id"])["conversation_url"].startswith(url)
