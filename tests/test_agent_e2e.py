@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, wait_for
+from threadline.sandboxes.runtime import AGENT_SERVER_VERSION
 
 pytestmark = pytest.mark.agent
 API = "/api/v1/app-conversations"
@@ -394,7 +395,8 @@ def test_sandboxes_api_and_isolation(agent_server_factory: Any) -> None:
     assert r.status_code == 401
     specs = alice.get("/api/v1/sandbox-specs/search").json()["items"]
     backend = server.settings.sandbox_backend
-    assert [s["id"] for s in specs] == [backend]
+    # The default spec, then the pinned version by its own id (other installed versions may follow).
+    assert [s["id"] for s in specs][:2] == [backend, f"{backend}-{AGENT_SERVER_VERSION}"]
     assert alice.get("/api/v1/sandbox-specs", params={"id": [backend, "nope"]}).json()[1] is None
     assert alice.post("/api/v1/sandboxes", params={"sandbox_spec_id": "docker"}).status_code == 404
     pids = sandbox_pids(server.settings.home, sid)

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     # bwrap: hosts sandboxes may reach through the egress proxy, comma-separated (`host`, `host:port`,
     # `*.example.com`, `*`); the LLM base URL and the git host are added automatically.
     sandbox_egress_allow: str = ""
+    # bwrap: where clients reach a sandbox's agent server. `proxy`: under Threadline's own URL
+    # (<public url>/agent-server/<id>; Threadline checks the session key first; works behind one reverse
+    # proxy). `port`: at the root of a plain-HTTP port of its own on Threadline's host
+    # (http://<public host>:<port>), as upstream's sandboxes are; the OpenHands SDK's cloud workspace needs it.
+    sandbox_agent_url: Literal["proxy", "port"] = "proxy"
     # bwrap: per-sandbox limits (0: none). Memory is the resident memory of all its processes together.
     sandbox_memory_mb: int = Field(default=4096, ge=0)
     sandbox_max_processes: int = Field(default=1024, ge=0)

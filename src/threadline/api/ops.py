@@ -11,6 +11,7 @@ from sqlalchemy import text
 from threadline import __version__
 from threadline.api.context import AppContext, get_context
 from threadline.api.errors import Problem
+from threadline.sandboxes import runtime
 
 router = APIRouter(tags=["Server"])
 _STARTED = time.monotonic()
@@ -47,6 +48,8 @@ async def server_info(ctx: AppContext = Depends(get_context)) -> dict[str, Any]:
         "warm_pool": await ctx.services["pool"].stats() if "pool" in ctx.services else None,
         "sandboxes": {
             "backend": ctx.settings.sandbox_backend,
+            # Installed agent-server versions, newest (the default spec's) first; each is a sandbox spec.
+            "agent_server_versions": list(runtime.installed(ctx.settings.resolved_runtime_dir)),
             **(ctx.services["sandboxes"].backend.limits_info() if "sandboxes" in ctx.services else {}),
         },
     }

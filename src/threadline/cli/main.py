@@ -191,37 +191,74 @@ def keys_revoke(key_id: str) -> None:
 def runtime_install(
     python: Annotated[str | None, typer.Option("--python", help="Python >= 3.12 to build the runtime with.")] = None,
     if_missing: Annotated[bool, typer.Option("--if-missing", help="Do nothing when already installed.")] = False,
+    version: Annotated[
+        str | None,
+        typer.Option(
+            "--version",
+            help="An openhands-agent-server release to add beside the others (default: the pinned one). "
+            "Each installed version is a sandbox spec clients can ask for; see `threadline runtime list`.",
+        ),
+    ] = None,
 ) -> None:
-    """Create the agent runtime venv with the pinned openhands-agent-server (path: THREADLINE_RUNTIME_DIR)."""
+    """Install an agent runtime venv with openhands-agent-server (path: THREADLINE_RUNTIME_DIR, other
+    versions beside it as THREADLINE_RUNTIME_DIR-VERSION). Versions already installed are kept."""
     from threadline.config import Settings
     from threadline.sandboxes import runtime
 
-    target = Settings().resolved_runtime_dir
-    if if_missing and runtime.is_installed(target):
+    wanted = version or runtime.AGENT_SERVER_VERSION
+    try:
+        target = runtime.dir_for(Settings().resolved_runtime_dir, wanted)
+    except runtime.RuntimeInstallError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if if_missing and runtime.is_installed(target, wanted):
         return
     err.print(
-        f"Installing {runtime.AGENT_SERVER_PACKAGE}=={runtime.AGENT_SERVER_VERSION} into {target} "
+        f"Installing {runtime.AGENT_SERVER_PACKAGE}=={wanted} into {target} "
         "(about 740 MB; a few minutes the first time). pip's progress follows."
     )
     try:
         # Not quiet: pip names each package as it goes, so a first start is never minutes of silence.
-        runtime.install(target, python, quiet=False)
+        runtime.install(target, python, quiet=False, version=wanted)
     except runtime.RuntimeInstallError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
-    err.print("Agent runtime ready.")
+    err.print(f"Agent runtime {wanted} ready.")
+
+
+def _print_runtimes() -> bool:
+    """One line per installed runtime with its sandbox spec ids; False when the pinned one is missing."""
+    from threadline.config import Settings
+    from threadline.sandboxes import runtime
+    from threadline.sandboxes.specs import spec_ids
+
+    settings = Settings()
+    target = settings.resolved_runtime_dir
+    found = runtime.installed(target)
+    if runtime.AGENT_SERVER_VERSION not in found:
+        version = runtime.installed_version(target)
+        print(f"{target}: {version or 'not installed'} (wanted {runtime.AGENT_SERVER_VERSION})")
+    for version, directory in found.items():
+        ids = ", ".join(spec_ids(settings.sandbox_backend, version, found))
+        pinned = " (pinned)" if version == runtime.AGENT_SERVER_VERSION else ""
+        print(f"{directory}: {version}{pinned}; sandbox specs: {ids}")
+    return runtime.AGENT_SERVER_VERSION in found
+
+
+@runtime_app.command("list")
+def runtime_list() -> None:
+    """List the installed agent runtimes and the sandbox spec ids that start each."""
+    if not _print_runtimes():
+        raise typer.Exit(1)
 
 
 @runtime_app.command("status")
 def runtime_status() -> None:
-    """Show where the agent runtime is and which version it holds."""
+    """Show the installed agent runtimes, the sandbox backend and its limits."""
     from threadline.config import Settings
-    from threadline.sandboxes import runtime
 
-    target = Settings().resolved_runtime_dir
-    version = runtime.installed_version(target)
     settings = Settings()
-    print(f"{target}: {version or 'not installed'} (wanted {runtime.AGENT_SERVER_VERSION})")
+    ready = _print_runtimes()
     print(f"sandbox backend: {settings.sandbox_backend}")
     problem = None
     if settings.sandbox_backend == "bwrap":
@@ -233,7 +270,7 @@ def runtime_status() -> None:
             print(f"  {name}: {value}")
     else:
         print("  no isolation: every agent runs as this server's OS user (unsafe for more than one user)")
-    if version != runtime.AGENT_SERVER_VERSION or problem:
+    if not ready or problem:
         raise typer.Exit(1)
 
 

@@ -38,7 +38,8 @@ from threadline.events.service import as_utc
 from threadline.ids import new_id
 from threadline.observability.metrics import Metrics
 from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
-from threadline.sandboxes.agent_client import AgentServerError, llm_agent_settings
+from threadline.sandboxes import runtime
+from threadline.sandboxes.agent_client import AgentServerError, explicit_agent, llm_agent_settings
 from threadline.sandboxes.pool import WarmPool
 from threadline.sandboxes.service import SandboxService
 from threadline.secrets import service as secrets_service
@@ -464,16 +465,21 @@ class StartService:
             initial_text = "\n".join(t for t in texts if t) or None
         if request.system_message_suffix:
             initial_text = (initial_text or "") + ("\n\n" if initial_text else "") + request.system_message_suffix
+        settings = llm_agent_settings(
+            model=llm.model,
+            api_key=llm.api_key,
+            base_url=llm.base_url,
+            input_cost_per_token=llm.input_cost_per_token,
+            output_cost_per_token=llm.output_cost_per_token,
+        )
+        # The pinned agent server builds its default agent from `agent_settings`; a sandbox of another spec
+        # (an older agent server, which knows no `agent_settings`) is given the agent itself.
+        pinned = self.sandboxes.version_of(sandbox) == runtime.AGENT_SERVER_VERSION
         try:
             await agent.create_conversation(
                 working_dir=working_dir,
-                agent_settings=llm_agent_settings(
-                    model=llm.model,
-                    api_key=llm.api_key,
-                    base_url=llm.base_url,
-                    input_cost_per_token=llm.input_cost_per_token,
-                    output_cost_per_token=llm.output_cost_per_token,
-                ),
+                agent_settings=settings if pinned else None,
+                agent=None if pinned else explicit_agent(settings),
                 conversation_id=conversation_id,
                 initial_message=initial_text,
                 run=run,

@@ -95,6 +95,8 @@ sandboxes = Table(
     Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
     Column("spec_id", String(64), nullable=False),
     Column("backend", String(32), nullable=False),
+    # The agent-server version the sandbox runs (its spec's); NULL: the runtime in THREADLINE_RUNTIME_DIR.
+    Column("runtime_version", String(32), nullable=True),
     # Desired/last known state: STARTING, RUNNING, PAUSED, ERROR, MISSING.
     Column("status", String(16), nullable=False),
     Column("detail", Text, nullable=True),

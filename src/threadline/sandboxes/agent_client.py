@@ -122,6 +122,16 @@ def llm_agent_settings(
     return {"llm": llm}
 
 
+# The tools every 1.x agent server registers (terminal, file editor, task tracker), by their registry names.
+DEFAULT_TOOLS = ("terminal", "file_editor", "task_tracker")
+
+
+def explicit_agent(agent_settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The same agent as ``agent`` instead of ``agent_settings``, for agent servers older than the pinned one
+    (1.21.0 knows only ``agent``): the settings' LLM and the default tools."""
+    return {"kind": "Agent", "llm": dict(agent_settings["llm"]), "tools": [{"name": name} for name in DEFAULT_TOOLS]}
+
+
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

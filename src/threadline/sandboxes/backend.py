@@ -39,7 +39,9 @@ class Launch:
 class SandboxBackend(Protocol):
     name: str
 
-    async def launch(self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str) -> Launch: ...
+    async def launch(
+        self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str, runtime_dir: Path | None = None
+    ) -> Launch: ...
 
     def is_alive(self, sandbox_id: str, pid: int | None) -> bool: ...
 
@@ -47,7 +49,7 @@ class SandboxBackend(Protocol):
 
     async def reap_orphans(self, live_ids: set[str]) -> list[int]: ...
 
-    async def reattach(self, sandbox_id: str, work_dir: Path, pid: int | None) -> None: ...
+    async def reattach(self, sandbox_id: str, work_dir: Path, pid: int | None, port: int | None = None) -> int: ...
 
     async def allow_egress(self, sandbox_id: str, work_dir: Path, rules: list[Rule]) -> None: ...
 
@@ -116,8 +118,8 @@ class ProcessBackend:
         self.flush_delay = flush_delay
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
-    def command(self, port: int) -> list[str]:
-        python = runtime.python_of(self.runtime_dir)
+    def command(self, port: int, runtime_dir: Path | None = None) -> list[str]:
+        python = runtime.python_of(runtime_dir or self.runtime_dir)
         return [str(python), "-m", "openhands.agent_server", "--host", "127.0.0.1", "--port", str(port)]
 
     def environment(self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str) -> dict[str, str]:
@@ -142,16 +144,17 @@ class ProcessBackend:
         )
         return env
 
-    async def launch(self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str) -> Launch:
-        if not runtime.python_of(self.runtime_dir).exists():
-            raise FileNotFoundError(
-                f"the agent runtime is not installed at {self.runtime_dir}; run `threadline runtime install`"
-            )
+    async def launch(
+        self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str, runtime_dir: Path | None = None
+    ) -> Launch:
+        """Start the agent server of `runtime_dir` (the sandbox's spec's; None: the configured runtime)."""
+        runtime_dir = runtime_dir or self.runtime_dir
+        require_runtime(runtime_dir)
         for sub in ("workspace", "conversations", "tmux"):
             (work_dir / sub).mkdir(parents=True, exist_ok=True)
         port = _free_port()
         env = self.environment(sandbox_id, work_dir, session_key, webhook_base_url)
-        proc = spawn(self.command(port), work_dir, env)
+        proc = spawn(self.command(port, runtime_dir), work_dir, env)
         self._children[sandbox_id] = proc
         return Launch(pid=proc.pid, port=port, url=f"http://127.0.0.1:{port}")
 
@@ -216,8 +219,9 @@ class ProcessBackend:
                     killed.append(pid)
         return killed
 
-    async def reattach(self, sandbox_id: str, work_dir: Path, pid: int | None) -> None:
-        """Nothing to set up again: a process sandbox is reached on its TCP port."""
+    async def reattach(self, sandbox_id: str, work_dir: Path, pid: int | None, port: int | None = None) -> int:
+        """Nothing to set up again: a process sandbox is reached on its own TCP port."""
+        return port or 0
 
     async def allow_egress(self, sandbox_id: str, work_dir: Path, rules: list[Rule]) -> None:
         """A process sandbox has the host's whole network: there is nothing to allow."""
@@ -256,6 +260,14 @@ def write_private_file(directory: Path, content: str, *, uid: int | None) -> tup
     finally:
         os.close(fd)
     return path, str(path)
+
+
+def require_runtime(runtime_dir: Path) -> None:
+    if not runtime.python_of(runtime_dir).exists():
+        raise FileNotFoundError(
+            f"the agent runtime is not installed at {runtime_dir}; run `threadline runtime install` "
+            "(with `--version V` for a version other than the pinned one)"
+        )
 
 
 def spawn(

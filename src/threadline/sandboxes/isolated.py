@@ -48,6 +48,7 @@ from threadline.sandboxes.backend import (
     SANDBOX_ROOT_ENV,
     Launch,
     ProcessBackend,
+    require_runtime,
     spawn,
     write_private_file,
 )
@@ -233,6 +234,8 @@ class IsolatedBackend(ProcessBackend):
     reached and stopped."""
 
     name = "bwrap"
+    # Every spec's runtime is mounted here (its host path stays hidden from the sandbox).
+    inside_runtime_dir = _INSIDE_RUNTIME
 
     def __init__(
         self,
@@ -244,8 +247,12 @@ class IsolatedBackend(ProcessBackend):
         limits: SandboxLimits | None = None,
         uid_base: int = 200_000,
         read_only_paths: list[Path] | None = None,
+        expose_host: str | None = None,
     ) -> None:
         super().__init__(runtime_dir, sandboxes_root, flush_delay=flush_delay)
+        # THREADLINE_SANDBOX_AGENT_URL=port: each agent server also gets a TCP port of its own on this host.
+        self.expose_host = expose_host
+        self._exposed: dict[str, asyncio.Server] = {}
         self.egress = egress
         self.limits = limits or SandboxLimits()
         self.uid_base = uid_base
@@ -324,7 +331,13 @@ class IsolatedBackend(ProcessBackend):
         }
 
     def bwrap_command(
-        self, sandbox_id: str, work_dir: Path, session_key: str, agent_fd: int, info_fd: int
+        self,
+        sandbox_id: str,
+        work_dir: Path,
+        session_key: str,
+        agent_fd: int,
+        info_fd: int,
+        runtime_dir: Path | None = None,
     ) -> list[str]:
         bwrap = bwrap_path()
         if bwrap is None:
@@ -354,7 +367,8 @@ class IsolatedBackend(ProcessBackend):
         args += ["--proc", "/proc", "--dev", "/dev"]
         args += ["--bind", str(work_dir / "tmp"), "/tmp", "--bind", str(work_dir / "home"), _INSIDE_HOME]
         args += ["--ro-bind", str(self._sandbox_sockets(sandbox_id)), _INSIDE_RUN]
-        runtime_dir = self.runtime_dir.resolve()
+        # The runtime of the sandbox's spec (one agent-server version), always at the same place inside.
+        runtime_dir = (runtime_dir or self.runtime_dir).resolve()
         args += ["--ro-bind", str(runtime_dir), _INSIDE_RUNTIME]
         prefix = _python_prefix(runtime_dir)
         if prefix is not None and not str(prefix).startswith("/usr/"):
@@ -382,11 +396,11 @@ class IsolatedBackend(ProcessBackend):
         args += ["--", python, "-m", "openhands.agent_server", "--host", "localhost", "--port", str(_AGENT_PORT)]
         return args
 
-    async def launch(self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str) -> Launch:
-        if not runtime.python_of(self.runtime_dir).exists():
-            raise FileNotFoundError(
-                f"the agent runtime is not installed at {self.runtime_dir}; run `threadline runtime install`"
-            )
+    async def launch(
+        self, sandbox_id: str, work_dir: Path, session_key: str, webhook_base_url: str, runtime_dir: Path | None = None
+    ) -> Launch:
+        runtime_dir = runtime_dir or self.runtime_dir
+        require_runtime(runtime_dir)
         await asyncio.to_thread(self._prepare_dirs, sandbox_id, work_dir)
         run_dir = self._sandbox_sockets(sandbox_id)
         _private_dir(self.sockets)
@@ -401,7 +415,7 @@ class IsolatedBackend(ProcessBackend):
             listener.bind(str(agent_path))
             os.chmod(agent_path, 0o600)
             listener.listen(256)
-            command = self.bwrap_command(sandbox_id, work_dir, session_key, listener.fileno(), info_write)
+            command = self.bwrap_command(sandbox_id, work_dir, session_key, listener.fileno(), info_write, runtime_dir)
             env = {SANDBOX_ENV: sandbox_id, SANDBOX_ROOT_ENV: str(self.root), "PATH": os.environ.get("PATH", "")}
             proc = spawn(command, work_dir, env, pass_fds=(listener.fileno(), info_write))
         except BaseException:
@@ -421,19 +435,61 @@ class IsolatedBackend(ProcessBackend):
         self._namespaces[sandbox_id] = f"pid:[{info['pid-namespace']}]"
         if self.transport is not None:
             await self.transport.forget(sandbox_id)
-        return Launch(pid=init_pid, port=0, url=f"http://{sandbox_id}{AGENT_HOST_SUFFIX}")
+        port = await self._expose(sandbox_id, None)
+        return Launch(pid=init_pid, port=port, url=f"http://{sandbox_id}{AGENT_HOST_SUFFIX}")
 
-    async def reattach(self, sandbox_id: str, work_dir: Path, pid: int | None) -> None:
-        """After a restart: serve the egress socket of a sandbox whose agent server kept running."""
+    async def reattach(self, sandbox_id: str, work_dir: Path, pid: int | None, port: int | None = None) -> int:
+        """After a restart: serve the egress socket (and the agent port, on the same number when it is free)
+        of a sandbox whose agent server kept running. Returns the agent port (0: none)."""
         run_dir = self._sandbox_sockets(sandbox_id)
         if not run_dir.is_dir():
-            return
+            return 0
         await self.egress.serve(sandbox_id, run_dir / "egress.sock")
         await self._load_policy(sandbox_id, work_dir)
         self.agent_sockets[sandbox_id] = run_dir / "agent.sock"
         namespace = _pid_namespace(pid) if pid else None
         if namespace:
             self._namespaces[sandbox_id] = namespace
+        return await self._expose(sandbox_id, port)
+
+    # -- agent ports ----------------------------------------------------------------------------
+
+    async def _expose(self, sandbox_id: str, port: int | None) -> int:
+        """A TCP port on this host that leads straight to the sandbox's agent server (0 when ports are off).
+
+        Upstream's sandboxes are reached at the root of a URL of their own, and some clients depend on it
+        (the OpenHands SDK's cloud workspace cannot use a URL with a path). Bytes are relayed as they are:
+        the agent server itself demands the sandbox's session key on everything but its liveness probes.
+        """
+        if self.expose_host is None:
+            return 0
+        await self._unexpose(sandbox_id)
+        agent_socket = self.agent_sockets[sandbox_id]
+
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                upstream = await asyncio.open_unix_connection(str(agent_socket))
+            except OSError:
+                writer.close()
+                return
+            try:
+                await asyncio.gather(launcher.pipe(reader, upstream[1]), launcher.pipe(upstream[0], writer))
+            finally:
+                for end in (writer, upstream[1]):
+                    end.close()
+
+        try:
+            server = await asyncio.start_server(relay, self.expose_host, port or 0)
+        except OSError:
+            server = await asyncio.start_server(relay, self.expose_host, 0)  # the old number is taken
+        self._exposed[sandbox_id] = server
+        bound: int = server.sockets[0].getsockname()[1]
+        return bound
+
+    async def _unexpose(self, sandbox_id: str) -> None:
+        server = self._exposed.pop(sandbox_id, None)
+        if server is not None:
+            server.close()
 
     # -- egress ---------------------------------------------------------------------------------
 
@@ -526,6 +582,7 @@ class IsolatedBackend(ProcessBackend):
         await self.forget(sandbox_id)
 
     async def forget(self, sandbox_id: str) -> None:
+        await self._unexpose(sandbox_id)
         self._namespaces.pop(sandbox_id, None)
         self.agent_sockets.pop(sandbox_id, None)
         if self.transport is not None:
@@ -534,7 +591,10 @@ class IsolatedBackend(ProcessBackend):
         shutil.rmtree(self._sandbox_sockets(sandbox_id), ignore_errors=True)
 
     async def close(self) -> None:
-        """On shutdown: stop serving the egress sockets (sandboxes that keep running are re-attached later)."""
+        """On shutdown: stop serving the egress sockets and agent ports (sandboxes that keep running are
+        re-attached later)."""
+        for sandbox_id in list(self._exposed):
+            await self._unexpose(sandbox_id)
         await self.egress.close_all()
         with contextlib.suppress(OSError):
             self.sockets.rmdir()  # only when empty: sockets of sandboxes still running stay

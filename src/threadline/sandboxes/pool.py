@@ -1,6 +1,9 @@
 """The warm pool: pre-started agent servers, owned by no user, handed to a new conversation at start.
 
 An agent server takes about 10 s to boot here; a start that claims a RUNNING pool sandbox skips that.
+Pool sandboxes are of the default spec (the newest installed agent-server version): a start only takes
+one of the version it needs, and when the default changes (a newer version was installed) the pool's
+sandboxes of the old one are replaced.
 The pool refills in the background after every start that used it and every `refill_interval` seconds (which also
 replaces pool sandboxes that died). Claiming is one conditional UPDATE (`... WHERE user_id IS NULL`), so
 two starts, or two Threadline processes on one database, never get the same sandbox.
@@ -50,18 +53,26 @@ class WarmPool:
             "starting": sum(s is SandboxStatus.STARTING for s in statuses),
         }
 
-    async def claim(self, user_id: str) -> str | None:
-        """Give a RUNNING pool sandbox to the user; None when none is ready (the caller starts one)."""
+    async def claim(self, user_id: str, version: str | None = None) -> str | None:
+        """Give a RUNNING pool sandbox of `version` (None: the default spec's) to the user; None when none is
+        ready (the caller starts one)."""
         if not self.enabled:
             return None
+        version = version or self.service.default_version()
         for row in await self._pool_rows():
+            if self.service.version_of(row) != version:
+                continue
             if self.service.effective_status(row) is not SandboxStatus.RUNNING:
                 continue
             async with self.service.db.write() as conn:
                 await self.service.take_slot(conn, user_id)
                 result = await conn.execute(
                     update(sandboxes)
-                    .where(sandboxes.c.id == row.id, sandboxes.c.user_id.is_(None))
+                    .where(
+                        sandboxes.c.id == row.id,
+                        sandboxes.c.user_id.is_(None),
+                        sandboxes.c.status == SandboxStatus.RUNNING.value,
+                    )
                     .values(user_id=user_id, updated_at=utcnow())
                 )
             if result.rowcount:
@@ -74,15 +85,30 @@ class WarmPool:
         self._wake.set()
 
     async def refill(self) -> None:
-        """Remove dead or stopped pool sandboxes and start new ones up to the pool size."""
+        """Remove dead or stopped pool sandboxes and those of a version no longer the default, and start new
+        ones up to the pool size."""
         live = 0
+        version = self.service.default_version()
         for row in await self._pool_rows():
-            if self.service.effective_status(row).value in _LIVE:
+            if self.service.effective_status(row).value not in _LIVE:
+                await self.service.destroy(row)
+            elif self.service.version_of(row) == version:
                 live += 1
-            else:
+            elif await self._retire(row.id):
                 await self.service.destroy(row)
         for _ in range(max(0, self.size - live)):
             await self.service.create(None)
+
+    async def _retire(self, sandbox_id: str) -> bool:
+        """Take a pool sandbox out of the pool for good (claims take only RUNNING ones); False when a start
+        claimed it first."""
+        async with self.service.db.write() as conn:
+            result = await conn.execute(
+                update(sandboxes)
+                .where(sandboxes.c.id == sandbox_id, sandboxes.c.user_id.is_(None))
+                .values(status=SandboxStatus.ERROR.value, detail="replaced: no longer the default spec's version")
+            )
+        return bool(result.rowcount)
 
     async def _run(self) -> None:
         while True:

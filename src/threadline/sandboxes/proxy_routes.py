@@ -4,7 +4,9 @@ An isolated agent server has no address outside its sandbox. A sandbox's `expose
 conversation's `conversation_url` point here; every HTTP method and WebSocket under the prefix is passed
 on, streamed both ways. The caller must present the sandbox's own session key (`X-Session-API-Key`, or
 `session_api_key` in the query as WebSocket clients do), checked here before anything reaches the
-sandbox; an unknown sandbox and a wrong key answer the same 401.
+sandbox; an unknown sandbox and a wrong key answer the same 401. Only the agent server's own liveness
+probes (`GET /alive`, `GET /health`), which it answers without a key too, need none here: the OpenHands
+SDK's cloud workspace probes `/health` that way before it uses a sandbox.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ _HOP_BY_HOP = {
     "host",
     "content-length",
 }
+# Paths the agent server serves without a session key, and so does the proxy (they say only "alive").
+_PROBES = {"alive", "health"}
 _TIMEOUT = httpx.Timeout(connect=10.0, read=3600.0, write=60.0, pool=10.0)
 
 
@@ -48,12 +52,14 @@ class NotAuthorized(Problem):
     type_slug = "unauthorized"
 
 
-async def _sandbox(sandboxes: SandboxService, sandbox_id: str, key: str | None) -> Any:
+async def _sandbox(sandboxes: SandboxService, sandbox_id: str, key: str | None, *, probe: bool = False) -> Any:
     try:
         wanted = parse_id(sandbox_id)
     except MalformedId:
         wanted = None
     row = await sandboxes.by_session_key(key) if key else None
+    if probe and key is None and wanted is not None:
+        row = (await sandboxes.rows_by_id([wanted])).get(wanted)
     if row is None or wanted is None or row.id != wanted:
         raise NotAuthorized("this sandbox's session key is required (X-Session-API-Key)")
     status = sandboxes.effective_status(row)
@@ -71,7 +77,8 @@ def _service(app: Any) -> SandboxService:
 async def forward(sandbox_id: str, path: str, request: Request) -> StreamingResponse:
     sandboxes = _service(request.app)
     key = request.headers.get("x-session-api-key") or request.query_params.get("session_api_key")
-    row = await _sandbox(sandboxes, sandbox_id, key)
+    probe = request.method in ("GET", "HEAD") and path.strip("/") in _PROBES
+    row = await _sandbox(sandboxes, sandbox_id, key, probe=probe)
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
     url = httpx.URL(f"{row.url}/{path}", query=request.url.query.encode())
     upstream_request = sandboxes.http.build_request(

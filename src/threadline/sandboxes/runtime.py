@@ -1,24 +1,39 @@
-"""The agent runtime: a separate virtual environment holding a pinned openhands-agent-server.
+"""Agent runtimes: separate virtual environments, each holding one openhands-agent-server version.
 
 The agent server needs Python >= 3.12 while Threadline itself runs on >= 3.11, so it lives in its own
 venv. An interpreter is found the way a user's machine offers one: `--python`, THREADLINE_RUNTIME_PYTHON,
 python3.13/python3.12 on PATH, then the usual version-manager locations.
+
+The pinned version (`AGENT_SERVER_VERSION`, the one Threadline is built and tested against) lives in the
+runtime directory itself (THREADLINE_RUNTIME_DIR). An operator may install other versions beside it, for
+clients whose SDK speaks an older agent-server protocol: version V lives in `<runtime dir>-V` (e.g.
+`~/.threadline/agent-runtime-1.21.0`). Each installed version is a sandbox spec (see `SandboxService.specs`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import zipfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 AGENT_SERVER_PACKAGE = "openhands-agent-server"
 AGENT_SERVER_VERSION = "1.58.2"
 MIN_PYTHON = (3, 12)
 MARKER = ".threadline-runtime.json"
+# The SDK monorepo releases these together under one version number; the agent server's own requirement on
+# the other two is unpinned in older releases, so all three are pinned to V (or pip mixes versions).
+_FAMILY = ("openhands-agent-server", "openhands-sdk", "openhands-tools")
+# A release number only: it becomes part of a directory name and of sandbox spec ids.
+_VERSION = re.compile(r"^[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}$")
 
 
 class RuntimeInstallError(Exception):
@@ -93,34 +108,124 @@ def installed_version(runtime_dir: Path) -> str | None:
     return str(version) if version else None
 
 
-def is_installed(runtime_dir: Path) -> bool:
-    return installed_version(runtime_dir) == AGENT_SERVER_VERSION
+def is_installed(runtime_dir: Path, version: str = AGENT_SERVER_VERSION) -> bool:
+    return installed_version(runtime_dir) == version
 
 
-def install(runtime_dir: Path, python: str | None = None, *, quiet: bool = False) -> Path:
-    """Create (or repair) the runtime venv; the marker is written last, so a broken install is redone."""
+def check_version(version: str) -> str:
+    """The version if it is a plain release number (X.Y.Z), else RuntimeInstallError."""
+    if not _VERSION.match(version):
+        raise RuntimeInstallError(f"{version!r} is not a release number like {AGENT_SERVER_VERSION}")
+    return version
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def dir_for(runtime_dir: Path, version: str) -> Path:
+    """Where version `version` lives: the pinned one in the runtime directory, others beside it."""
+    if version == AGENT_SERVER_VERSION:
+        return runtime_dir
+    return runtime_dir.with_name(f"{runtime_dir.name}-{check_version(version)}")
+
+
+def installed(runtime_dir: Path) -> dict[str, Path]:
+    """Every complete install, version -> directory, newest first. A directory counts only when its
+    marker names the version its place is for (a half-done or moved install is not offered)."""
+    found: dict[str, Path] = {}
+    if is_installed(runtime_dir):
+        found[AGENT_SERVER_VERSION] = runtime_dir
+    prefix = f"{runtime_dir.name}-"
+    with contextlib.suppress(OSError):
+        for entry in runtime_dir.parent.iterdir():
+            version = entry.name.removeprefix(prefix)
+            if not entry.name.startswith(prefix) or not _VERSION.match(version) or version == AGENT_SERVER_VERSION:
+                continue
+            if installed_version(entry) == version:
+                found[version] = entry
+    return dict(sorted(found.items(), key=lambda item: version_key(item[0]), reverse=True))
+
+
+def installed_at(runtime_dir: Path) -> float | None:
+    """When the install finished (the marker's time), for a spec's stable `created_at`."""
+    try:
+        return (runtime_dir / MARKER).stat().st_mtime
+    except OSError:
+        return None
+
+
+def release_time(python: Path, version: str) -> datetime | None:
+    """When `version` of the agent server was built, read from its wheel (the registry's simple index tells
+    pip upload times but pip reports none): the time stamp of the wheel's METADATA. None when the wheel
+    carries a fixed reproducible-build stamp instead."""
+    with tempfile.TemporaryDirectory(prefix="threadline-runtime-") as tmp:
+        download = [str(python), "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps"]
+        download += ["--only-binary=:all:", "-d", tmp, f"{AGENT_SERVER_PACKAGE}=={version}"]
+        result = subprocess.run(download, check=False, stdout=sys.stderr)
+        if result.returncode != 0:
+            raise RuntimeInstallError(
+                f"{AGENT_SERVER_PACKAGE}=={version} could not be downloaded (pip exit {result.returncode})"
+            )
+        wheel = next(Path(tmp).glob("*.whl"), None)
+        if wheel is None:
+            return None
+        with zipfile.ZipFile(wheel) as archive:
+            stamps = [i.date_time for i in archive.infolist() if i.filename.endswith(".dist-info/METADATA")]
+    if not stamps or stamps[0][0] < 2024:  # the SDK's first release is from 2025; earlier is a fixed stamp
+        return None
+    return datetime(*stamps[0], tzinfo=UTC)
+
+
+def install(
+    runtime_dir: Path,
+    python: str | None = None,
+    *,
+    quiet: bool = False,
+    version: str = AGENT_SERVER_VERSION,
+    deps_before: datetime | None = None,
+) -> Path:
+    """Create (or repair) a runtime venv of `version` in `runtime_dir` (see `dir_for`); the marker is written
+    last, so a broken install is redone.
+
+    The pinned version's dependencies are the ones it is tested with here. An older release requires most
+    of its dependencies without an upper bound, and today's releases of them break it (1.21.0 does not
+    start with today's FastAPI), so it gets its dependencies as they were when it came out: only releases
+    uploaded before `deps_before` (default: two days after its own build) are considered."""
+    check_version(version)
     interpreter = find_python(python)
     runtime_dir.parent.mkdir(parents=True, exist_ok=True)
     marker = runtime_dir / MARKER
     marker.unlink(missing_ok=True)
-    if not python_of(runtime_dir).exists():
+    # Another version's venv starts empty: pip keeps whatever installed package satisfies a requirement,
+    # so a repaired one could keep dependencies newer than the cut-off below.
+    if not python_of(runtime_dir).exists() or version != AGENT_SERVER_VERSION:
         subprocess.run([interpreter, "-m", "venv", "--clear", str(runtime_dir)], check=True)
     pip = [str(python_of(runtime_dir)), "-m", "pip", "install", "--disable-pip-version-check"]
     if quiet:
         pip.append("-q")
-    # pip's progress goes to stderr: stdout stays for what a caller may parse (the first start's admin key).
-    result = subprocess.run([*pip, f"{AGENT_SERVER_PACKAGE}=={AGENT_SERVER_VERSION}"], check=False, stdout=sys.stderr)
+    if version != AGENT_SERVER_VERSION:
+        # --uploaded-prior-to is pip >= 26's; the venv's own pip is the interpreter's bundled one.
+        # pip's progress goes to stderr: stdout stays for what a caller may parse (the first start's admin key).
+        upgrade = subprocess.run([*pip, "--upgrade", "pip>=26"], check=False, stdout=sys.stderr)
+        if upgrade.returncode != 0:
+            raise RuntimeInstallError(f"upgrading pip in {runtime_dir} failed (pip exit {upgrade.returncode})")
+        if deps_before is None:
+            built = release_time(python_of(runtime_dir), version)
+            deps_before = built + timedelta(days=2) if built is not None else None
+        if deps_before is not None:
+            pip += ["--uploaded-prior-to", deps_before.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")]
+    result = subprocess.run([*pip, *(f"{name}=={version}" for name in _FAMILY)], check=False, stdout=sys.stderr)
     if result.returncode != 0:
-        raise RuntimeInstallError(
-            f"installing {AGENT_SERVER_PACKAGE}=={AGENT_SERVER_VERSION} failed (pip exit {result.returncode})"
-        )
+        raise RuntimeInstallError(f"installing {AGENT_SERVER_PACKAGE}=={version} failed (pip exit {result.returncode})")
     marker.write_text(
         json.dumps(
             {
                 "package": AGENT_SERVER_PACKAGE,
-                "version": AGENT_SERVER_VERSION,
+                "version": version,
                 "python": interpreter,
                 "installed_by": sys.executable,
+                "dependencies_uploaded_before": deps_before.isoformat() if deps_before else None,
             }
         )
     )

@@ -35,6 +35,7 @@ from threadline.db.types import utcnow
 from threadline.ids import new_id
 from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
 from threadline.sandboxes import runtime
+from threadline.sandboxes import specs as catalog
 from threadline.sandboxes.agent_client import AgentServerClient, AgentServerError
 from threadline.sandboxes.backend import SandboxBackend, remove_work_dir
 from threadline.sandboxes.egress import Rule
@@ -96,16 +97,36 @@ class SandboxService:
     # -- specs ----------------------------------------------------------------------------------
 
     def specs(self) -> list[SandboxSpecInfo]:
-        python = runtime.python_of(self.settings.resolved_runtime_dir)
-        return [
-            SandboxSpecInfo(
-                id=self.backend.name,
-                command=[str(python), "-m", "openhands.agent_server", "--host", "127.0.0.1", "--port", "<port>"],
-                created_at=self._started_at,
-                initial_env={"OH_ENABLE_VSCODE": "false", "OH_ENABLE_BROWSER": "false", "OH_PRELOAD_TOOLS": "false"},
-                working_dir=self.backend.workspace_dir(self.settings.sandboxes_dir / "<sandbox id>"),
-            )
-        ]
+        """The default spec, then one per installed agent-server version (read from disk each time, so a
+        version installed while the server runs is offered at once)."""
+        return [self._spec_info(spec) for spec in catalog.all_specs(self.backend.name, self._runtime_root)]
+
+    @property
+    def _runtime_root(self) -> Path:
+        return self.settings.resolved_runtime_dir
+
+    def _spec_info(self, spec: catalog.Spec) -> SandboxSpecInfo:
+        # The isolated backend mounts every version's runtime at the same place inside the sandbox.
+        inside = getattr(self.backend, "inside_runtime_dir", None)
+        python = runtime.python_of(Path(inside) if inside else spec.runtime_dir)
+        return SandboxSpecInfo(
+            id=spec.id,
+            command=[str(python), "-m", "openhands.agent_server", "--host", "127.0.0.1", "--port", "<port>"],
+            created_at=spec.created_at,
+            initial_env={"OH_ENABLE_VSCODE": "false", "OH_ENABLE_BROWSER": "false", "OH_PRELOAD_TOOLS": "false"},
+            working_dir=self.backend.workspace_dir(self.settings.sandboxes_dir / "<sandbox id>"),
+        )
+
+    @staticmethod
+    def version_of(row: Any) -> str:
+        """The agent-server version a sandbox runs (rows from before versions ran the pinned one)."""
+        return str(row.runtime_version or runtime.AGENT_SERVER_VERSION)
+
+    def runtime_dir_of(self, row: Any) -> Path:
+        return runtime.dir_for(self._runtime_root, self.version_of(row))
+
+    def default_version(self) -> str:
+        return catalog.default_version(runtime.installed(self._runtime_root))
 
     # -- presentation ---------------------------------------------------------------------------
 
@@ -175,10 +196,17 @@ class SandboxService:
 
     def agent_url(self, row: Any) -> str:
         """The agent server's URL for clients: an isolated sandbox has no address of its own outside, so
-        clients reach it through Threadline's proxy route (which checks the sandbox's session key)."""
+        clients reach it through Threadline's proxy route (which checks the sandbox's session key), or, with
+        THREADLINE_SANDBOX_AGENT_URL=port, on the port Threadline's host relays to it."""
         if row.backend == PROCESS_SPEC_ID:
             return str(row.url)
+        if self._own_port(row):
+            return f"http://{urlsplit(self.settings.callback_base_url).hostname}:{row.port}"
         return f"{self.settings.callback_base_url}/agent-server/{row.id}"
+
+    def _own_port(self, row: Any) -> bool:
+        """The sandbox's agent server has a port of its own (THREADLINE_SANDBOX_AGENT_URL=port)."""
+        return self.settings.sandbox_agent_url == "port" and bool(row.port)
 
     def _public_port(self) -> int:
         parts = urlsplit(self.settings.callback_base_url)
@@ -187,7 +215,7 @@ class SandboxService:
     def to_info(self, row: Any) -> SandboxInfo:
         status = self.effective_status(row)
         running = status is SandboxStatus.RUNNING
-        port = row.port if row.backend == PROCESS_SPEC_ID else self._public_port()
+        port = row.port if row.backend == PROCESS_SPEC_ID or self._own_port(row) else self._public_port()
         return SandboxInfo(
             id=row.id,
             created_by_user_id=row.user_id,
@@ -295,11 +323,16 @@ class SandboxService:
     def _webhook_base(self) -> str:
         return f"{self.settings.callback_base_url}/api/v1/webhooks"
 
+    def resolve_spec(self, spec_id: str | None) -> catalog.Spec:
+        spec = catalog.resolve(self.backend.name, self._runtime_root, spec_id)
+        if spec is None:
+            raise NotFound(f"sandbox spec {spec_id!r} not found (GET /api/v1/sandbox-specs/search lists them)")
+        return spec
+
     async def create(self, user_id: str | None, spec_id: str | None = None) -> Any:
-        """Record and launch a sandbox; `user_id` None makes a warm-pool sandbox nobody owns yet."""
-        spec_id = spec_id or self.backend.name
-        if spec_id != self.backend.name:
-            raise NotFound(f"sandbox spec {spec_id!r} not found")
+        """Record and launch a sandbox of a spec (None: the default); `user_id` None makes a warm-pool sandbox
+        nobody owns yet."""
+        spec = self.resolve_spec(spec_id)
         sandbox_id = new_id()
         session_key = secrets.token_urlsafe(32)
         work_dir = self.settings.sandboxes_dir / sandbox_id
@@ -312,7 +345,8 @@ class SandboxService:
                 sandboxes.insert().values(
                     id=sandbox_id,
                     user_id=user_id,
-                    spec_id=spec_id,
+                    spec_id=spec.id,
+                    runtime_version=spec.version,
                     backend=self.backend.name,
                     status=SandboxStatus.STARTING.value,
                     owner_instance=self.owner,
@@ -323,12 +357,12 @@ class SandboxService:
                     updated_at=now,
                 )
             )
-        await self._launch(sandbox_id, work_dir, session_key)
+        await self._launch(sandbox_id, work_dir, session_key, runtime.dir_for(self._runtime_root, spec.version))
         return await self._row(sandbox_id)
 
-    async def _launch(self, sandbox_id: str, work_dir: Path, session_key: str) -> None:
+    async def _launch(self, sandbox_id: str, work_dir: Path, session_key: str, runtime_dir: Path) -> None:
         try:
-            launch = await self.backend.launch(sandbox_id, work_dir, session_key, self._webhook_base())
+            launch = await self.backend.launch(sandbox_id, work_dir, session_key, self._webhook_base(), runtime_dir)
         except Exception as exc:
             log.warning("sandbox %s failed to launch: %s", sandbox_id, exc)
             await self._set(sandbox_id, status=SandboxStatus.ERROR.value, detail=f"launch failed: {exc}")
@@ -479,7 +513,8 @@ class SandboxService:
                 .where(sandboxes.c.id == sandbox_id)
                 .values(status=SandboxStatus.STARTING.value, pid=None, updated_at=utcnow())
             )
-        await self._launch(sandbox_id, Path(row.work_dir), self.session_key(row))
+        # The same agent-server version it ran before: its conversations are stored in that version's format.
+        await self._launch(sandbox_id, Path(row.work_dir), self.session_key(row), self.runtime_dir_of(row))
 
     async def delete(self, user_id: str, sandbox_id: str) -> None:
         row = await self.get_row(user_id, sandbox_id)
@@ -526,7 +561,9 @@ class SandboxService:
             if not await self._claim(row):
                 continue  # another instance adopted it first
             if self.backend.is_alive(row.id, row.pid):
-                await self.backend.reattach(row.id, Path(row.work_dir), row.pid)
+                port = await self.backend.reattach(row.id, Path(row.work_dir), row.pid, row.port)
+                if port != (row.port or 0):
+                    await self._set(row.id, port=port)
                 log.info(
                     "adopted sandbox %s of instance %s: its agent server runs, re-attached", row.id, row.owner_instance
                 )

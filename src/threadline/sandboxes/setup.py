@@ -73,5 +73,7 @@ def build_backend(settings: Settings) -> tuple[SandboxBackend, httpx.AsyncBaseTr
         limits=SandboxLimits.from_settings(settings),
         uid_base=settings.sandbox_uid_base,
         read_only_paths=git_read_only_paths(settings),
+        # The agent ports listen where Threadline itself does.
+        expose_host=settings.host if settings.sandbox_agent_url == "port" else None,
     )
     return backend, backend.make_transport(tcp)
