@@ -92,7 +92,6 @@ class SandboxService:
         # The instance this process is; sandboxes it launches or adopts carry it as their owner.
         self.owner = lease.id if lease is not None else None
         self._watchers: set[asyncio.Task[Any]] = set()
-        self._started_at = utcnow()
 
     # -- specs ----------------------------------------------------------------------------------
 
@@ -357,7 +356,7 @@ class SandboxService:
                     updated_at=now,
                 )
             )
-        await self._launch(sandbox_id, work_dir, session_key, runtime.dir_for(self._runtime_root, spec.version))
+        await self._launch(sandbox_id, work_dir, session_key, spec.runtime_dir)
         return await self._row(sandbox_id)
 
     async def _launch(self, sandbox_id: str, work_dir: Path, session_key: str, runtime_dir: Path) -> None:
