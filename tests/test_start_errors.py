@@ -158,6 +158,10 @@ def test_runtime_install_without_a_suitable_python(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 1 and "not a Python interpreter" in result.stderr
+    # An install is never minutes of silence: it says what it installs, where and how big, and that pip's
+    # progress follows, all on stderr (stdout stays for what a caller parses).
+    assert "Installing openhands-agent-server==" in result.stderr and "740 MB" in result.stderr, result.stderr
+    assert "pip's progress follows" in result.stderr and result.stdout == ""
     status = subprocess.run(
         [sys.executable, "-m", "threadline.cli.main", "runtime", "status"],
         env=env,
