@@ -24,10 +24,10 @@ import pytest
 import uvicorn
 
 from threadline.api.app import create_app
-from threadline.api.context import AppContext
 from threadline.auth import service as auth
 from threadline.config import Settings
 from threadline.conversations import service as conversations
+from threadline.core.context import AppContext
 
 T = TypeVar("T")
 PG_ADMIN_URL = os.environ.get("THREADLINE_TEST_PG_URL", "postgresql://127.0.0.1:5432/test")

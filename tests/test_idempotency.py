@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import LiveServer, wait_for
-from threadline.api.errors import Problem
+from threadline.core.errors import Problem
 from threadline.db.tables import idempotency_keys
 
 API = "/api/v1/app-conversations"

@@ -22,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tests.conftest import Database, wait_for
 from tests.support.process_server import ProcessServer, insert_conversations, with_database
 from tests.support.records import message_event, sandbox_values, stats_event
+from threadline.core.ids import new_id
 from threadline.db.engine import Database as Engine
 from threadline.db.tables import instances, sandboxes, start_tasks
-from threadline.ids import new_id
 
 API = "/api/v1/app-conversations"
 HOOKS = "/api/v1/webhooks"

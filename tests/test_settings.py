@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import LiveServer
-from threadline.api.errors import Conflict
-from threadline.crypto import SecretBox
+from threadline.core.crypto import SecretBox
+from threadline.core.errors import Conflict
 from threadline.db.tables import user_settings
 from threadline.settings.service import LLMConfig, effective_llm
 

@@ -1,4 +1,4 @@
-"""Unit tests (no server, no database) of `threadline.pagination`: signed page tokens (round trip, wrong
+"""Unit tests (no server, no database) of `threadline.core.pagination`: signed page tokens (round trip, wrong
 secret, tampering, wrong kind/sort/filters, garbage), the filters fingerprint, and the keyset condition
 `keyset` adds to a query (checked on the compiled SQL text)."""
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, DateTime, MetaData, String, Table, select
 
-from threadline.pagination import (
+from threadline.core.pagination import (
     BadPageToken,
     PageCursor,
     decode_page_token,

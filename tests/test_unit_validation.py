@@ -1,6 +1,6 @@
 """Unit tests of input strictness: repository and branch names (`threadline.conversations.validation`, the
-rules of `git check-ref-format --branch`), the wire types of `threadline.wire` (strict booleans, ISO-only
-date-times, 422 without echoed values), and `threadline.crypto.SecretBox`."""
+rules of `git check-ref-format --branch`), the wire types of `threadline.core.wire` (strict booleans, ISO-only
+date-times, 422 without echoed values), and `threadline.core.crypto.SecretBox`."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from threadline.conversations.validation import (
     check_branch,
     check_repository,
 )
-from threadline.crypto import SecretBox
-from threadline.wire import Bool, OptionalIsoDateTime, parse_without_echo
+from threadline.core.crypto import SecretBox
+from threadline.core.wire import Bool, OptionalIsoDateTime, parse_without_echo
 
 # -- repositories ------------------------------------------------------------------------------------
 

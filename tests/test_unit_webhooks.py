@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from threadline.api.errors import NotFound
+from threadline.core.errors import NotFound
 from threadline.webhooks import service
 from threadline.webhooks.service import Delta, _changes, _parse_time
 

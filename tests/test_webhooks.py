@@ -27,8 +27,8 @@ from sqlalchemy import func, select, update
 from tests.conftest import LiveServer
 from tests.support.records import message_event
 from threadline.auth.service import User, hash_key
+from threadline.core.ids import new_id
 from threadline.db.tables import conversations, events, sandboxes
-from threadline.ids import new_id
 
 SAMPLES = Path(__file__).parent / "support" / "samples"
 API = "/api/v1/app-conversations"

@@ -8,8 +8,8 @@ import uuid
 from typing import Any
 
 from threadline.auth.service import hash_key
-from threadline.crypto import SecretBox
-from threadline.ids import new_id
+from threadline.core.crypto import SecretBox
+from threadline.core.ids import new_id
 
 
 def sandbox_values(

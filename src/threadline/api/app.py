@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +15,6 @@ from sqlalchemy import func, select
 
 from threadline import __version__
 from threadline.api import ops
-from threadline.api.context import AppContext
 from threadline.api.errors import install_error_handlers
 from threadline.api.middleware import BodySizeLimit
 from threadline.api.openapi import install_problem_docs
@@ -26,7 +26,8 @@ from threadline.conversations.routes import router as conversations_router
 from threadline.conversations.start import StartService
 from threadline.conversations.start_routes import router as start_router
 from threadline.conversations.workspace_routes import router as workspace_router
-from threadline.crypto import SecretBox
+from threadline.core.context import AppContext
+from threadline.core.crypto import SecretBox
 from threadline.db.engine import Database
 from threadline.db.migrate import upgrade_to_head
 from threadline.db.tables import users
@@ -37,7 +38,6 @@ from threadline.observability.metrics import Metrics
 from threadline.observability.middleware import RequestObservability
 from threadline.ratelimit.service import RateLimiter, RateLimitHeaders
 from threadline.sandboxes.instances import InstanceLease
-from threadline.sandboxes.live import fill_live_fields
 from threadline.sandboxes.pool import WarmPool
 from threadline.sandboxes.proxy_routes import router as agent_proxy_router
 from threadline.sandboxes.routes import router as sandboxes_router
@@ -46,6 +46,8 @@ from threadline.sandboxes.setup import build_backend
 from threadline.secrets.routes import router as secrets_router
 from threadline.settings.routes import router as settings_router
 from threadline.sharing.routes import router as sharing_router
+from threadline.webhooks import service as webhooks_service
+from threadline.webhooks.live import fill_live_fields
 from threadline.webhooks.routes import router as webhooks_router
 
 log = logging.getLogger("threadline")
@@ -69,6 +71,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         lease = InstanceLease(db, ttl_seconds=settings.instance_lease_ttl_seconds)
         await lease.register()
         sandboxes = SandboxService(db, settings, backend, http, box, lease)
+        sandboxes.store_agent_events = functools.partial(webhooks_service.on_events, db)
         pool = WarmPool(sandboxes, settings.warm_pool_size, refill_interval=settings.warm_pool_refill_interval)
         pending = PendingMessages(db, sandboxes)
         starts = StartService(db, settings, sandboxes, pool, metrics=metrics, pending=pending)

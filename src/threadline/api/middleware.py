@@ -6,8 +6,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from threadline.api.errors import PROBLEM_JSON
-from threadline.observability.logging import current_request_id
+from threadline.core.errors import PROBLEM_JSON
+from threadline.core.request_id import current_request_id
 
 
 class BodySizeLimit:

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
-from threadline.api.errors import PROBLEM_JSON
+from threadline.core.errors import PROBLEM_JSON
 
 
 class Problem(BaseModel):

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import text
 
 from threadline import __version__
-from threadline.api.context import AppContext, get_context
-from threadline.api.errors import Problem
+from threadline.core.context import AppContext, get_context
+from threadline.core.errors import Problem
 from threadline.sandboxes import runtime
 
 router = APIRouter(tags=["Server"])

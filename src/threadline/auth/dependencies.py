@@ -6,9 +6,9 @@ from __future__ import annotations
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from threadline.api.context import AppContext, get_context
-from threadline.api.errors import Problem, Unauthorized
 from threadline.auth.service import User, authenticate_key
+from threadline.core.context import AppContext, get_context
+from threadline.core.errors import Problem, Unauthorized
 from threadline.ratelimit.service import ANONYMOUS, DEFAULT, START, STATE_KEY, RateLimiter
 
 # auto_error=False: we answer missing credentials with our own problem+json 401.

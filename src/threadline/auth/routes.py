@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
-from threadline.conversations.models import UTCTimestamp
+from threadline.core.wire import UTCTimestamp
 
 router = APIRouter(prefix="/api/v1/users", tags=["User"])
 

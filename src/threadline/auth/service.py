@@ -11,11 +11,11 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from threadline.api.errors import Conflict, NotFound, Problem
+from threadline.core.errors import Conflict, NotFound, Problem
+from threadline.core.ids import new_id
 from threadline.db.engine import Database
 from threadline.db.tables import api_keys, users
 from threadline.db.types import utcnow
-from threadline.ids import new_id
 
 KEY_PREFIX = "tl_"
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")

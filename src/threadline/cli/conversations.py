@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from threadline.cli.api_common import api_errors, err, open_client, out, usage_error
-from threadline.enums import ConversationExecutionStatus, ConversationTrigger, ProviderType, SortOrder
+from threadline.core.enums import ConversationExecutionStatus, ConversationTrigger, ProviderType, SortOrder
 
 if TYPE_CHECKING:
     # The client (httpx, the wire models) loads when a command runs, not for `threadline --help`.

@@ -47,8 +47,8 @@ def _run_db(action: Callable[[Database], Awaitable[T]]) -> T:
 
     import asyncio
 
-    from threadline.api.errors import Problem
     from threadline.config import Settings
+    from threadline.core.errors import Problem
     from threadline.db.engine import Database
     from threadline.db.migrate import upgrade_to_head
 

@@ -11,7 +11,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from threadline.api.errors import Problem
+from threadline.core.errors import Problem
 
 # One list member: `*`, `W/"..."`, `"..."`, or (leniently) a bare token that lost its quotes.
 _MEMBER = re.compile(r'\s*(?:(\*)|(W/)?"([^"]*)"|([^\s,"]+))\s*(?:,|$)')

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -10,15 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from threadline.conversations.validation import BranchName, RepositoryName
 
 # Re-exported (the wire models' names); defined without pydantic for the CLI.
-from threadline.enums import ConversationExecutionStatus as ConversationExecutionStatus
-from threadline.enums import ConversationTrigger as ConversationTrigger
-from threadline.enums import ProviderType as ProviderType
-from threadline.enums import SandboxStatus as SandboxStatus
-from threadline.enums import SortOrder as SortOrder
-from threadline.wire import Bool
-
-# Aware UTC datetimes serialise as ISO-8601 with a trailing Z.
-UTCTimestamp = datetime
+from threadline.core.enums import ConversationExecutionStatus as ConversationExecutionStatus
+from threadline.core.enums import ConversationTrigger as ConversationTrigger
+from threadline.core.enums import ProviderType as ProviderType
+from threadline.core.enums import SandboxStatus as SandboxStatus
+from threadline.core.enums import SortOrder as SortOrder
+from threadline.core.wire import Bool, UTCTimestamp
+from threadline.core.wire import Success as Success
 
 
 class TokenUsage(BaseModel):
@@ -112,10 +109,6 @@ class AppConversationUpdateRequest(BaseModel):
     selected_branch: BranchName | None = None
     git_provider: ProviderType | None = None
     tags: dict[str, str | None] | None = None
-
-
-class Success(BaseModel):
-    success: bool = True
 
 
 def metrics_from_row(row: Any) -> MetricsSnapshot | None:

@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 
-from threadline.api.context import AppContext, get_context
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
 from threadline.conversations.messages import message_text
 from threadline.conversations.pending import PendingMessageResponse, PendingMessages
 from threadline.conversations.routes import conversation_id_path
 from threadline.conversations.start_models import AppSendMessageRequest
+from threadline.core.context import AppContext, get_context
 
 router = APIRouter(prefix="/api/v1/conversations", tags=["Conversations"])
 

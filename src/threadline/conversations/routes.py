@@ -6,8 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 
-from threadline.api.context import AppContext, get_context
-from threadline.api.errors import Invalid, NotFound
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
 from threadline.conversations import service
@@ -22,8 +20,10 @@ from threadline.conversations.models import (
     SortOrder,
     Success,
 )
-from threadline.ids import ID_PATTERN, MalformedId, id_list_schema, parse_id
-from threadline.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
+from threadline.core.context import AppContext, get_context
+from threadline.core.errors import Invalid, NotFound
+from threadline.core.ids import ID_PATTERN, MalformedId, id_list_schema, parse_id
+from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
 
 router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, false, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
 
-from threadline.api.errors import Invalid, NotFound
 from threadline.conversations.etag import check_if_match, etag_for
 from threadline.conversations.models import (
     AppConversation,
@@ -23,11 +22,13 @@ from threadline.conversations.models import (
     SortOrder,
     metrics_from_row,
 )
+from threadline.core.errors import Invalid, NotFound
+from threadline.core.ids import new_id
+from threadline.core.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
+from threadline.core.time import as_utc
 from threadline.db.engine import Database
 from threadline.db.tables import conversation_tags, conversations, events, sandboxes, start_tasks
 from threadline.db.types import utcnow
-from threadline.ids import new_id
-from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
 
 MAX_BATCH_IDS = 100
 _ONE_TICK = timedelta(microseconds=1)
@@ -68,10 +69,6 @@ class ConversationFilters:
         return filters_fingerprint(values)
 
 
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _where(user_id: str, f: ConversationFilters) -> list[ColumnElement[bool]]:
     c = conversations.c
     clauses: list[ColumnElement[bool]] = [c.user_id == user_id]
@@ -79,13 +76,13 @@ def _where(user_id: str, f: ConversationFilters) -> list[ColumnElement[bool]]:
         # autoescape: '%' and '_' in the search text match themselves, not any characters.
         clauses.append(c.title.icontains(f.title__contains, autoescape=True))
     if f.created_at__gte is not None:
-        clauses.append(c.created_at >= _as_utc(f.created_at__gte))
+        clauses.append(c.created_at >= as_utc(f.created_at__gte))
     if f.created_at__lt is not None:
-        clauses.append(c.created_at < _as_utc(f.created_at__lt))
+        clauses.append(c.created_at < as_utc(f.created_at__lt))
     if f.updated_at__gte is not None:
-        clauses.append(c.updated_at >= _as_utc(f.updated_at__gte))
+        clauses.append(c.updated_at >= as_utc(f.updated_at__gte))
     if f.updated_at__lt is not None:
-        clauses.append(c.updated_at < _as_utc(f.updated_at__lt))
+        clauses.append(c.updated_at < as_utc(f.updated_at__lt))
     if f.sandbox_id__eq is not None:
         clauses.append(c.sandbox_id == f.sandbox_id__eq)
     if f.selected_repository__eq is not None:

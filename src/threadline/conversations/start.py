@@ -17,7 +17,6 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from threadline.api.errors import NotFound, Problem
 from threadline.config import Settings
 from threadline.conversations import service as conversations_service
 from threadline.conversations.models import ProviderType, SandboxStatus
@@ -31,13 +30,14 @@ from threadline.conversations.start_models import (
     AppConversationStartTaskStatus,
     TextContent,
 )
+from threadline.core.errors import NotFound, Problem
+from threadline.core.ids import new_id
+from threadline.core.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
+from threadline.core.time import as_utc
 from threadline.db.engine import Database
 from threadline.db.tables import conversations, start_tasks
 from threadline.db.types import utcnow
-from threadline.events.service import as_utc
-from threadline.ids import new_id
 from threadline.observability.metrics import Metrics
-from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
 from threadline.sandboxes import runtime
 from threadline.sandboxes.agent_client import AgentServerError, explicit_agent, llm_agent_settings
 from threadline.sandboxes.pool import WarmPool

@@ -12,7 +12,7 @@ from pydantic.config import JsonDict
 
 from threadline.conversations.models import ConversationTrigger, ProviderType, SandboxStatus
 from threadline.conversations.validation import BranchName, RepositoryName
-from threadline.wire import Bool
+from threadline.core.wire import Bool
 
 
 class TextContent(BaseModel):

@@ -12,8 +12,6 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 
-from threadline.api.context import AppContext, get_context
-from threadline.api.errors import Invalid
 from threadline.auth.dependencies import current_user, starting_user
 from threadline.auth.service import User
 from threadline.conversations.messages import send_message
@@ -27,9 +25,11 @@ from threadline.conversations.start_models import (
     AppSendMessageRequest,
     AppSendMessageResponse,
 )
+from threadline.core.context import AppContext, get_context
+from threadline.core.errors import Invalid
+from threadline.core.ids import ID_PATTERN, MalformedId, id_list_schema, parse_id
+from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
 from threadline.idempotency.service import Idempotent, idempotency
-from threadline.ids import ID_PATTERN, MalformedId, id_list_schema, parse_id
-from threadline.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
 
 router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
 MAX_BATCH = 100

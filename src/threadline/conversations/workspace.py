@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, cast
 
-from threadline.api.errors import Invalid, NotFound, Problem
 from threadline.conversations import service as conversations_service
 from threadline.conversations.messages import agent_problem, running_sandbox
+from threadline.core.errors import Invalid, NotFound, Problem
 from threadline.db.engine import Database
 from threadline.sandboxes.agent_client import AgentServerError
 from threadline.sandboxes.service import SandboxService

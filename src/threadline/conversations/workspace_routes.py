@@ -7,12 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
-from threadline.api.context import AppContext, get_context
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
 from threadline.conversations import workspace
 from threadline.conversations.routes import conversation_id_path
 from threadline.conversations.validation import BranchName
+from threadline.core.context import AppContext, get_context
 
 router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
 _REF = (

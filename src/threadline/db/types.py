@@ -10,6 +10,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from threadline.core.time import utcnow as utcnow  # re-exported: the time every row is stamped with
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes. SQLite stores naive UTC text (sortable); PostgreSQL uses timestamptz."""
@@ -41,7 +43,3 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

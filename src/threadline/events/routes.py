@@ -8,11 +8,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from threadline.api.context import AppContext, get_context
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
 from threadline.conversations.routes import conversation_id_path
 from threadline.conversations.service import get_row
+from threadline.core.context import AppContext, get_context
+from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
 from threadline.events import service
 from threadline.events.models import (
     MAX_BATCH_IDS,
@@ -22,7 +23,6 @@ from threadline.events.models import (
     EventPayload,
     EventSortOrder,
 )
-from threadline.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
 
 router = APIRouter(prefix="/api/v1/conversation/{conversation_id}/events", tags=["Events"])
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Text, cast, func, select
@@ -18,7 +18,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
 
-from threadline.api.errors import Invalid, NotFound
+from threadline.core.errors import Invalid, NotFound
+from threadline.core.ids import parse_id
+from threadline.core.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
+from threadline.core.time import as_utc
 from threadline.db.engine import Database
 from threadline.db.tables import conversations, events
 from threadline.events.models import (
@@ -29,18 +32,11 @@ from threadline.events.models import (
     EventPayload,
     EventSortOrder,
 )
-from threadline.ids import parse_id
-from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
 
 PAGE_KIND = "events"
 MAX_LIMIT = 100
 # Rows per INSERT statement: 5 bound values each stays far below SQLite's oldest variable limit (999).
 _INSERT_CHUNK = 150
-
-
-def as_utc(value: datetime) -> datetime:
-    """Naive datetimes mean UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # -- storing ------------------------------------------------------------------------------------

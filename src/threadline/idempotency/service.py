@@ -30,10 +30,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from starlette.responses import JSONResponse, Response
 
-from threadline.api.context import AppContext, get_context
-from threadline.api.errors import PROBLEM_JSON, Problem, problem_response
 from threadline.config import Settings
-from threadline.crypto import SecretBox
+from threadline.core.context import AppContext, get_context
+from threadline.core.crypto import SecretBox
+from threadline.core.errors import PROBLEM_JSON, Problem, problem_response
 from threadline.db.engine import Database
 from threadline.db.tables import idempotency_keys as records
 from threadline.db.types import utcnow

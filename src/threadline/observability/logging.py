@@ -6,20 +6,13 @@ request is handled (by Threadline, SQLAlchemy, httpx...) carries it, and so does
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
-import re
 import sys
-import uuid
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("threadline_request_id", default=None)
-
-# A client-sent X-Request-ID is kept only when it is this (no spaces, quotes or control characters that
-# could forge log lines or headers).
-_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+from threadline.core.request_id import current_request_id
 
 # Attributes every LogRecord has; anything else on a record was passed with `extra=` and is emitted.
 _STANDARD_ATTRIBUTES = frozenset(
@@ -31,30 +24,6 @@ REQUEST_FIELDS = ("request_id", "method", "route", "path", "status", "duration_m
 # ANSI-coloured copy of its message.
 _SKIPPED = _STANDARD_ATTRIBUTES | set(REQUEST_FIELDS) | {"color_message", "rid"}
 FORMATS = ("json", "text")
-
-
-def current_request_id() -> str | None:
-    """The id of the request being handled in this context, if any."""
-    return _request_id.get()
-
-
-def set_request_id(value: str | None) -> contextvars.Token[str | None]:
-    return _request_id.set(value)
-
-
-def reset_request_id(token: contextvars.Token[str | None]) -> None:
-    _request_id.reset(token)
-
-
-def sane_request_id(value: str | None) -> str | None:
-    """The client's X-Request-ID if it is 1-128 characters of [A-Za-z0-9._-], else None."""
-    if value is not None and _SANE_REQUEST_ID.fullmatch(value):
-        return value
-    return None
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
 
 
 class RequestIdFilter(logging.Filter):

@@ -19,9 +19,9 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select
 
-from threadline.api.context import AppContext, get_context
-from threadline.api.errors import NotFound
-from threadline.conversations.models import SandboxStatus
+from threadline.core.context import AppContext, get_context
+from threadline.core.enums import SandboxStatus
+from threadline.core.errors import NotFound
 from threadline.db.engine import Database
 from threadline.db.tables import sandboxes
 

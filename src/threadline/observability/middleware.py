@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from threadline.api.errors import problem_response
-from threadline.observability.logging import new_request_id, reset_request_id, sane_request_id, set_request_id
+from threadline.core.errors import problem_response
+from threadline.core.request_id import new_request_id, reset_request_id, sane_request_id, set_request_id
 from threadline.observability.metrics import UNMATCHED_ROUTE, Metrics
 
 HEADER = "X-Request-ID"

@@ -12,10 +12,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
 
+from threadline.core.ids import new_id
 from threadline.db.engine import Database
 from threadline.db.tables import instances
 from threadline.db.types import utcnow
-from threadline.ids import new_id
 
 
 class InstanceLease:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from threadline.conversations.models import SandboxStatus
+from threadline.core.enums import SandboxStatus
 
 
 class ExposedUrl(BaseModel):

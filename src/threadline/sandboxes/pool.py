@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from threadline.conversations.models import SandboxStatus
+from threadline.core.enums import SandboxStatus
 from threadline.db.tables import sandboxes
 from threadline.db.types import utcnow
 from threadline.sandboxes.service import SandboxService

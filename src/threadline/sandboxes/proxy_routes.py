@@ -22,9 +22,9 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.websockets import WebSocketDisconnect
 
-from threadline.api.errors import Problem
-from threadline.conversations.models import SandboxStatus
-from threadline.ids import MalformedId, parse_id
+from threadline.core.enums import SandboxStatus
+from threadline.core.errors import Problem
+from threadline.core.ids import MalformedId, parse_id
 from threadline.sandboxes.isolated import IsolatedBackend
 from threadline.sandboxes.service import SandboxService
 

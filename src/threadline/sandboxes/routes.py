@@ -7,16 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
-from threadline.api.context import AppContext, get_context
-from threadline.api.errors import Invalid, NotFound
 from threadline.auth.dependencies import current_user, starting_user
 from threadline.auth.service import User
-from threadline.conversations.models import Success
+from threadline.core.context import AppContext, get_context
+from threadline.core.errors import Invalid, NotFound
+from threadline.core.ids import MalformedId, id_list_schema, parse_id
+from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, Success
 from threadline.idempotency.service import Idempotent, idempotency
-from threadline.ids import MalformedId, id_list_schema, parse_id
 from threadline.sandboxes.models import SandboxInfo, SandboxPage, SandboxSpecInfo, SandboxSpecInfoPage
 from threadline.sandboxes.service import SandboxService
-from threadline.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE
 
 router = APIRouter(tags=["Sandbox"])
 MAX_BATCH = 100

@@ -15,7 +15,7 @@ import hmac
 import logging
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,16 +24,16 @@ import httpx
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from threadline.api.errors import Conflict, NotFound, Problem
 from threadline.auth.service import hash_key
 from threadline.config import Settings
-from threadline.conversations.models import SandboxStatus
-from threadline.crypto import SecretBox
+from threadline.core.crypto import SecretBox
+from threadline.core.enums import SandboxStatus
+from threadline.core.errors import Conflict, NotFound, Problem
+from threadline.core.ids import new_id
+from threadline.core.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
 from threadline.db.engine import Database
 from threadline.db.tables import conversations, events, instances, sandboxes
 from threadline.db.types import utcnow
-from threadline.ids import new_id
-from threadline.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
 from threadline.sandboxes import runtime
 from threadline.sandboxes import specs as catalog
 from threadline.sandboxes.agent_client import AgentServerClient, AgentServerError
@@ -73,6 +73,10 @@ def _user_lock_key(user_id: str) -> int:
     return int.from_bytes(hashlib.sha256(user_id.encode()).digest()[:4], "big", signed=True)
 
 
+# (sandbox id, conversation id, event dicts) -> how many were new.
+StoreAgentEvents = Callable[[str, str, list[Any]], Awaitable[int]]
+
+
 class SandboxService:
     def __init__(
         self,
@@ -89,6 +93,9 @@ class SandboxService:
         self.http = http
         self.box = box
         self.lease = lease
+        # How events an agent server reports are stored (webhooks' `on_events`, set by the app factory:
+        # webhooks build on sandboxes, not the reverse). None: backfill does nothing.
+        self.store_agent_events: StoreAgentEvents | None = None
         # The instance this process is; sandboxes it launches or adopts carry it as their owner.
         self.owner = lease.id if lease is not None else None
         self._watchers: set[asyncio.Task[Any]] = set()
@@ -429,8 +436,8 @@ class SandboxService:
         Runs whenever a sandbox becomes RUNNING or is re-attached; reads only from the newest stored
         event on, and storing is idempotent, so running it twice costs little and changes nothing.
         """
-        from threadline.webhooks.service import on_events  # webhooks build on sandboxes, not the reverse
-
+        if self.store_agent_events is None:
+            return 0
         row = await self._row(sandbox_id)
         async with self.db.read() as conn:
             ids = (await conn.execute(select(conversations.c.id).where(conversations.c.sandbox_id == sandbox_id))).all()
@@ -458,7 +465,7 @@ class SandboxService:
                     )
                     items = [i for i in page.get("items") or [] if isinstance(i, dict)]
                     if items:
-                        stored += await on_events(self.db, sandbox_id, conversation_id, items)
+                        stored += await self.store_agent_events(sandbox_id, conversation_id, items)
                     page_id = page.get("next_page_id")
                     if not page_id:
                         break

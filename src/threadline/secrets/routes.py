@@ -7,12 +7,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 
-from threadline.api.context import AppContext, get_context
-from threadline.api.errors import Conflict, NotFound, Unauthorized
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
-from threadline.conversations.models import SandboxStatus, Success
-from threadline.crypto import SecretBox
+from threadline.core.context import AppContext, get_context
+from threadline.core.crypto import SecretBox
+from threadline.core.enums import SandboxStatus
+from threadline.core.errors import Conflict, NotFound, Unauthorized
+from threadline.core.wire import Success, parse_without_echo
 from threadline.sandboxes.service import SandboxService
 from threadline.secrets import service
 from threadline.secrets.models import (
@@ -24,7 +25,6 @@ from threadline.secrets.models import (
     SecretNamesResponse,
     SecretUpdateRequest,
 )
-from threadline.wire import parse_without_echo
 
 router = APIRouter(tags=["Secrets"])
 

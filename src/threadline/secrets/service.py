@@ -10,8 +10,8 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from threadline.api.errors import Conflict, NotFound
-from threadline.crypto import SecretBox
+from threadline.core.crypto import SecretBox
+from threadline.core.errors import Conflict, NotFound
 from threadline.db.engine import Database
 from threadline.db.tables import user_secrets, users
 from threadline.db.types import utcnow

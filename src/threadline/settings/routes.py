@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from threadline.api.context import AppContext, get_context
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
+from threadline.core.context import AppContext, get_context
+from threadline.core.wire import parse_without_echo
 from threadline.settings import service
 from threadline.settings.models import LLMSettings, SettingsUpdateRequest
-from threadline.wire import parse_without_echo
 
 router = APIRouter(prefix="/api/v1/settings", tags=["Settings"])
 

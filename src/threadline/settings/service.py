@@ -15,9 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from threadline.api.errors import Conflict
 from threadline.config import Settings
-from threadline.crypto import SecretBox
+from threadline.core.crypto import SecretBox
+from threadline.core.errors import Conflict
 from threadline.db.engine import Database
 from threadline.db.tables import user_settings
 from threadline.db.types import utcnow

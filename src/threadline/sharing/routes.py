@@ -6,16 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from threadline.api.context import AppContext, get_context
 from threadline.auth.dependencies import anonymous_client
 from threadline.conversations.routes import conversation_id_path, parse_id_list
+from threadline.core.context import AppContext, get_context
+from threadline.core.ids import id_list_schema
+from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE
 from threadline.events import service as events_service
 from threadline.events.models import EventPage, EventSortOrder
 from threadline.events.routes import EventQuery, event_filters
-from threadline.ids import id_list_schema
 from threadline.sharing import service
 from threadline.sharing.models import SharedConversation
-from threadline.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE
 
 # No credentials here, so the rate limit is per client address.
 router = APIRouter(prefix="/api/v1/shared-conversations", tags=["Sharing"], dependencies=[Depends(anonymous_client)])

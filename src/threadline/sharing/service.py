@@ -13,8 +13,8 @@ from sqlalchemy import select, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement
 
-from threadline.api.errors import NotFound
 from threadline.conversations.models import metrics_from_row
+from threadline.core.errors import NotFound
 from threadline.db.engine import Database
 from threadline.db.tables import conversations
 from threadline.events import service as events_service

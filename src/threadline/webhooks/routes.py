@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header
 
-from threadline.api.context import AppContext, get_context
-from threadline.api.errors import Unauthorized
-from threadline.conversations.models import Success
+from threadline.core.context import AppContext, get_context
+from threadline.core.errors import Unauthorized
+from threadline.core.wire import Success
 from threadline.sandboxes.service import SandboxService
 from threadline.webhooks import service
 

@@ -16,14 +16,15 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from threadline.api.errors import NotFound
 from threadline.conversations.models import ConversationExecutionStatus
 from threadline.conversations.service import get_row_for_any_user
+from threadline.core.errors import NotFound
+from threadline.core.ids import MalformedId, parse_id
+from threadline.core.time import as_utc
 from threadline.db.engine import Database
 from threadline.db.tables import conversations
 from threadline.db.types import utcnow
 from threadline.events.service import clean_text, store_events
-from threadline.ids import MalformedId, parse_id
 from threadline.observability.metrics import Metrics
 from threadline.sandboxes.agent_client import metrics_from_stats
 
@@ -42,8 +43,7 @@ def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        return as_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
     except (ValueError, OverflowError):  # OverflowError: a valid time whose UTC instant is out of range
         return None
 

@@ -13,8 +13,6 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-from threadline.api.context import AppContext
-from threadline.api.errors import NotFound
 from threadline.auth.service import User
 from threadline.conversations.etag import etag_for
 from threadline.conversations.models import (
@@ -23,6 +21,8 @@ from threadline.conversations.models import (
     SandboxStatus,
     metrics_from_row,
 )
+from threadline.core.context import AppContext
+from threadline.core.errors import NotFound
 from threadline.sandboxes.agent_client import AgentServerError
 from threadline.sandboxes.service import SandboxService
 from threadline.webhooks import service as webhooks

@@ -51,3 +51,13 @@ def parse_without_echo(model: type[Model], raw: bytes) -> Model:
             for err in exc.errors(include_url=False, include_context=False, include_input=False)
         ]
         raise RequestValidationError(errors) from None
+
+
+# Aware UTC datetimes serialise as ISO-8601 with a trailing Z.
+UTCTimestamp = datetime
+
+
+class Success(BaseModel):
+    """What an action without a result of its own answers (as upstream)."""
+
+    success: bool = True

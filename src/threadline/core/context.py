@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
 from threadline.config import Settings
-from threadline.db.engine import Database
+
+if TYPE_CHECKING:  # core sits below db (db stamps rows with core's time); the type is all that is needed
+    from threadline.db.engine import Database
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, or_
 
-from threadline.api.errors import Problem
+from threadline.core.errors import Problem
 
 _SIG_BYTES = 12
 
