@@ -494,7 +494,7 @@ def test_two_replicas_own_their_sandboxes(agent_server_factory: Any) -> None:
         return server.run(query())
 
     def instance_id(server: LiveServer) -> str:
-        return str(server.ctx.services["sandboxes"].owner)
+        return str(server.app.state.sandboxes.owner)
 
     a: LiveServer = agent_server_factory(stop_sandboxes_on_shutdown=False)
     b: LiveServer = agent_server_factory()
@@ -507,13 +507,13 @@ def test_two_replicas_own_their_sandboxes(agent_server_factory: Any) -> None:
 
     # B serves the conversation too, but the sandbox stays A's.
     assert conversation(b.client(key), conv_id)["sandbox_status"] == "RUNNING"
-    b.run(b.ctx.services["sandboxes"].adopt_orphans())
+    b.run(b.app.state.sandboxes.adopt_orphans())
     assert owner(b, sandbox_id) == instance_id(a)
 
     # A goes away (keeping its sandboxes running): B adopts the sandbox on its next pass.
     a.stop()  # type: ignore[attr-defined]
     assert pid_alive(pid)
-    b.run(b.ctx.services["sandboxes"].adopt_orphans())
+    b.run(b.app.state.sandboxes.adopt_orphans())
     assert owner(b, sandbox_id) == instance_id(b)
     r = b.client(key).post(f"{API}/{conv_id}/send-message", json={"content": [{"type": "text", "text": "B here"}]})
     assert r.status_code == 200, r.text

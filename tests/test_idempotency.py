@@ -243,7 +243,7 @@ def test_4xx_is_kept_5xx_and_errors_release_the_key(clients: tuple[LiveServer, h
     assert again.headers["content-type"].startswith("application/problem+json")
 
     # A 5xx or an unexpected exception frees the key: the retry runs.
-    starts = server.ctx.services["starts"]
+    starts = server.app.state.starts
     original = starts.begin
     failures: list[BaseException] = [Problem("agent trouble", status=503), RuntimeError("boom")]
 
@@ -333,7 +333,7 @@ def test_a_claim_left_by_a_dead_process_frees_its_key(clients: tuple[LiveServer,
     server, client = clients
     user_id = client.get("/api/v1/users/me").json()["id"]
     now = dt.datetime.now(dt.UTC)
-    service = server.ctx.services["idempotency"]
+    service = server.app.state.idempotency
 
     def abandon(key: str, expires_at: dt.datetime) -> None:
         async def insert() -> None:

@@ -120,7 +120,7 @@ def test_an_unhandled_error_is_a_logged_500_problem_with_its_request_id(
     async def broken(*_args: Any) -> None:
         raise RuntimeError("boom in a live-status call")
 
-    server.ctx.services["live_status"] = broken
+    server.app.state.live_fields = broken
     r = client.get(f"{API}/{conv['id']}", headers={"X-Request-ID": "trace-500"})
     assert r.status_code == 500
     assert r.headers["content-type"].startswith("application/problem+json")

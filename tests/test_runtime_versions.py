@@ -147,7 +147,7 @@ def test_the_warm_pool_holds_the_default_version_only(
     server: LiveServer = agent_server_factory(runtime_dir=root, warm_pool_size=1, warm_pool_refill_interval=3600)
     user, key = server.user("pat")
     client = server.client(key)
-    pool = server.ctx.services["pool"]
+    pool = server.app.state.pool
 
     def pool_rows() -> list[Any]:
         async def query() -> list[Any]:

@@ -54,7 +54,7 @@ def loopback_service() -> Iterator[tuple[int, list[str]]]:
 
 def sh(server: LiveServer, sandbox_id: str, command: str, timeout: int = 60) -> tuple[int | None, str]:
     """Run a command inside the sandbox, as its agent does (the agent server's bash endpoint)."""
-    service = server.ctx.services["sandboxes"]
+    service = server.app.state.sandboxes
 
     async def run() -> Any:
         row = (await service.rows_by_id([sandbox_id]))[sandbox_id]
@@ -90,7 +90,7 @@ def test_nothing_of_the_server_or_another_user_is_reachable_from_a_sandbox(
         alice, bob = server.client(alice_key), server.client(bob_key)
         alice_conv, alice_sb = started(server, alice)
         bob_conv, bob_sb = started(server, bob)
-        bob_row = server.run(server.ctx.services["sandboxes"].rows_by_id([bob_sb]))[bob_sb]
+        bob_row = server.run(server.app.state.sandboxes.rows_by_id([bob_sb]))[bob_sb]
         bob_workspace = Path(bob_row.work_dir) / "workspace"
         (bob_workspace / "bob-private.txt").write_text("bob-canary-5678")
         threadline_pid = os.getpid()
@@ -131,14 +131,14 @@ def test_nothing_of_the_server_or_another_user_is_reachable_from_a_sandbox(
         denied(f"curl -sf --max-time 5 http://127.0.0.1:{server.settings.port}/api/v1/app-conversations/search")
         denied("curl -sf --max-time 5 https://example.com/")
         denied("curl -sf --max-time 5 http://threadline.internal/api/v1/app-conversations/search")
-        backend = server.ctx.services["sandboxes"].backend
+        backend = server.app.state.sandboxes.backend
         denied(f"test -e {backend.agent_sockets[bob_sb]}")
         assert hits == []
         refused = [r.destination for r in backend.egress.refusals if r.sandbox_id == alice_sb]
         assert f"127.0.0.1:{port}" in refused and "example.com:443" in refused
         # Files it creates cannot be used against anything outside (another user when we are root).
         code, _ = sh(server, alice_sb, "echo mine > made-here.txt && cp /bin/sh ./sh && chmod u+s ./sh")
-        made = Path(server.run(server.ctx.services["sandboxes"].rows_by_id([alice_sb]))[alice_sb].work_dir)
+        made = Path(server.run(server.app.state.sandboxes.rows_by_id([alice_sb]))[alice_sb].work_dir)
         owner = (made / "workspace" / "made-here.txt").stat().st_uid
         if os.geteuid() == 0:
             assert owner not in (0, bob_row and os.stat(bob_workspace).st_uid)
@@ -215,7 +215,7 @@ def test_a_sandbox_over_its_memory_limit_is_killed_and_recorded(agent_server_fac
     _, sandbox_id = started(server, client)
     code, out = sh(server, sandbox_id, "cat /proc/self/limits | grep -E 'processes|open files'")
     assert code == 0 and "1024" in out and "4096" in out, out
-    service = server.ctx.services["sandboxes"]
+    service = server.app.state.sandboxes
     with pytest.raises(Exception):  # noqa: B017 - the agent server dies with the command
         sh(server, sandbox_id, "python3 -c 'import time; x = bytearray(900 * 2**20); time.sleep(120)'", timeout=60)
     info = wait_for(
@@ -266,7 +266,7 @@ def test_a_users_own_llm_url_cannot_point_a_sandbox_at_the_hosts_services(
     r = client.post("/api/v1/settings", json=own)
     assert r.status_code == 200, r.text
     _, sandbox_id = started(server, client, "call my LLM")
-    backend = server.ctx.services["sandboxes"].backend
+    backend = server.app.state.sandboxes.backend
     refusal = wait_for(
         lambda: next(
             (x for x in backend.egress.refusals if x.sandbox_id == sandbox_id and x.destination.startswith("127.")),

@@ -75,23 +75,17 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         pool = WarmPool(sandboxes, settings.warm_pool_size, refill_interval=settings.warm_pool_refill_interval)
         pending = PendingMessages(db, sandboxes)
         starts = StartService(db, settings, sandboxes, pool, metrics=metrics, pending=pending)
-        ctx = AppContext(settings=settings, db=db)
-        ctx.services.update(
-            {
-                "sandboxes": sandboxes,
-                "starts": starts,
-                "pending": pending,
-                "pool": pool,
-                "box": box,
-                "http": http,
-                "live_status": fill_live_fields,
-                "release_sandbox": release_sandbox,
-                "idempotency": IdempotencyService(db, settings, box),
-                "rate_limiter": RateLimiter.from_settings(settings),
-                "metrics": metrics,
-            }
-        )
-        app.state.ctx = ctx
+        # What handlers reach through typed dependencies: the core's `Context`, each domain's own
+        # (`sandboxes.dependencies`, `conversations.dependencies`, ...), read from here.
+        app.state.ctx = AppContext(settings=settings, db=db, box=box)
+        app.state.sandboxes = sandboxes
+        app.state.pool = pool
+        app.state.starts = starts
+        app.state.pending = pending
+        app.state.live_fields = functools.partial(fill_live_fields, db, sandboxes)
+        app.state.idempotency = IdempotencyService(db, settings, box)
+        app.state.rate_limiter = RateLimiter.from_settings(settings)
+        app.state.metrics = metrics
         await sandboxes.adopt_orphans()
         maintenance = asyncio.create_task(
             _maintain(lease, sandboxes, starts, pending, settings.instance_heartbeat_seconds)
@@ -191,17 +185,3 @@ async def _warn_if_unisolated(db: Database, settings: Settings) -> None:
             "work. Use the default isolating backend (bwrap) for more than one user.",
             count,
         )
-
-
-async def release_sandbox(ctx: AppContext, conversation_id: str, sandbox_id: str) -> None:
-    """After a conversation is deleted: free its sandbox, or remove it from a sandbox others still use."""
-    sandboxes: SandboxService = ctx.services["sandboxes"]
-    if await sandboxes.release_if_unused(sandbox_id):
-        return
-    rows = await sandboxes.rows_by_id([sandbox_id])
-    row = rows.get(sandbox_id)
-    if row is not None and sandboxes.effective_status(row).value == "RUNNING":
-        try:
-            await sandboxes.client(row).delete_conversation(conversation_id)
-        except Exception as exc:  # the record is gone already; the agent-side copy is best effort
-            log.info("could not delete conversation %s on its agent server: %s", conversation_id, exc)

@@ -12,6 +12,7 @@ from threadline import __version__
 from threadline.core.context import AppContext, get_context
 from threadline.core.errors import Problem
 from threadline.sandboxes import runtime
+from threadline.sandboxes.dependencies import Pool, Sandboxes
 
 router = APIRouter(tags=["Server"])
 _STARTED = time.monotonic()
@@ -38,18 +39,18 @@ async def ready(ctx: AppContext = Depends(get_context)) -> str:
 
 
 @router.get("/server_info")
-async def server_info(ctx: AppContext = Depends(get_context)) -> dict[str, Any]:
+async def server_info(sandboxes: Sandboxes, pool: Pool, ctx: AppContext = Depends(get_context)) -> dict[str, Any]:
     return {
         "name": "threadline",
         "version": __version__,
         "api": "openhands-app-conversations-v1",
         "database": "sqlite" if ctx.db.is_sqlite else "postgresql",
         "uptime_seconds": round(time.monotonic() - _STARTED, 3),
-        "warm_pool": await ctx.services["pool"].stats() if "pool" in ctx.services else None,
+        "warm_pool": await pool.stats(),
         "sandboxes": {
             "backend": ctx.settings.sandbox_backend,
             # Installed agent-server versions, newest (the default spec's) first; each is a sandbox spec.
             "agent_server_versions": list(runtime.installed(ctx.settings.resolved_runtime_dir)),
-            **(ctx.services["sandboxes"].backend.limits_info() if "sandboxes" in ctx.services else {}),
+            **sandboxes.backend.limits_info(),
         },
     }

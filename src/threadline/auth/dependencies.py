@@ -41,7 +41,7 @@ async def _authenticated(
 
 def _charge(request: Request, ctx: AppContext, policy: str, bucket: str, whose: str) -> None:
     """Take a token from the bucket, or answer 429."""
-    limiter: RateLimiter | None = ctx.services.get("rate_limiter")
+    limiter: RateLimiter | None = request.app.state.rate_limiter
     if limiter is None:
         return
     decision = limiter.take(policy, bucket)

@@ -8,11 +8,11 @@ from fastapi import APIRouter, Body, Depends
 
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
+from threadline.conversations.dependencies import Pending
 from threadline.conversations.messages import message_text
-from threadline.conversations.pending import PendingMessageResponse, PendingMessages
+from threadline.conversations.pending import PendingMessageResponse
 from threadline.conversations.routes import conversation_id_path
 from threadline.conversations.start_models import AppSendMessageRequest
-from threadline.core.context import AppContext, get_context
 
 router = APIRouter(prefix="/api/v1/conversations", tags=["Conversations"])
 
@@ -24,14 +24,13 @@ router = APIRouter(prefix="/api/v1/conversations", tags=["Conversations"])
     responses={404: {}, 409: {}, 422: {}, 429: {}},
 )
 async def add_pending_message(
+    pending: Pending,
     request: Annotated[AppSendMessageRequest, Body()],
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
-    ctx: AppContext = Depends(get_context),
 ) -> PendingMessageResponse:
     """Queue a message for a conversation that is still starting: the id may be the start task's (before
     the conversation has an id) or the conversation's. Delivered to the agent in order once the conversation
     is READY and its sandbox RUNNING (at once, `queued: false`, if it already is). At most 10 wait
     per conversation (then 429). Kept across restarts until delivered."""
-    pending: PendingMessages = ctx.services["pending"]
     return await pending.add(user.id, conversation_id, message_text(request), request.run)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
 from threadline.conversations import service
+from threadline.conversations.dependencies import Live, LiveFields
 from threadline.conversations.etag import etag_for, if_none_match_matches
 from threadline.conversations.models import (
     AppConversation,
@@ -24,6 +25,8 @@ from threadline.core.context import AppContext, get_context
 from threadline.core.errors import Invalid, NotFound
 from threadline.core.ids import ID_PATTERN, MalformedId, id_list_schema, parse_id
 from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
+from threadline.sandboxes.dependencies import Sandboxes
+from threadline.sandboxes.service import SandboxService
 
 router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
 
@@ -153,24 +156,23 @@ async def search_filters(
     )
 
 
-async def settle_sandboxes(ctx: AppContext, user: User, filters: service.ConversationFilters) -> None:
+async def settle_sandboxes(sandboxes: SandboxService, user: User, filters: service.ConversationFilters) -> None:
     """Before a query on stored sandbox statuses: record the user's sandboxes whose agent server died."""
-    sandboxes = ctx.services.get("sandboxes")
-    if sandboxes is not None and filters.execution_status__eq is not None:
+    if filters.execution_status__eq is not None:
         await sandboxes.settle_user(user.id)
 
 
-async def present(ctx: AppContext, user: User, items: list[AppConversation]) -> list[AppConversation]:
-    """Fill live fields (sandbox and agent status) when a sandbox service is configured."""
-    live = ctx.services.get("live_status")
-    if live is None or not items:
-        return items
-    await live(ctx, user, items)
+async def present(live: LiveFields, user: User, items: list[AppConversation]) -> list[AppConversation]:
+    """Fill the live fields (sandbox and agent status) of what is about to be answered."""
+    if items:
+        await live(user, items)
     return items
 
 
 @router.get("/search", response_model=AppConversationPage)
 async def search_app_conversations(
+    sandboxes: Sandboxes,
+    live: Live,
     filters: service.ConversationFilters = Depends(search_filters),
     sort_order: SortOrder = SortOrder.CREATED_AT_DESC,
     page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
@@ -178,7 +180,7 @@ async def search_app_conversations(
     user: User = Depends(current_user),
     ctx: AppContext = Depends(get_context),
 ) -> AppConversationPage:
-    await settle_sandboxes(ctx, user, filters)
+    await settle_sandboxes(sandboxes, user, filters)
     page = await service.search(
         ctx.db,
         ctx.settings.resolved_secret_key,
@@ -188,29 +190,31 @@ async def search_app_conversations(
         limit=limit,
         page_id=page_id,
     )
-    await present(ctx, user, page.items)
+    await present(live, user, page.items)
     return page
 
 
 @router.get("/count", response_model=int)
 async def count_app_conversations(
+    sandboxes: Sandboxes,
     filters: service.ConversationFilters = Depends(search_filters),
     user: User = Depends(current_user),
     ctx: AppContext = Depends(get_context),
 ) -> int:
-    await settle_sandboxes(ctx, user, filters)
+    await settle_sandboxes(sandboxes, user, filters)
     return await service.count(ctx.db, user.id, filters)
 
 
 @router.get("", response_model=list[AppConversation | None])
 async def batch_get_app_conversations(
+    live: Live,
     ids: Annotated[list[str], Query(json_schema_extra=id_list_schema(service.MAX_BATCH_IDS))],
     user: User = Depends(current_user),
     ctx: AppContext = Depends(get_context),
 ) -> list[AppConversation | None]:
     parsed = parse_id_list(ids, "ids", service.MAX_BATCH_IDS)
     found = await service.batch_get(ctx.db, user.id, parsed)
-    await present(ctx, user, [c for c in found if c is not None])
+    await present(live, user, [c for c in found if c is not None])
     return found
 
 
@@ -226,6 +230,7 @@ _PRECONDITION: dict[int | str, dict[str, Any]] = {
     "/{conversation_id}", response_model=AppConversation, responses={304: {"description": "If-None-Match matched"}}
 )
 async def get_app_conversation(
+    live: Live,
     response: Response,
     if_none_match: Annotated[str | None, Header(description="Answer 304 if the ETag is one of these")] = None,
     conversation_id: str = Depends(conversation_id_path),
@@ -234,7 +239,7 @@ async def get_app_conversation(
 ) -> AppConversation | Response:
     conversation = await service.get(ctx.db, user.id, conversation_id)
     # Live fields first: storing the agent's automatic title moves the version on.
-    conversation = (await present(ctx, user, [conversation]))[0]
+    conversation = (await present(live, user, [conversation]))[0]
     if if_none_match is not None and if_none_match_matches(if_none_match, conversation.etag):
         return Response(status_code=304, headers={"ETag": conversation.etag})
     response.headers["ETag"] = conversation.etag
@@ -243,6 +248,7 @@ async def get_app_conversation(
 
 @router.patch("/{conversation_id}", response_model=AppConversation, responses=_PRECONDITION)
 async def update_app_conversation(
+    live: Live,
     request: Annotated[AppConversationUpdateRequest, Body()],
     response: Response,
     if_match: Annotated[str | None, _IF_MATCH] = None,
@@ -255,7 +261,7 @@ async def update_app_conversation(
     conversation = await service.update_conversation(
         ctx.db, user.id, conversation_id, request, limits, expected_etag=if_match
     )
-    conversation = (await present(ctx, user, [conversation]))[0]
+    conversation = (await present(live, user, [conversation]))[0]
     response.headers["ETag"] = conversation.etag
     return conversation
 
@@ -264,6 +270,7 @@ async def update_app_conversation(
     "/{conversation_id}", response_model=Success, responses={404: {"description": "Not found"}, **_PRECONDITION}
 )
 async def delete_app_conversation(
+    sandboxes: Sandboxes,
     response: Response,
     if_match: Annotated[str | None, _IF_MATCH] = None,
     conversation_id: str = Depends(conversation_id_path),
@@ -273,7 +280,5 @@ async def delete_app_conversation(
     row = await service.delete_conversation(ctx.db, user.id, conversation_id, expected_etag=if_match)
     # The ETag of the version that was deleted.
     response.headers["ETag"] = etag_for(row.id, row.version)
-    release = ctx.services.get("release_sandbox")
-    if release is not None:
-        await release(ctx, conversation_id, row.sandbox_id)
+    await sandboxes.release_after_delete(conversation_id=conversation_id, sandbox_id=row.sandbox_id)
     return Success()

@@ -14,9 +14,9 @@ from fastapi.responses import Response, StreamingResponse
 
 from threadline.auth.dependencies import current_user, starting_user
 from threadline.auth.service import User
+from threadline.conversations.dependencies import Starts
 from threadline.conversations.messages import send_message
 from threadline.conversations.routes import conversation_id_path, parse_id_list
-from threadline.conversations.start import StartService
 from threadline.conversations.start_models import (
     AppConversationStartRequest,
     AppConversationStartTask,
@@ -30,21 +30,17 @@ from threadline.core.errors import Invalid
 from threadline.core.ids import ID_PATTERN, MalformedId, id_list_schema, parse_id
 from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
 from threadline.idempotency.service import Idempotent, idempotency
+from threadline.sandboxes.dependencies import Sandboxes
 
 router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
 MAX_BATCH = 100
 
 
-async def starts_of(ctx: AppContext = Depends(get_context)) -> StartService:
-    service: StartService = ctx.services["starts"]
-    return service
-
-
 @router.post("", response_model=AppConversationStartTask, responses={409: {}, 422: {}, 429: {}})
 async def start_app_conversation(
+    starts: Starts,
     request: Annotated[AppConversationStartRequest, Body()],
     user: User = Depends(starting_user),
-    starts: StartService = Depends(starts_of),
     idempotent: Idempotent = Depends(idempotency),
 ) -> Response:
     result = await idempotent.run(user.id, request, lambda: starts.begin(user.id, request))
@@ -53,9 +49,9 @@ async def start_app_conversation(
 
 @router.post("/stream-start", response_model=list[AppConversationStartTask], responses={409: {}, 422: {}, 429: {}})
 async def stream_app_conversation_start(
+    starts: Starts,
     request: Annotated[AppConversationStartRequest, Body()],
     user: User = Depends(starting_user),
-    starts: StartService = Depends(starts_of),
     idempotent: Idempotent = Depends(idempotency),
 ) -> Response:
     result = await idempotent.run(user.id, request, lambda: starts.begin(user.id, request))
@@ -78,13 +74,13 @@ async def stream_app_conversation_start(
 
 @router.get("/start-tasks/search", response_model=AppConversationStartTaskPage)
 async def search_app_conversation_start_tasks(
+    starts: Starts,
     conversation_id__eq: Annotated[str | None, Query(json_schema_extra={"pattern": ID_PATTERN})] = None,
     created_at__gte: OptionalIsoDateTime = None,
     sort_order: AppConversationStartTaskSortOrder = AppConversationStartTaskSortOrder.CREATED_AT_DESC,
     page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
     limit: Annotated[int, Query(gt=0, le=100)] = 100,
     user: User = Depends(current_user),
-    starts: StartService = Depends(starts_of),
 ) -> AppConversationStartTaskPage:
     conversation_id = _optional_id(conversation_id__eq)
     return await starts.search(
@@ -99,10 +95,10 @@ async def search_app_conversation_start_tasks(
 
 @router.get("/start-tasks/count", response_model=int)
 async def count_app_conversation_start_tasks(
+    starts: Starts,
     conversation_id__eq: Annotated[str | None, Query(json_schema_extra={"pattern": ID_PATTERN})] = None,
     created_at__gte: OptionalIsoDateTime = None,
     user: User = Depends(current_user),
-    starts: StartService = Depends(starts_of),
 ) -> int:
     return await starts.count(
         user.id, conversation_id=_optional_id(conversation_id__eq), created_at_gte=created_at__gte
@@ -111,9 +107,9 @@ async def count_app_conversation_start_tasks(
 
 @router.get("/start-tasks", response_model=list[AppConversationStartTask | None])
 async def batch_get_app_conversation_start_tasks(
+    starts: Starts,
     ids: Annotated[list[str], Query(json_schema_extra=id_list_schema(MAX_BATCH))],
     user: User = Depends(current_user),
-    starts: StartService = Depends(starts_of),
 ) -> list[AppConversationStartTask | None]:
     return await starts.batch_get(user.id, parse_id_list(ids, "ids", MAX_BATCH))
 
@@ -124,6 +120,7 @@ async def batch_get_app_conversation_start_tasks(
     responses={404: {}, 409: {}, 410: {}, 422: {}, 502: {}, 503: {}},
 )
 async def send_message_to_conversation(
+    sandboxes: Sandboxes,
     request: Annotated[AppSendMessageRequest, Body()],
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
@@ -131,7 +128,7 @@ async def send_message_to_conversation(
     idempotent: Idempotent = Depends(idempotency),
 ) -> Response:
     result = await idempotent.run(
-        user.id, request, lambda: send_message(ctx.db, ctx.services["sandboxes"], user.id, conversation_id, request)
+        user.id, request, lambda: send_message(ctx.db, sandboxes, user.id, conversation_id, request)
     )
     return result.response()
 

@@ -13,6 +13,7 @@ from threadline.conversations import workspace
 from threadline.conversations.routes import conversation_id_path
 from threadline.conversations.validation import BranchName
 from threadline.core.context import AppContext, get_context
+from threadline.sandboxes.dependencies import Sandboxes
 
 router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
 _REF = (
@@ -23,6 +24,7 @@ _REF = (
 
 @router.get("/{conversation_id}/git/changes", responses={404: {}, 409: {}, 410: {}, 502: {}, 503: {}})
 async def get_git_changes(
+    sandboxes: Sandboxes,
     ref: Annotated[BranchName | None, Query(description=_REF)] = None,
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
@@ -30,11 +32,12 @@ async def get_git_changes(
 ) -> list[dict[str, Any]]:
     """What the agent changed in the conversation's repository: `[{"status": "MODIFIED", "path": ...}]`
     (paths relative to the repository). The sandbox must be RUNNING (409 while PAUSED or STARTING)."""
-    return await workspace.git_changes(ctx.db, ctx.services["sandboxes"], user.id, conversation_id, ref)
+    return await workspace.git_changes(ctx.db, sandboxes, user.id, conversation_id, ref)
 
 
 @router.get("/{conversation_id}/git/diff", responses={404: {}, 409: {}, 410: {}, 422: {}, 502: {}, 503: {}})
 async def get_git_diff(
+    sandboxes: Sandboxes,
     path: Annotated[
         str,
         Query(
@@ -51,11 +54,12 @@ async def get_git_diff(
     ctx: AppContext = Depends(get_context),
 ) -> dict[str, Any]:
     """One file's contents before and after: `{"original": ..., "modified": ...}`."""
-    return await workspace.git_diff(ctx.db, ctx.services["sandboxes"], user.id, conversation_id, path, ref)
+    return await workspace.git_diff(ctx.db, sandboxes, user.id, conversation_id, path, ref)
 
 
 @router.get("/{conversation_id}/skills", responses={404: {}, 409: {}, 410: {}, 502: {}, 503: {}})
 async def get_skills(
+    sandboxes: Sandboxes,
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
     ctx: AppContext = Depends(get_context),
@@ -63,7 +67,7 @@ async def get_skills(
     """The skills the conversation's agent has: the repository's own (`.openhands/skills`, `AGENTS.md`, ...)
     and the sandbox user's, as `{"skills": [{"name", "type": "repo" | "knowledge", "content", "triggers",
     "description"}]}`. The sandbox must be RUNNING (409 otherwise)."""
-    return await workspace.skills(ctx.db, ctx.services["sandboxes"], user.id, conversation_id)
+    return await workspace.skills(ctx.db, sandboxes, user.id, conversation_id)
 
 
 @router.get(
@@ -72,6 +76,7 @@ async def get_skills(
     responses={200: {"content": {"application/zip": {}}}, 404: {}, 410: {}, 413: {}},
 )
 async def download_workspace(
+    sandboxes: Sandboxes,
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
     ctx: AppContext = Depends(get_context),
@@ -79,7 +84,7 @@ async def download_workspace(
     """The sandbox's workspace as a zip stream (also while the sandbox is PAUSED). Only regular files;
     symbolic links are left out. Over THREADLINE_DOWNLOAD_MAX_BYTES of files: 413 problem."""
     archive = await workspace.workspace_archive(
-        ctx.db, ctx.services["sandboxes"], user.id, conversation_id, ctx.settings.download_max_bytes
+        ctx.db, sandboxes, user.id, conversation_id, ctx.settings.download_max_bytes
     )
     return StreamingResponse(
         archive.chunks(),

@@ -262,5 +262,5 @@ async def idempotency(
     route = request.scope.get("route")
     operation = f"{request.method} {getattr(route, 'path', request.url.path)}"
     params = {"path": dict(request.path_params), "query": sorted(request.query_params.multi_items())}
-    service: IdempotencyService = ctx.services["idempotency"]
+    service: IdempotencyService = request.app.state.idempotency
     return Idempotent(service, key, operation, params)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select
+from starlette.requests import HTTPConnection
 
 from threadline.core.context import AppContext, get_context
 from threadline.core.enums import SandboxStatus
@@ -107,10 +109,18 @@ class Metrics:
 router = APIRouter(tags=["Server"])
 
 
+def metrics_of(connection: HTTPConnection) -> Metrics | None:
+    """This app's metrics registry; None when THREADLINE_METRICS_ENABLED=false."""
+    metrics: Metrics | None = connection.app.state.metrics
+    return metrics
+
+
+MetricsOrNone = Annotated[Metrics | None, Depends(metrics_of)]
+
+
 @router.get("/metrics", include_in_schema=False)
-async def metrics_endpoint(ctx: AppContext = Depends(get_context)) -> Response:
+async def metrics_endpoint(metrics: MetricsOrNone, ctx: AppContext = Depends(get_context)) -> Response:
     """Prometheus text exposition; no credentials (turn it off with THREADLINE_METRICS_ENABLED=false)."""
-    metrics: Metrics | None = ctx.services.get("metrics")
     if metrics is None or not ctx.settings.metrics_enabled:
         raise NotFound("metrics are turned off on this server")
     await metrics.refresh_sandboxes(ctx.db)

@@ -69,7 +69,7 @@ async def _sandbox(sandboxes: SandboxService, sandbox_id: str, key: str | None, 
 
 
 def _service(app: Any) -> SandboxService:
-    service: SandboxService = app.state.ctx.services["sandboxes"]
+    service: SandboxService = app.state.sandboxes
     return service
 
 

@@ -9,21 +9,15 @@ from fastapi.responses import Response
 
 from threadline.auth.dependencies import current_user, starting_user
 from threadline.auth.service import User
-from threadline.core.context import AppContext, get_context
 from threadline.core.errors import Invalid, NotFound
 from threadline.core.ids import MalformedId, id_list_schema, parse_id
 from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, Success
 from threadline.idempotency.service import Idempotent, idempotency
+from threadline.sandboxes.dependencies import Sandboxes
 from threadline.sandboxes.models import SandboxInfo, SandboxPage, SandboxSpecInfo, SandboxSpecInfoPage
-from threadline.sandboxes.service import SandboxService
 
 router = APIRouter(tags=["Sandbox"])
 MAX_BATCH = 100
-
-
-async def sandboxes_of(ctx: AppContext = Depends(get_context)) -> SandboxService:
-    service: SandboxService = ctx.services["sandboxes"]
-    return service
 
 
 async def sandbox_id_path(sandbox_id: Annotated[str, Path()]) -> str:
@@ -47,28 +41,28 @@ def _ids(values: list[str]) -> list[str]:
 
 @router.get("/api/v1/sandboxes/search", response_model=SandboxPage)
 async def search_sandboxes(
+    service: Sandboxes,
     page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
     limit: Annotated[int, Query(gt=0, le=100)] = 100,
     user: User = Depends(current_user),
-    service: SandboxService = Depends(sandboxes_of),
 ) -> SandboxPage:
     return await service.search(user.id, limit=limit, page_id=page_id)
 
 
 @router.get("/api/v1/sandboxes", response_model=list[SandboxInfo | None])
 async def batch_get_sandboxes(
+    service: Sandboxes,
     id: Annotated[list[str], Query(json_schema_extra=id_list_schema(MAX_BATCH))],
     user: User = Depends(current_user),
-    service: SandboxService = Depends(sandboxes_of),
 ) -> list[SandboxInfo | None]:
     return await service.batch_get(user.id, _ids(id))
 
 
 @router.post("/api/v1/sandboxes", response_model=SandboxInfo, responses={404: {}, 409: {}, 422: {}, 429: {}})
 async def start_sandbox(
+    service: Sandboxes,
     sandbox_spec_id: str | None = None,
     user: User = Depends(starting_user),
-    service: SandboxService = Depends(sandboxes_of),
     idempotent: Idempotent = Depends(idempotency),
 ) -> Response:
     async def create() -> SandboxInfo:
@@ -80,9 +74,9 @@ async def start_sandbox(
 
 @router.post("/api/v1/sandboxes/{sandbox_id}/pause", response_model=Success, responses={404: {}})
 async def pause_sandbox(
+    service: Sandboxes,
     sandbox_id: str = Depends(sandbox_id_path),
     user: User = Depends(current_user),
-    service: SandboxService = Depends(sandboxes_of),
 ) -> Success:
     await service.pause(user.id, sandbox_id)
     return Success()
@@ -90,9 +84,9 @@ async def pause_sandbox(
 
 @router.post("/api/v1/sandboxes/{sandbox_id}/resume", response_model=Success, responses={404: {}, 429: {}})
 async def resume_sandbox(
+    service: Sandboxes,
     sandbox_id: str = Depends(sandbox_id_path),
     user: User = Depends(current_user),
-    service: SandboxService = Depends(sandboxes_of),
 ) -> Success:
     await service.resume(user.id, sandbox_id)
     return Success()
@@ -100,9 +94,9 @@ async def resume_sandbox(
 
 @router.delete("/api/v1/sandboxes/{sandbox_id}", response_model=Success, responses={404: {}})
 async def delete_sandbox(
+    service: Sandboxes,
     sandbox_id: str = Depends(sandbox_id_path),
     user: User = Depends(current_user),
-    service: SandboxService = Depends(sandboxes_of),
 ) -> Success:
     # The id is taken from the path (upstream also demands it as a query parameter; it is ignored here).
     await service.delete(user.id, sandbox_id)
@@ -111,9 +105,9 @@ async def delete_sandbox(
 
 @router.delete("/api/v1/sandboxes", response_model=Success, responses={404: {}})
 async def delete_sandbox_by_query(
+    service: Sandboxes,
     sandbox_id: Annotated[str, Query(description="The sandbox to delete (the form upstream clients send)")],
     user: User = Depends(current_user),
-    service: SandboxService = Depends(sandboxes_of),
 ) -> Success:
     """The same as `DELETE /api/v1/sandboxes/{sandbox_id}`, with the id in the query, as the upstream route
     is really shaped (the OpenHands SDK's cloud workspace cleans up this way)."""
@@ -123,19 +117,19 @@ async def delete_sandbox_by_query(
 
 @router.get("/api/v1/sandbox-specs/search", response_model=SandboxSpecInfoPage)
 async def search_sandbox_specs(
+    service: Sandboxes,
     page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
     limit: Annotated[int, Query(gt=0, le=100)] = 100,
     _user: User = Depends(current_user),
-    service: SandboxService = Depends(sandboxes_of),
 ) -> SandboxSpecInfoPage:
     return SandboxSpecInfoPage(items=service.specs()[:limit], next_page_id=None)
 
 
 @router.get("/api/v1/sandbox-specs", response_model=list[SandboxSpecInfo | None])
 async def batch_get_sandbox_specs(
+    service: Sandboxes,
     id: Annotated[list[str], Query(json_schema_extra={"maxItems": MAX_BATCH})],
     _user: User = Depends(current_user),
-    service: SandboxService = Depends(sandboxes_of),
 ) -> list[SandboxSpecInfo | None]:
     if len(id) > MAX_BATCH:
         raise Invalid("id", f"at most {MAX_BATCH} ids per request", location="query")

@@ -533,6 +533,17 @@ class SandboxService:
         async with self.db.write() as conn:
             await conn.execute(delete(sandboxes).where(sandboxes.c.id == row.id))
 
+    async def release_after_delete(self, *, conversation_id: str, sandbox_id: str) -> None:
+        """After a conversation is deleted: free its sandbox, or remove it from a sandbox others still use."""
+        if await self.release_if_unused(sandbox_id):
+            return
+        row = (await self.rows_by_id([sandbox_id])).get(sandbox_id)
+        if row is not None and self.effective_status(row) is SandboxStatus.RUNNING:
+            try:
+                await self.client(row).delete_conversation(conversation_id)
+            except Exception as exc:  # the record is gone already; the agent-side copy is best effort
+                log.info("could not delete conversation %s on its agent server: %s", conversation_id, exc)
+
     async def release_if_unused(self, sandbox_id: str) -> bool:
         """Delete a sandbox no conversation uses any more (after a conversation was deleted)."""
         async with self.db.read() as conn:

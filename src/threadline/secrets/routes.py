@@ -10,10 +10,10 @@ from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
 from threadline.core.context import AppContext, get_context
-from threadline.core.crypto import SecretBox
 from threadline.core.enums import SandboxStatus
 from threadline.core.errors import Conflict, NotFound, Unauthorized
 from threadline.core.wire import Success, parse_without_echo
+from threadline.sandboxes.dependencies import Sandboxes
 from threadline.sandboxes.service import SandboxService
 from threadline.secrets import service
 from threadline.secrets.models import (
@@ -44,11 +44,6 @@ _UPDATE_BODY = {
 SecretNamePath = Annotated[str, Path(pattern=NAME_PATTERN, description="The secret's name")]
 
 
-def _box(ctx: AppContext) -> SecretBox:
-    box: SecretBox = ctx.services["box"]
-    return box
-
-
 @router.get("/api/v1/secrets", response_model=SecretList)
 async def list_secrets(user: User = Depends(current_user), ctx: AppContext = Depends(get_context)) -> SecretList:
     """The caller's secrets: names, descriptions and times. Values are never returned."""
@@ -69,7 +64,7 @@ async def create_secret(
     agent can use (e.g. `GITHUB_TOKEN` in a command); a start request's `secrets` override it by name.
     409 when the name exists or the caller has 100 secrets."""
     body = parse_without_echo(SecretCreateRequest, await request.body())
-    return await service.create_secret(ctx.db, _box(ctx), user_id=user.id, request=body)
+    return await service.create_secret(ctx.db, ctx.box, user_id=user.id, request=body)
 
 
 @router.get("/api/v1/secrets/{name}", response_model=SecretInfo, responses={404: {}})
@@ -94,7 +89,7 @@ async def update_secret(
     """Change the value, the description (null clears it) or the name. Running agents look secrets up
     when they use them, so a new value takes effect there too."""
     body = parse_without_echo(SecretUpdateRequest, await request.body())
-    return await service.update_secret(ctx.db, _box(ctx), user_id=user.id, name=name, request=body)
+    return await service.update_secret(ctx.db, ctx.box, user_id=user.id, name=name, request=body)
 
 
 @router.delete("/api/v1/secrets/{name}", response_model=Success, responses={404: {}})
@@ -108,10 +103,9 @@ async def delete_secret(
 # -- the sandbox side ----------------------------------------------------------------------------
 
 
-async def _sandbox_owner(sandbox_id: str, x_session_api_key: str | None, ctx: AppContext) -> str:
+async def _sandbox_owner(sandboxes: SandboxService, sandbox_id: str, x_session_api_key: str | None) -> str:
     """The owner of the sandbox whose session key this is: 401 without a valid key of this sandbox (upstream
     answers 403 for another sandbox's key; 401 tells no sandbox apart), 409 when it is not RUNNING."""
-    sandboxes: SandboxService = ctx.services["sandboxes"]
     row: Any = await sandboxes.by_session_key(x_session_api_key) if x_session_api_key else None
     if row is None:
         raise Unauthorized("a valid X-Session-API-Key of a sandbox is required")
@@ -130,12 +124,13 @@ async def _sandbox_owner(sandbox_id: str, x_session_api_key: str | None, ctx: Ap
     "/api/v1/sandboxes/{sandbox_id}/settings/secrets", response_model=SecretNamesResponse, responses={401: {}, 409: {}}
 )
 async def list_sandbox_secret_names(
+    sandboxes: Sandboxes,
     sandbox_id: str,
     x_session_api_key: Annotated[str | None, Header()] = None,
     ctx: AppContext = Depends(get_context),
 ) -> SecretNamesResponse:
     """For the agent server inside the sandbox (its session key): the names of the owner's secrets."""
-    owner = await _sandbox_owner(sandbox_id, x_session_api_key, ctx)
+    owner = await _sandbox_owner(sandboxes, sandbox_id, x_session_api_key)
     listed = await service.list_secrets(ctx.db, user_id=owner)
     return SecretNamesResponse(secrets=[SecretNameItem(name=s.name, description=s.description) for s in listed.secrets])
 
@@ -146,6 +141,7 @@ async def list_sandbox_secret_names(
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, 401: {}, 404: {}, 409: {}},
 )
 async def get_sandbox_secret_value(
+    sandboxes: Sandboxes,
     sandbox_id: str,
     name: str,
     x_session_api_key: Annotated[str | None, Header()] = None,
@@ -153,8 +149,8 @@ async def get_sandbox_secret_value(
 ) -> Response:
     """For the agent server inside the sandbox (its session key): one secret's value, as plain text,
     read when the agent uses it (so an updated value takes effect at once)."""
-    owner = await _sandbox_owner(sandbox_id, x_session_api_key, ctx)
-    value = await service.secret_value(ctx.db, _box(ctx), user_id=owner, name=name)
+    owner = await _sandbox_owner(sandboxes, sandbox_id, x_session_api_key)
+    value = await service.secret_value(ctx.db, ctx.box, user_id=owner, name=name)
     if value is None:
         raise NotFound(f"secret {name!r} not found")
     return Response(content=value, media_type="text/plain", headers={"Cache-Control": "no-store"})

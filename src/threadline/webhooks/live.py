@@ -21,8 +21,8 @@ from threadline.conversations.models import (
     SandboxStatus,
     metrics_from_row,
 )
-from threadline.core.context import AppContext
 from threadline.core.errors import NotFound
+from threadline.db.engine import Database
 from threadline.sandboxes.agent_client import AgentServerError
 from threadline.sandboxes.service import SandboxService
 from threadline.webhooks import service as webhooks
@@ -39,8 +39,9 @@ async def _fetch(service: SandboxService, row: Any, ids: list[str]) -> dict[str,
     return {cid: info for cid, info in zip(ids, infos, strict=True) if info is not None}
 
 
-async def fill_live_fields(ctx: AppContext, user: User, items: list[AppConversation]) -> None:
-    service: SandboxService = ctx.services["sandboxes"]
+async def fill_live_fields(db: Database, service: SandboxService, user: User, items: list[AppConversation]) -> None:
+    """The live fields of `items` (bound to the app's database and sandboxes, it is the conversations
+    domain's `LiveFields`)."""
     by_sandbox: dict[str, list[AppConversation]] = defaultdict(list)
     for item in items:
         by_sandbox[item.sandbox_id].append(item)
@@ -70,7 +71,7 @@ async def fill_live_fields(ctx: AppContext, user: User, items: list[AppConversat
                 value = info.get("execution_status")
                 if isinstance(value, str) and value in ConversationExecutionStatus._value2member_map_:
                     conv.execution_status = ConversationExecutionStatus(value)
-                await _sync(ctx, sid, conv, info)
+                await _sync(db, sid, conv, info)
             elif (stored := conv._stored_execution_status) in ConversationExecutionStatus._value2member_map_:
                 # The agent did not answer in time: fall back to the copy callbacks keep.
                 conv.execution_status = ConversationExecutionStatus(str(stored))
@@ -78,14 +79,14 @@ async def fill_live_fields(ctx: AppContext, user: User, items: list[AppConversat
             conv.session_api_key = session_keys.get(sid) or session_keys.setdefault(sid, service.session_key(row))
 
 
-async def _sync(ctx: AppContext, sandbox_id: str, conv: AppConversation, info: dict[str, Any]) -> None:
+async def _sync(db: Database, sandbox_id: str, conv: AppConversation, info: dict[str, Any]) -> None:
     """Store what the agent knows and the record lacks (automatic title, newer metrics)."""
     title = info.get("title")
     wants_title = isinstance(title, str) and title.strip() and conv.title != title and not conv._title_set_by_user
     if not wants_title:
         return
     try:
-        updated = await webhooks.on_conversation_update(ctx.db, sandbox_id, info)
+        updated = await webhooks.on_conversation_update(db, sandbox_id, info)
     except NotFound:
         return
     if updated is not None:

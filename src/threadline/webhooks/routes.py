@@ -9,17 +9,17 @@ from fastapi import APIRouter, Body, Depends, Header
 from threadline.core.context import AppContext, get_context
 from threadline.core.errors import Unauthorized
 from threadline.core.wire import Success
-from threadline.sandboxes.service import SandboxService
+from threadline.observability.metrics import MetricsOrNone
+from threadline.sandboxes.dependencies import Sandboxes
 from threadline.webhooks import service
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["Webhooks"])
 
 
 async def calling_sandbox(
+    sandboxes: Sandboxes,
     x_session_api_key: Annotated[str | None, Header()] = None,
-    ctx: AppContext = Depends(get_context),
 ) -> Any:
-    sandboxes: SandboxService = ctx.services["sandboxes"]
     row = await sandboxes.by_session_key(x_session_api_key) if x_session_api_key else None
     if row is None:
         raise Unauthorized("a valid X-Session-API-Key of a sandbox is required")
@@ -38,10 +38,11 @@ async def on_conversation_update(
 
 @router.post("/events/{conversation_id}", response_model=Success)
 async def on_event(
+    metrics: MetricsOrNone,
     conversation_id: str,
     events: Annotated[list[Any], Body()],
     sandbox: Any = Depends(calling_sandbox),
     ctx: AppContext = Depends(get_context),
 ) -> Success:
-    await service.on_events(ctx.db, sandbox.id, conversation_id, events, metrics=ctx.services.get("metrics"))
+    await service.on_events(ctx.db, sandbox.id, conversation_id, events, metrics=metrics)
     return Success()

@@ -1,0 +1,40 @@
+"""Typed dependencies of the conversations domain (set on `app.state` by the app factory)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Protocol
+
+from fastapi import Depends
+from starlette.requests import HTTPConnection
+
+from threadline.auth.service import User
+from threadline.conversations.models import AppConversation
+from threadline.conversations.pending import PendingMessages
+from threadline.conversations.start import StartService
+
+
+class LiveFields(Protocol):
+    """Fills the live fields (sandbox status, live execution status, URLs) of conversations about to be
+    answered. Provided by the layer that talks to agent servers (`webhooks.live`), above this one."""
+
+    async def __call__(self, user: User, items: list[AppConversation]) -> None: ...
+
+
+def start_service(connection: HTTPConnection) -> StartService:
+    service: StartService = connection.app.state.starts
+    return service
+
+
+def pending_messages(connection: HTTPConnection) -> PendingMessages:
+    pending: PendingMessages = connection.app.state.pending
+    return pending
+
+
+def live_fields(connection: HTTPConnection) -> LiveFields:
+    fill: LiveFields = connection.app.state.live_fields
+    return fill
+
+
+Starts = Annotated[StartService, Depends(start_service)]
+Pending = Annotated[PendingMessages, Depends(pending_messages)]
+Live = Annotated[LiveFields, Depends(live_fields)]
