@@ -1,6 +1,6 @@
 """Unit tests (no server, no network) of the pure helpers of `threadline.sandboxes.agent_client`:
 `metrics_from_stats` / `_usage_to_metrics` (sums over usage ids, the primary entry, the largest context
-window, bad values ignored), `conversation_uuid`, `text_message`, `llm_agent_settings`, `_chunks`,
+window, bad values ignored), `conversation_uuid`, `agent_message`, `llm_agent_settings`, `_chunks`,
 `_short_detail` and the error types."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from threadline.sandboxes.agent_client import (
     _chunks,
     _short_detail,
     _usage_to_metrics,
+    agent_message,
     conversation_uuid,
     llm_agent_settings,
     metrics_from_stats,
-    text_message,
 )
 
 TOKENS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
@@ -249,8 +249,8 @@ def test_conversation_uuid_refuses_what_is_not_a_uuid(value: str) -> None:
 
 
 def test_text_message() -> None:
-    assert text_message("hi") == {"role": "user", "content": [{"type": "text", "text": "hi"}], "run": True}
-    assert text_message("x", run=False, role="system") == {
+    assert agent_message("hi") == {"role": "user", "content": [{"type": "text", "text": "hi"}], "run": True}
+    assert agent_message("x", run=False, role="system") == {
         "role": "system",
         "content": [{"type": "text", "text": "x"}],
         "run": False,

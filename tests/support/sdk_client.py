@@ -75,17 +75,25 @@ def _install_lock() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _configured_python() -> str | None:
+    from threadline.config import Settings
+
+    return Settings().runtime_python
+
+
 def ensure_installed() -> None:
     """Install what is missing: the agent runtime of the SDK's release, then the client venv (marker last)."""
     with _install_lock():
         if not runtime.is_installed(old_runtime_dir(), SDK_VERSION):
-            runtime.install(old_runtime_dir(), version=SDK_VERSION, quiet=True)
+            runtime.install(old_runtime_dir(), _configured_python(), version=SDK_VERSION, quiet=True)
         if client_installed():
             return
         target = client_dir()
         (target / MARKER).unlink(missing_ok=True)
         if not client_python().exists():
-            subprocess.run([runtime.find_python(), "-m", "venv", "--clear", str(target)], check=True)
+            subprocess.run(
+                [runtime.find_python(_configured_python()), "-m", "venv", "--clear", str(target)], check=True
+            )
         pip = [str(client_python()), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
         subprocess.run([*pip, *CLIENT_PACKAGES], check=True, stdout=sys.stderr)
         (target / MARKER).write_text(json.dumps({"packages": list(CLIENT_PACKAGES)}))

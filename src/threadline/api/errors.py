@@ -123,7 +123,5 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(500, "Internal server error; the event was logged.")
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(500, "Internal server error; the event was logged.")
+    # No handler for other exceptions: the request middleware (observability) catches them, logs them
+    # with the request id and answers the 500 problem, before any handler here could see them.

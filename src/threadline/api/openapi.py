@@ -18,10 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from threadline.core.errors import PROBLEM_JSON
 
 
-class Problem(BaseModel):
-    """RFC 9457 problem details. Some problems add members (`errors`, `etag`, `limit`, `current`...)."""
+class ProblemSchema(BaseModel):
+    """RFC 9457 problem details. Some problems add members (`errors`, `etag`, `limit`, `current`...).
+    (The schema of what `core.errors.Problem` renders; published as `Problem`.)"""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", title="Problem")
 
     type: str = Field(description="A URI naming the kind of problem")
     title: str
@@ -39,8 +40,10 @@ class FieldError(BaseModel):
     input: Any = None
 
 
-class ValidationProblem(Problem):
+class ValidationProblemSchema(ProblemSchema):
     """422: what was wrong with which part of the request."""
+
+    model_config = ConfigDict(extra="allow", title="ValidationProblem")
 
     errors: list[FieldError] = Field(default_factory=list)
 
@@ -56,11 +59,15 @@ def _content(name: str) -> dict[str, Any]:
 def document_problems(spec: dict[str, Any]) -> dict[str, Any]:
     """Rewrite an OpenAPI document (in place) so its error responses are the problem+json we send."""
     schemas: dict[str, Any] = spec.setdefault("components", {}).setdefault("schemas", {})
-    for model in (Problem, FieldError, ValidationProblem):
+    for component, model in (
+        ("Problem", ProblemSchema),
+        ("FieldError", FieldError),
+        ("ValidationProblem", ValidationProblemSchema),
+    ):
         definition = model.model_json_schema(ref_template=_REF)
         for name, nested in definition.pop("$defs", {}).items():
             schemas.setdefault(name, nested)
-        schemas[model.__name__] = definition
+        schemas[component] = definition
     for path_item in spec.get("paths", {}).values():
         for operation in path_item.values():
             if not isinstance(operation, dict) or "responses" not in operation:

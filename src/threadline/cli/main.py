@@ -219,7 +219,7 @@ def runtime_install(
     )
     try:
         # Not quiet: pip names each package as it goes, so a first start is never minutes of silence.
-        runtime.install(target, python, quiet=False, version=wanted)
+        runtime.install(target, python or Settings().runtime_python, quiet=False, version=wanted)
     except runtime.RuntimeInstallError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc

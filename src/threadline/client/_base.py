@@ -319,7 +319,7 @@ def drop_unset(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not UNSET}
 
 
-def text_message(message: str | Mapping[str, Any] | None, run: bool | None = None) -> dict[str, Any] | None:
+def message_body(message: str | Mapping[str, Any] | None, run: bool | None = None) -> dict[str, Any] | None:
     """A message body from text (or a ready-made message mapping, passed on as given)."""
     if message is None:
         return None

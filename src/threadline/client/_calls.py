@@ -22,9 +22,9 @@ from threadline.client._base import (
     drop_unset,
     ignore_body,
     jsonable,
+    message_body,
     model_parser,
     query_value,
-    text_message,
     with_idempotency_key,
 )
 from threadline.conversations.models import AppConversation, AppConversationPage
@@ -87,7 +87,7 @@ def start(body: Mapping[str, Any], idempotency_key: str | None, stream: bool = F
 
 def start_body(initial_message: str | Mapping[str, Any] | None, fields: Mapping[str, Any]) -> dict[str, Any]:
     body = {k: v for k, v in fields.items() if v is not None}
-    message = text_message(initial_message)
+    message = message_body(initial_message)
     if message is not None:
         body["initial_message"] = message
     return body
@@ -142,7 +142,7 @@ def send_message(
         "POST",
         f"{CONVERSATIONS}/{_seg(conversation_id)}/send-message",
         model_parser(_send_response),
-        json=jsonable(text_message(message, run)),
+        json=jsonable(message_body(message, run)),
         has_body=True,
         headers=with_idempotency_key({}, idempotency_key),
     )

@@ -73,7 +73,7 @@ PROVIDER_TOKENS = {
 }
 
 
-class StartFailed(Exception):
+class StartStepFailed(Exception):
     """A start step failed; the message is shown in the task's `detail` (after redaction)."""
 
 
@@ -105,7 +105,7 @@ def clone_url(settings: Settings, repository: str, provider: ProviderType | None
         return settings.git_url_template.format(repository=repository)
     template = _DEFAULT_GIT_HOSTS.get(provider or ProviderType.github)
     if template is None:
-        raise StartFailed(f"no clone URL known for provider {provider}; set THREADLINE_GIT_URL_TEMPLATE")
+        raise StartStepFailed(f"no clone URL known for provider {provider}; set THREADLINE_GIT_URL_TEMPLATE")
     return template.format(repository=repository)
 
 
@@ -329,7 +329,7 @@ class StartService:
         except asyncio.CancelledError:
             await asyncio.shield(self._fail(task_id, "the server stopped while the conversation was starting", secrets))
             raise
-        except (StartFailed, Problem, AgentServerError) as exc:
+        except (StartStepFailed, Problem, AgentServerError) as exc:
             await self._fail(task_id, str(getattr(exc, "detail", None) or exc), secrets)
         except Exception as exc:
             log.exception("start task %s failed", task_id)
@@ -353,7 +353,7 @@ class StartService:
     ) -> None:
         llm = await effective_llm(self.db, self.settings, user_id, model_override=request.llm_model)
         if not llm.model:
-            raise StartFailed("no LLM model configured: set one with POST /api/v1/settings or THREADLINE_LLM_MODEL")
+            raise StartStepFailed("no LLM model configured: set one with POST /api/v1/settings or THREADLINE_LLM_MODEL")
         if llm.api_key:
             secrets.append(llm.api_key)
         stored = await secrets_service.stored_secrets(self.db, self.sandboxes.box, user_id=user_id)
@@ -366,7 +366,7 @@ class StartService:
             ).first()
             parent = await conversations_service.get_row(conn, user_id, parent_id) if parent_id else None
         if taken is not None:
-            raise StartFailed(f"conversation {conversation_id} already exists")
+            raise StartStepFailed(f"conversation {conversation_id} already exists")
 
         # The sandbox: the one asked for, the parent's (sub-conversations share it), or a new one.
         sandbox_id = request.sandbox_id or (parent.sandbox_id if parent is not None else None)
@@ -417,7 +417,7 @@ class StartService:
                 if token_file is not None:
                     token_file.unlink(missing_ok=True)
             if not result.ok:
-                raise StartFailed(
+                raise StartStepFailed(
                     f"cloning {request.selected_repository} failed (exit {result.exit_code}): "
                     f"{(result.stderr or result.stdout).strip()[-500:]}"
                 )
@@ -426,7 +426,7 @@ class StartService:
                 "if [ -f .openhands/setup.sh ]; then bash .openhands/setup.sh; fi", cwd=working_dir, timeout=600
             )
             if not setup.ok:
-                raise StartFailed(f"the repository's .openhands/setup.sh failed (exit {setup.exit_code})")
+                raise StartStepFailed(f"the repository's .openhands/setup.sh failed (exit {setup.exit_code})")
             await self._transition(task_id, Status.SETTING_UP_GIT_HOOKS)
             hooks = await agent.execute_bash(
                 "if [ -f .openhands/pre-commit.sh ]; then install -m 0755 .openhands/pre-commit.sh "
@@ -435,7 +435,7 @@ class StartService:
                 timeout=60,
             )
             if not hooks.ok:
-                raise StartFailed(f"installing the repository's git hooks failed (exit {hooks.exit_code})")
+                raise StartStepFailed(f"installing the repository's git hooks failed (exit {hooks.exit_code})")
         await self._transition(task_id, Status.SETTING_UP_SKILLS)
 
         await self._transition(task_id, Status.STARTING_CONVERSATION, app_conversation_id=conversation_id)
@@ -457,7 +457,7 @@ class StartService:
                 tags=dict(request.tags),
             )
         except IntegrityError as exc:
-            raise StartFailed(f"conversation {conversation_id} already exists") from exc
+            raise StartStepFailed(f"conversation {conversation_id} already exists") from exc
         initial_text = None
         run = True
         if request.initial_message is not None:

@@ -218,15 +218,6 @@ idempotency_keys = Table(
     Index("ix_idempotency_keys_expires", "expires_at"),
 )
 
-rate_limit_buckets = Table(
-    "rate_limit_buckets",
-    metadata,
-    Column("bucket", String(128), primary_key=True),
-    Column("tokens", Float, nullable=False),
-    # Seconds since the epoch, as a float: the bucket refills by elapsed time.
-    Column("updated_at", Float, nullable=False),
-)
-
 for _column in ("selected_repository", "git_provider", "trigger", "public", "execution_status", "llm_model"):
     Index(
         f"ix_conversations_user_{_column}",

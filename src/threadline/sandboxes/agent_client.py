@@ -86,7 +86,7 @@ def conversation_uuid(conversation_id: str | uuid.UUID) -> str:
     return str(uuid.UUID(str(conversation_id).strip()))
 
 
-def text_message(text: str, *, run: bool = True, role: str = "user") -> dict[str, Any]:
+def agent_message(text: str, *, run: bool = True, role: str = "user") -> dict[str, Any]:
     """A ``SendMessageRequest`` body: ``{"role", "content": [{"type": "text", "text"}], "run"}``."""
     return {"role": role, "content": [{"type": "text", "text": text}], "run": run}
 
@@ -275,17 +275,6 @@ class AgentServerClient:
         """
         return await self._probe("/alive")
 
-    async def ready(self) -> bool:
-        """True when ``GET /ready`` answers 200 (``{"status": "ready"}``)."""
-        return await self._probe("/ready")
-
-    async def server_info(self) -> dict[str, Any]:
-        """``GET /server_info``: version, sdk_version, uptime, idle_time, usable_tools, ..."""
-        data = self._json(await self._request("GET", "/server_info", auth=False))
-        if not isinstance(data, dict):
-            raise AgentServerError("GET /server_info: unexpected answer")
-        return data
-
     # -- conversations ---------------------------------------------------------------------------
 
     async def create_conversation(
@@ -322,7 +311,7 @@ class AgentServerClient:
         if conversation_id is not None:
             body["conversation_id"] = conversation_uuid(conversation_id)
         if initial_message is not None:
-            body["initial_message"] = text_message(initial_message, run=run)
+            body["initial_message"] = agent_message(initial_message, run=run)
         if tags is not None:
             body["tags"] = dict(tags)
         if max_iterations is not None:
@@ -369,30 +358,6 @@ class AgentServerClient:
             results.extend(item if isinstance(item, dict) else None for item in data)
         return results
 
-    async def search_conversations(
-        self,
-        *,
-        page_id: str | None = None,
-        limit: int = PAGE_LIMIT_MAX,
-        status: str | None = None,
-        sort_order: str | None = None,
-    ) -> dict[str, Any]:
-        """``GET /api/conversations/search`` -> ``{"items": [ConversationInfo], "next_page_id": str|None}``.
-
-        ``sort_order``: CREATED_AT, UPDATED_AT, CREATED_AT_DESC (default), UPDATED_AT_DESC.
-        """
-        params: dict[str, Any] = {"limit": limit}
-        if page_id is not None:
-            params["page_id"] = page_id
-        if status is not None:
-            params["status"] = status
-        if sort_order is not None:
-            params["sort_order"] = sort_order
-        data = self._json(await self._request("GET", "/api/conversations/search", params=params))
-        if not isinstance(data, dict):
-            raise AgentServerError("GET /api/conversations/search: unexpected answer")
-        return data
-
     async def update_conversation(
         self,
         conversation_id: str | uuid.UUID,
@@ -414,7 +379,7 @@ class AgentServerClient:
         Raises AgentServerError 429 when the server's concurrent-run limit is reached.
         """
         path = f"/api/conversations/{conversation_uuid(conversation_id)}/events"
-        await self._request("POST", path, json=text_message(text, run=run), idempotent=False)
+        await self._request("POST", path, json=agent_message(text, run=run), idempotent=False)
 
     async def run(self, conversation_id: str | uuid.UUID) -> bool:
         """``POST /api/conversations/{id}/run``: start or resume the agent.
@@ -431,10 +396,6 @@ class AgentServerClient:
         (and its tool) completes; if that step was ``finish`` the conversation ends ``finished`` instead."""
         await self._request("POST", f"/api/conversations/{conversation_uuid(conversation_id)}/pause")
 
-    async def interrupt(self, conversation_id: str | uuid.UUID) -> None:
-        """``POST /api/conversations/{id}/interrupt``: abandon the LLM call in flight, status ``paused`` at once."""
-        await self._request("POST", f"/api/conversations/{conversation_uuid(conversation_id)}/interrupt")
-
     async def delete_conversation(self, conversation_id: str | uuid.UUID) -> bool:
         """``DELETE /api/conversations/{id}``; False when it did not exist (404).
 
@@ -443,16 +404,6 @@ class AgentServerClient:
         path = f"/api/conversations/{conversation_uuid(conversation_id)}"
         response = await self._request("DELETE", path, allow=(404,), request_timeout=max(self.timeout, 30.0))
         return response.status_code != 404
-
-    async def agent_final_response(self, conversation_id: str | uuid.UUID) -> str | None:
-        """``GET /api/conversations/{id}/agent_final_response`` -> the finish message, if any."""
-        path = f"/api/conversations/{conversation_uuid(conversation_id)}/agent_final_response"
-        response = await self._request("GET", path, allow=(404,))
-        if response.status_code == 404:
-            return None
-        data = self._json(response)
-        value = data.get("response") if isinstance(data, dict) else None
-        return value if isinstance(value, str) else None
 
     # -- git ------------------------------------------------------------------------------------
 

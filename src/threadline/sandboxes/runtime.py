@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -74,7 +73,8 @@ def _candidates() -> list[str]:
 
 
 def find_python(explicit: str | None = None) -> str:
-    explicit = explicit or os.environ.get("THREADLINE_RUNTIME_PYTHON")
+    """`explicit` (`--python`, else the THREADLINE_RUNTIME_PYTHON setting), else the first Python >= 3.12
+    found the way a user's machine offers one."""
     if explicit:
         version = _version_of(explicit)
         if version is None:
