@@ -10,6 +10,7 @@ import asyncio
 import logging
 import shlex
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,12 @@ from threadline.db.tables import conversations, start_tasks
 from threadline.db.types import utcnow
 from threadline.observability.metrics import Metrics
 from threadline.sandboxes import runtime
-from threadline.sandboxes.agent_client import AgentServerError, explicit_agent, llm_agent_settings
+from threadline.sandboxes.agent_client import AgentServerClient, AgentServerError, explicit_agent, llm_agent_settings
 from threadline.sandboxes.pool import WarmPool
 from threadline.sandboxes.service import SandboxService
 from threadline.secrets import service as secrets_service
 from threadline.secrets.service import StoredSecret
-from threadline.settings.service import effective_llm
+from threadline.settings.service import LLMConfig, effective_llm
 
 log = logging.getLogger("threadline.start")
 Status = AppConversationStartTaskStatus
@@ -118,6 +119,25 @@ def clone_token(request: AppConversationStartRequest, stored: Sequence[StoredSec
     name, user_name = known
     value = (request.secrets or {}).get(name) or next((s.value for s in stored if s.name == name), None)
     return (user_name, value) if value else None
+
+
+@dataclass
+class _StartRun:
+    """What the steps of one start share, filled in as they go."""
+
+    task_id: str
+    user_id: str
+    request: AppConversationStartRequest
+    # Values kept out of the task's `detail` should a step fail (keys, secrets).
+    redact: list[str]
+    llm: LLMConfig = field(init=False)
+    model: str = ""
+    stored: list[StoredSecret] = field(default_factory=list)
+    conversation_id: str = ""
+    sandbox: Any = None
+    agent: AgentServerClient = field(init=False)
+    # The sandbox's workspace, then the repository's directory in it once cloned.
+    working_dir: str = ""
 
 
 class StartService:
@@ -251,23 +271,14 @@ class StartService:
     async def _check_sandbox_capacity(self, user_id: str, request: AppConversationStartRequest) -> None:
         """429 now, not an ERROR task later, when the start would create or resume a sandbox beyond the cap.
 
-        Mirrors how `_start` picks the sandbox; what cannot be resolved here (a missing parent or sandbox)
-        is left for the task to report. The sandbox service re-checks atomically when it takes the slot.
+        Resolves the sandbox as the start does (`_sandbox_wanted`); what cannot be resolved here (a missing
+        parent or sandbox) is left for the task to report. The sandbox service re-checks atomically when it
+        takes the slot.
         """
-        sandbox_id = request.sandbox_id or None
-        if sandbox_id is None and request.parent_conversation_id is not None:
-            async with self.db.read() as conn:
-                parent = (
-                    await conn.execute(
-                        select(conversations.c.sandbox_id).where(
-                            conversations.c.id == request.parent_conversation_id.hex,
-                            conversations.c.user_id == user_id,
-                        )
-                    )
-                ).first()
-            if parent is None:
-                return
-            sandbox_id = parent.sandbox_id
+        try:
+            sandbox_id = await self._sandbox_wanted(user_id, request)
+        except NotFound:
+            return
         if sandbox_id is None:
             await self.sandboxes.check_capacity(user_id)
             return
@@ -351,122 +362,159 @@ class StartService:
     async def _start(
         self, task_id: str, user_id: str, request: AppConversationStartRequest, secrets: list[str]
     ) -> None:
-        llm = await effective_llm(self.db, self.settings, user_id, model_override=request.llm_model)
-        if not llm.model:
+        """The start, step by step; each step moves the task on and may fail it with its reason."""
+        run = _StartRun(task_id=task_id, user_id=user_id, request=request, redact=secrets)
+        await self._resolve_settings(run)
+        await self._acquire_sandbox(run)
+        await self._prepare_repository(run)
+        await self._transition(task_id, Status.SETTING_UP_SKILLS)
+        await self._create_conversation(run)
+        await self._transition(task_id, Status.READY, agent_server_url=self.sandboxes.agent_url(run.sandbox))
+        await self._deliver_pending(run)
+
+    async def _sandbox_wanted(self, user_id: str, request: AppConversationStartRequest) -> str | None:
+        """The sandbox a start goes into: the one asked for, else its parent's (sub-conversations share it);
+        None for a new one (or one from the warm pool). NotFound for a parent the user does not have. The
+        capacity check and the start both ask this, so they cannot disagree."""
+        if request.sandbox_id:
+            return request.sandbox_id
+        if request.parent_conversation_id is None:
+            return None
+        async with self.db.read() as conn:
+            parent = await conversations_service.get_row(conn, user_id, request.parent_conversation_id.hex)
+        sandbox_id: str = parent.sandbox_id
+        return sandbox_id
+
+    async def _resolve_settings(self, run: _StartRun) -> None:
+        """The LLM, the user's secrets and the conversation's id (refused when taken)."""
+        request = run.request
+        run.llm = await effective_llm(self.db, self.settings, run.user_id, model_override=request.llm_model)
+        if not run.llm.model:
             raise StartStepFailed("no LLM model configured: set one with POST /api/v1/settings or THREADLINE_LLM_MODEL")
-        if llm.api_key:
-            secrets.append(llm.api_key)
-        stored = await secrets_service.stored_secrets(self.db, self.sandboxes.box, user_id=user_id)
-        secrets.extend(s.value for s in stored)
-        conversation_id = request.conversation_id.hex if request.conversation_id else new_id()
-        parent_id = request.parent_conversation_id.hex if request.parent_conversation_id else None
+        run.model = run.llm.model
+        if run.llm.api_key:
+            run.redact.append(run.llm.api_key)
+        run.stored = await secrets_service.stored_secrets(self.db, self.sandboxes.box, user_id=run.user_id)
+        run.redact.extend(s.value for s in run.stored)
+        run.conversation_id = request.conversation_id.hex if request.conversation_id else new_id()
         async with self.db.read() as conn:
             taken = (
-                await conn.execute(select(conversations.c.id).where(conversations.c.id == conversation_id))
+                await conn.execute(select(conversations.c.id).where(conversations.c.id == run.conversation_id))
             ).first()
-            parent = await conversations_service.get_row(conn, user_id, parent_id) if parent_id else None
+            if request.parent_conversation_id is not None:  # the parent must be the user's (NotFound)
+                await conversations_service.get_row(conn, run.user_id, request.parent_conversation_id.hex)
         if taken is not None:
-            raise StartStepFailed(f"conversation {conversation_id} already exists")
+            raise StartStepFailed(f"conversation {run.conversation_id} already exists")
 
-        # The sandbox: the one asked for, the parent's (sub-conversations share it), or a new one.
-        sandbox_id = request.sandbox_id or (parent.sandbox_id if parent is not None else None)
+    async def _acquire_sandbox(self, run: _StartRun) -> None:
+        """The sandbox, RUNNING: the wanted one (resumed when paused or stopped), else one from the warm pool,
+        else a new one; then the LLM's and the repository's hosts are let through its egress."""
+        sandbox_id = await self._sandbox_wanted(run.user_id, run.request)
         if sandbox_id:
-            row = await self.sandboxes.get_row(user_id, sandbox_id)
+            row = await self.sandboxes.get_row(run.user_id, sandbox_id)
             if self.sandboxes.effective_status(row) in _RESUMABLE:
-                await self.sandboxes.resume(user_id, sandbox_id)
+                await self.sandboxes.resume(run.user_id, sandbox_id)
         else:
-            # A pre-started sandbox from the warm pool when one is ready, else a new one.
-            claimed = await self.pool.claim(user_id) if self.pool is not None else None
-            sandbox_id = claimed or (await self.sandboxes.create(user_id)).id
-        await self._transition(task_id, Status.WAITING_FOR_SANDBOX, sandbox_id=sandbox_id)
-        sandbox = await self.sandboxes.wait_until_running(sandbox_id)
-        secrets.append(self.sandboxes.session_key(sandbox))
-        agent = self.sandboxes.client(sandbox, timeout=30.0)
+            claimed = await self.pool.claim(run.user_id) if self.pool is not None else None
+            sandbox_id = claimed or (await self.sandboxes.create(run.user_id)).id
+        await self._transition(run.task_id, Status.WAITING_FOR_SANDBOX, sandbox_id=sandbox_id)
+        run.sandbox = await self.sandboxes.wait_until_running(sandbox_id)
+        run.redact.append(self.sandboxes.session_key(run.sandbox))
+        run.agent = self.sandboxes.client(run.sandbox, timeout=30.0)
+        await self.sandboxes.allow_egress(run.sandbox, run.llm.base_url, self._repository_url(run.request))
+        run.working_dir = self.sandboxes.backend.workspace_dir(Path(run.sandbox.work_dir))
 
-        await self.sandboxes.allow_egress(sandbox, llm.base_url, self._repository_url(request))
+    async def _prepare_repository(self, run: _StartRun) -> None:
+        """Clone `selected_repository` (with the provider's token when the user has one), then run its
+        `.openhands/setup.sh` and install its pre-commit hook."""
+        request = run.request
+        await self._transition(run.task_id, Status.PREPARING_REPOSITORY)
+        if not request.selected_repository:
+            return
+        workspace = run.working_dir
+        name = request.selected_repository.rsplit("/", 1)[-1].removesuffix(".git")
+        run.working_dir = str(Path(workspace) / name)
+        await self._clone(run, workspace)
+        await self._transition(run.task_id, Status.RUNNING_SETUP_SCRIPT)
+        setup = await run.agent.execute_bash(
+            "if [ -f .openhands/setup.sh ]; then bash .openhands/setup.sh; fi", cwd=run.working_dir, timeout=600
+        )
+        if not setup.ok:
+            raise StartStepFailed(f"the repository's .openhands/setup.sh failed (exit {setup.exit_code})")
+        await self._transition(run.task_id, Status.SETTING_UP_GIT_HOOKS)
+        hooks = await run.agent.execute_bash(
+            "if [ -f .openhands/pre-commit.sh ]; then install -m 0755 .openhands/pre-commit.sh "
+            ".git/hooks/pre-commit; fi",
+            cwd=run.working_dir,
+            timeout=60,
+        )
+        if not hooks.ok:
+            raise StartStepFailed(f"installing the repository's git hooks failed (exit {hooks.exit_code})")
 
-        workspace = self.sandboxes.backend.workspace_dir(Path(sandbox.work_dir))
-        working_dir = workspace
-        await self._transition(task_id, Status.PREPARING_REPOSITORY)
-        if request.selected_repository:
-            name = request.selected_repository.rsplit("/", 1)[-1].removesuffix(".git")
-            working_dir = str(Path(workspace) / name)
-            url = self._repository_url(request) or ""
-            branch = f"--branch {shlex.quote(request.selected_branch)} " if request.selected_branch else ""
-            token = clone_token(request, stored)
-            token_file: Path | None = None
-            credentials = ""
-            if token is not None:
-                # The token reaches git through a credential helper reading a private file that is gone
-                # right after: never in the command (the agent server stores it), the URL or .git/config.
-                user_name, value = token
-                token_file, inside = self.sandboxes.backend.private_file(sandbox_id, Path(sandbox.work_dir), value)
-                helper = (
-                    f'!f() {{ test "$1" = get || exit 0; echo username={user_name}; '
-                    f'printf "password=%s\\n" "$(cat {inside})"; }}; f'
-                )
-                credentials = f"-c credential.helper= -c credential.helper={shlex.quote(helper)} "
-            command = (
-                f"if [ -d {shlex.quote(working_dir)}/.git ]; then echo already cloned; "
-                f"else GIT_TERMINAL_PROMPT=0 git {credentials}clone {branch}-- {shlex.quote(url)} "
-                f"{shlex.quote(working_dir)}; fi"
+    async def _clone(self, run: _StartRun, workspace: str) -> None:
+        request = run.request
+        url = self._repository_url(request) or ""
+        branch = f"--branch {shlex.quote(request.selected_branch)} " if request.selected_branch else ""
+        token = clone_token(request, run.stored)
+        token_file: Path | None = None
+        credentials = ""
+        if token is not None:
+            # The token reaches git through a credential helper reading a private file that is gone right
+            # after: never in the command (the agent server stores it), the URL or .git/config.
+            user_name, value = token
+            token_file, inside = self.sandboxes.backend.private_file(run.sandbox.id, Path(run.sandbox.work_dir), value)
+            helper = (
+                f'!f() {{ test "$1" = get || exit 0; echo username={user_name}; '
+                f'printf "password=%s\\n" "$(cat {inside})"; }}; f'
             )
-            try:
-                result = await agent.execute_bash(command, cwd=workspace, timeout=600)
-            finally:
-                if token_file is not None:
-                    token_file.unlink(missing_ok=True)
-            if not result.ok:
-                raise StartStepFailed(
-                    f"cloning {request.selected_repository} failed (exit {result.exit_code}): "
-                    f"{(result.stderr or result.stdout).strip()[-500:]}"
-                )
-            await self._transition(task_id, Status.RUNNING_SETUP_SCRIPT)
-            setup = await agent.execute_bash(
-                "if [ -f .openhands/setup.sh ]; then bash .openhands/setup.sh; fi", cwd=working_dir, timeout=600
+            credentials = f"-c credential.helper= -c credential.helper={shlex.quote(helper)} "
+        target = shlex.quote(run.working_dir)
+        command = (
+            f"if [ -d {target}/.git ]; then echo already cloned; "
+            f"else GIT_TERMINAL_PROMPT=0 git {credentials}clone {branch}-- {shlex.quote(url)} {target}; fi"
+        )
+        try:
+            result = await run.agent.execute_bash(command, cwd=workspace, timeout=600)
+        finally:
+            if token_file is not None:
+                token_file.unlink(missing_ok=True)
+        if not result.ok:
+            raise StartStepFailed(
+                f"cloning {request.selected_repository} failed (exit {result.exit_code}): "
+                f"{(result.stderr or result.stdout).strip()[-500:]}"
             )
-            if not setup.ok:
-                raise StartStepFailed(f"the repository's .openhands/setup.sh failed (exit {setup.exit_code})")
-            await self._transition(task_id, Status.SETTING_UP_GIT_HOOKS)
-            hooks = await agent.execute_bash(
-                "if [ -f .openhands/pre-commit.sh ]; then install -m 0755 .openhands/pre-commit.sh "
-                ".git/hooks/pre-commit; fi",
-                cwd=working_dir,
-                timeout=60,
-            )
-            if not hooks.ok:
-                raise StartStepFailed(f"installing the repository's git hooks failed (exit {hooks.exit_code})")
-        await self._transition(task_id, Status.SETTING_UP_SKILLS)
 
-        await self._transition(task_id, Status.STARTING_CONVERSATION, app_conversation_id=conversation_id)
+    async def _create_conversation(self, run: _StartRun) -> None:
+        """The record, then the conversation on the agent server (the record goes again if that fails)."""
+        request, llm = run.request, run.llm
+        await self._transition(run.task_id, Status.STARTING_CONVERSATION, app_conversation_id=run.conversation_id)
         try:
             await conversations_service.create_record(
                 self.db,
-                user_id,
-                conversation_id=conversation_id,
-                sandbox_id=sandbox_id,
+                run.user_id,
+                conversation_id=run.conversation_id,
+                sandbox_id=run.sandbox.id,
                 title=request.title,
                 selected_repository=request.selected_repository,
                 selected_branch=request.selected_branch,
                 git_provider=request.git_provider,
                 trigger=request.trigger,
                 pr_number=list(request.pr_number),
-                llm_model=llm.model,
-                parent_conversation_id=parent_id,
+                llm_model=run.model,
+                parent_conversation_id=request.parent_conversation_id.hex if request.parent_conversation_id else None,
                 public=request.public,
                 tags=dict(request.tags),
             )
         except IntegrityError as exc:
-            raise StartStepFailed(f"conversation {conversation_id} already exists") from exc
+            raise StartStepFailed(f"conversation {run.conversation_id} already exists") from exc
         initial_text = None
-        run = True
         if request.initial_message is not None:
             texts = [c.text for c in request.initial_message.content if isinstance(c, TextContent)]
             initial_text = "\n".join(t for t in texts if t) or None
         if request.system_message_suffix:
             initial_text = (initial_text or "") + ("\n\n" if initial_text else "") + request.system_message_suffix
         settings = llm_agent_settings(
-            model=llm.model,
+            model=run.model,
             api_key=llm.api_key,
             base_url=llm.base_url,
             input_cost_per_token=llm.input_cost_per_token,
@@ -474,31 +522,33 @@ class StartService:
         )
         # The pinned agent server builds its default agent from `agent_settings`; a sandbox of another spec
         # (an older agent server, which knows no `agent_settings`) is given the agent itself.
-        pinned = self.sandboxes.version_of(sandbox) == runtime.AGENT_SERVER_VERSION
+        pinned = self.sandboxes.version_of(run.sandbox) == runtime.AGENT_SERVER_VERSION
         try:
-            await agent.create_conversation(
-                working_dir=working_dir,
+            await run.agent.create_conversation(
+                working_dir=run.working_dir,
                 agent_settings=settings if pinned else None,
                 agent=None if pinned else explicit_agent(settings),
-                conversation_id=conversation_id,
+                conversation_id=run.conversation_id,
                 initial_message=initial_text,
-                run=run,
+                run=True,
                 tags=None,
-                secrets=self._agent_secrets(sandbox, stored, request) or None,
+                secrets=self._agent_secrets(run.sandbox, run.stored, request) or None,
             )
         except Exception:
             # No half-started conversations: the record goes again when the agent did not take it.
             async with self.db.write() as conn:
-                await conn.execute(delete(conversations).where(conversations.c.id == conversation_id))
+                await conn.execute(delete(conversations).where(conversations.c.id == run.conversation_id))
             raise
-        await self._transition(task_id, Status.READY, agent_server_url=self.sandboxes.agent_url(sandbox))
-        if self.pending is not None:
-            # Messages sent while it started (to the task's id or the conversation's), in order.
-            for target in (task_id, conversation_id):
-                try:
-                    await self.pending.deliver(target)
-                except Exception:  # retried by the maintenance loop; the start itself succeeded
-                    log.exception("delivering pending messages to %s failed", target)
+
+    async def _deliver_pending(self, run: _StartRun) -> None:
+        """Messages sent while it started (to the task's id or the conversation's), in order."""
+        if self.pending is None:
+            return
+        for target in (run.task_id, run.conversation_id):
+            try:
+                await self.pending.deliver(target)
+            except Exception:  # retried by the maintenance loop; the start itself succeeded
+                log.exception("delivering pending messages to %s failed", target)
 
     def _agent_secrets(
         self, sandbox: Any, stored: Sequence[StoredSecret], request: AppConversationStartRequest
