@@ -24,7 +24,7 @@ from threadline.conversations.models import (
 )
 from threadline.core.errors import Invalid, NotFound
 from threadline.core.ids import new_id
-from threadline.core.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
+from threadline.core.pagination import Pager, filters_fingerprint, keyset
 from threadline.core.time import as_utc
 from threadline.db.engine import Database
 from threadline.db.tables import conversation_tags, conversations, events, sandboxes, start_tasks
@@ -321,22 +321,15 @@ async def search(
     limit: int = 100,
     page_id: str | None = None,
 ) -> AppConversationPage:
-    fingerprint = filters.fingerprint()
-    after = None
-    if page_id:
-        after = decode_page_token(secret, page_id, "conversations", sort.value, fingerprint).key
-    query = search_query(user_id, filters, sort=sort, after=after, limit=limit + 1)
+    column_name, descending = _SORT_COLUMNS[sort]
+    pager = Pager(
+        secret, "conversations", sort.value, filters.fingerprint(), conversations.c[column_name], conversations.c.id,
+        descending,
+    )  # fmt: skip
+    query = pager.query(select(conversations).where(*_where(user_id, filters)), page_id, limit)
     async with db.read() as conn:
-        rows = (await conn.execute(query)).all()
-        has_more = len(rows) > limit
-        rows = rows[:limit]
+        rows, next_page_id = pager.split((await conn.execute(query)).all(), limit)
         items = await _rows_to_models(conn, user_id, rows)
-    next_page_id = None
-    if has_more and rows:
-        column_name, _ = _SORT_COLUMNS[sort]
-        last = rows[-1]
-        key = [getattr(last, column_name).isoformat(), last.id]
-        next_page_id = encode_page_token(secret, "conversations", sort.value, fingerprint, key)
     return AppConversationPage(items=items, next_page_id=next_page_id)
 
 

@@ -33,7 +33,7 @@ from threadline.conversations.start_models import (
 )
 from threadline.core.errors import NotFound, Problem
 from threadline.core.ids import new_id
-from threadline.core.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
+from threadline.core.pagination import Pager, filters_fingerprint
 from threadline.core.time import as_utc
 from threadline.db.engine import Database
 from threadline.db.tables import conversations, start_tasks
@@ -209,18 +209,14 @@ class StartService:
             {"conversation_id": conversation_id, "created_at_gte": created_at_gte and created_at_gte.isoformat()}
         )
         column = start_tasks.c.created_at if sort.value.startswith("CREATED") else start_tasks.c.updated_at
-        descending = sort.value.endswith("DESC")
-        query = select(start_tasks).where(*self._where(user_id, conversation_id, created_at_gte))
-        after = decode_page_token(secret, page_id, "start-tasks", sort.value, fingerprint).key if page_id else None
-        query = keyset(query, column, start_tasks.c.id, descending=descending, after=after)
+        pager = Pager(
+            secret, "start-tasks", sort.value, fingerprint, column, start_tasks.c.id, sort.value.endswith("DESC")
+        )
+        query = pager.query(
+            select(start_tasks).where(*self._where(user_id, conversation_id, created_at_gte)), page_id, limit
+        )
         async with self.db.read() as conn:
-            rows = (await conn.execute(query.limit(limit + 1))).all()
-        next_page_id = None
-        if len(rows) > limit:
-            rows = rows[:limit]
-            last = rows[-1]
-            key = [getattr(last, column.name).isoformat(), last.id]
-            next_page_id = encode_page_token(secret, "start-tasks", sort.value, fingerprint, key)
+            rows, next_page_id = pager.split((await conn.execute(query)).all(), limit)
         return AppConversationStartTaskPage(items=[row_to_task(r) for r in rows], next_page_id=next_page_id)
 
     async def count(

@@ -11,12 +11,12 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, or_
+from sqlalchemy import Column, ColumnElement, Select, and_, or_
 
 from threadline.core.errors import Problem
 
@@ -83,3 +83,34 @@ def keyset(
     if descending:
         return query.order_by(column.desc(), id_column.desc())
     return query.order_by(column.asc(), id_column.asc())
+
+
+@dataclass(frozen=True)
+class Pager:
+    """The keyset paging of one listing, written once for every search: which listing (`kind`, so a token
+    of one listing is refused by another), its order, the fingerprint of its filters, and the (time, id)
+    columns it pages over. `query` starts a SELECT right after the page a token points at; `split` cuts
+    the rows fetched into the page and the next page's token."""
+
+    secret: str
+    kind: str
+    sort: str
+    fingerprint: str
+    column: Column[Any]
+    id_column: Column[Any]
+    descending: bool
+
+    def query(self, query: Select[Any], page_id: str | None, limit: int) -> Select[Any]:
+        """`query` ordered, started after `page_id` (BadPageToken for a token not of this listing, order
+        and filters), and limited to one row more than a page (to tell whether another page follows)."""
+        after = decode_page_token(self.secret, page_id, self.kind, self.sort, self.fingerprint).key if page_id else None
+        return keyset(query, self.column, self.id_column, descending=self.descending, after=after).limit(limit + 1)
+
+    def split(self, rows: Sequence[Any], limit: int) -> tuple[list[Any], str | None]:
+        """The page (at most `limit` rows) and the token of the next one (None when this is the last)."""
+        page = list(rows[:limit])
+        if len(rows) <= limit or not page:
+            return page, None
+        last = page[-1]
+        key = [getattr(last, self.column.key).isoformat(), getattr(last, self.id_column.key)]
+        return page, encode_page_token(self.secret, self.kind, self.sort, self.fingerprint, key)

@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy import Text, cast, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy.sql import ColumnElement
 
 from threadline.core.errors import Invalid, NotFound
 from threadline.core.ids import parse_id
-from threadline.core.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
+from threadline.core.pagination import Pager, filters_fingerprint
 from threadline.core.time import as_utc
 from threadline.db.engine import Database
 from threadline.db.tables import conversations, events
@@ -169,10 +169,6 @@ class EventFilters:
         return clauses
 
 
-def _keyset(query: Select[Any], descending: bool, after: list[Any] | None) -> Select[Any]:
-    return keyset(query, events.c.timestamp, events.c.event_id, descending=descending, after=after)
-
-
 @dataclass(frozen=True)
 class RawEventPage:
     """A page of events as stored JSON texts: served without decoding and re-encoding every event."""
@@ -211,21 +207,14 @@ async def search_events(
     filters = EventFilters(kind, timestamp_gte, timestamp_lt).normalised()
     fingerprint = filters.fingerprint(conversation_id)
     descending = order is EventSortOrder.TIMESTAMP_DESC
+    pager = Pager(secret, PAGE_KIND, order.value, fingerprint, events.c.timestamp, events.c.event_id, descending)
     payload_text = cast(events.c.payload, Text).label("payload_text")
     async with db.read() as conn:
         if owner_id is not None:
             await _check_owner(conn, owner_id, conversation_id)
-        after = None
-        if page_id:
-            after = decode_page_token(secret, page_id, PAGE_KIND, order.value, fingerprint).key
         query = select(events.c.timestamp, events.c.event_id, payload_text).where(*filters.where(conversation_id))
-        rows = (await conn.execute(_keyset(query, descending, after).limit(limit + 1))).all()
-    page, has_more = rows[:limit], len(rows) > limit
-    next_page_id = None
-    if has_more:
-        last = page[-1]
-        key = [last.timestamp.isoformat(), last.event_id]
-        next_page_id = encode_page_token(secret, PAGE_KIND, order.value, fingerprint, key)
+        query = pager.query(query, page_id, limit)
+        page, next_page_id = pager.split((await conn.execute(query)).all(), limit)
     return RawEventPage(items=[r.payload_text for r in page], next_page_id=next_page_id)
 
 

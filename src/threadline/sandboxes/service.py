@@ -30,7 +30,7 @@ from threadline.core.crypto import SecretBox
 from threadline.core.enums import SandboxStatus
 from threadline.core.errors import Conflict, NotFound, Problem
 from threadline.core.ids import new_id
-from threadline.core.pagination import decode_page_token, encode_page_token, filters_fingerprint, keyset
+from threadline.core.pagination import Pager, filters_fingerprint
 from threadline.db.engine import Database
 from threadline.db.tables import conversations, events, instances, sandboxes
 from threadline.db.types import utcnow
@@ -255,17 +255,10 @@ class SandboxService:
     async def search(self, user_id: str, *, limit: int = 100, page_id: str | None = None) -> SandboxPage:
         fingerprint = filters_fingerprint({"user": user_id})
         secret = self.settings.resolved_secret_key
-        query = select(sandboxes).where(sandboxes.c.user_id == user_id)
-        after = decode_page_token(secret, page_id, "sandboxes", "CREATED_AT_DESC", fingerprint).key if page_id else None
-        query = keyset(query, sandboxes.c.created_at, sandboxes.c.id, descending=True, after=after).limit(limit + 1)
+        pager = Pager(secret, "sandboxes", "CREATED_AT_DESC", fingerprint, sandboxes.c.created_at, sandboxes.c.id, True)
+        query = pager.query(select(sandboxes).where(sandboxes.c.user_id == user_id), page_id, limit)
         async with self.db.read() as conn:
-            rows = (await conn.execute(query)).all()
-        next_page_id = None
-        if len(rows) > limit:
-            rows = rows[:limit]
-            last = rows[-1]
-            key = [last.created_at.isoformat(), last.id]
-            next_page_id = encode_page_token(secret, "sandboxes", "CREATED_AT_DESC", fingerprint, key)
+            rows, next_page_id = pager.split((await conn.execute(query)).all(), limit)
         return SandboxPage(items=[self.to_info(r) for r in rows], next_page_id=next_page_id)
 
     async def batch_get(self, user_id: str, ids: Sequence[str]) -> list[SandboxInfo | None]:
