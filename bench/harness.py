@@ -601,7 +601,7 @@ def run_database(
         secret = secrets.token_urlsafe(48)
         if sizes.w5_sandboxes:
             agents = start_agents(sizes.w5_sandboxes, home, log_dir)
-        from threadline.crypto import SecretBox
+        from threadline.core.crypto import SecretBox
 
         log(f"{kind}: loading data (W1 {sizes.w1}, W2 {sizes.w2}, W3 {sizes.w3} events, W5 {len(agents)} sandboxes)")
         t0 = time.monotonic()
