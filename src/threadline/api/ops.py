@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from sqlalchemy import text
 
 from threadline import __version__
-from threadline.core.context import AppContext, get_context
+from threadline.core.context import Context
 from threadline.core.errors import Problem
 from threadline.sandboxes import runtime
 from threadline.sandboxes.dependencies import Pool, Sandboxes
@@ -29,7 +29,7 @@ async def health() -> str:
 
 
 @router.get("/ready", response_model=str)
-async def ready(ctx: AppContext = Depends(get_context)) -> str:
+async def ready(ctx: Context) -> str:
     try:
         async with ctx.db.read() as conn:
             await conn.execute(text("SELECT 1"))
@@ -39,7 +39,7 @@ async def ready(ctx: AppContext = Depends(get_context)) -> str:
 
 
 @router.get("/server_info")
-async def server_info(sandboxes: Sandboxes, pool: Pool, ctx: AppContext = Depends(get_context)) -> dict[str, Any]:
+async def server_info(ctx: Context, sandboxes: Sandboxes, pool: Pool) -> dict[str, Any]:
     return {
         "name": "threadline",
         "version": __version__,

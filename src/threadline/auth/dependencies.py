@@ -7,7 +7,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from threadline.auth.service import User, authenticate_key
-from threadline.core.context import AppContext, get_context
+from threadline.core.context import AppContext, Context
 from threadline.core.errors import Problem, Unauthorized
 from threadline.ratelimit.service import ANONYMOUS, DEFAULT, START, STATE_KEY, RateLimiter
 
@@ -57,26 +57,26 @@ def _charge(request: Request, ctx: AppContext, policy: str, bucket: str, whose: 
         )
 
 
-async def anonymous_client(request: Request, ctx: AppContext = Depends(get_context)) -> None:
+async def anonymous_client(ctx: Context, request: Request) -> None:
     """Routes without credentials (the public shared views): limited per client address instead."""
     address = request.client.host if request.client else "unknown"
     _charge(request, ctx, ANONYMOUS, f"address:{address}", "this client address")
 
 
 async def current_user(
+    ctx: Context,
     request: Request,
     access_token: str | None = Depends(_access_token),
     bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
-    ctx: AppContext = Depends(get_context),
 ) -> User:
     return await _authenticated(request, access_token, bearer, ctx, DEFAULT)
 
 
 async def starting_user(
+    ctx: Context,
     request: Request,
     access_token: str | None = Depends(_access_token),
     bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
-    ctx: AppContext = Depends(get_context),
 ) -> User:
     """`current_user` for requests that start something: charged to the lower `start` bucket instead."""
     return await _authenticated(request, access_token, bearer, ctx, START)

@@ -21,7 +21,7 @@ from threadline.conversations.models import (
     SortOrder,
     Success,
 )
-from threadline.core.context import AppContext, get_context
+from threadline.core.context import Context
 from threadline.core.errors import Invalid, NotFound
 from threadline.core.ids import ID_PATTERN, MalformedId, id_list_schema, parse_id
 from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
@@ -173,12 +173,12 @@ async def present(live: LiveFields, user: User, items: list[AppConversation]) ->
 async def search_app_conversations(
     sandboxes: Sandboxes,
     live: Live,
+    ctx: Context,
     filters: service.ConversationFilters = Depends(search_filters),
     sort_order: SortOrder = SortOrder.CREATED_AT_DESC,
     page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
     limit: Annotated[int, Query(gt=0, le=100)] = 100,
     user: User = Depends(current_user),
-    ctx: AppContext = Depends(get_context),
 ) -> AppConversationPage:
     await settle_sandboxes(sandboxes, user, filters)
     page = await service.search(
@@ -197,9 +197,9 @@ async def search_app_conversations(
 @router.get("/count", response_model=int)
 async def count_app_conversations(
     sandboxes: Sandboxes,
+    ctx: Context,
     filters: service.ConversationFilters = Depends(search_filters),
     user: User = Depends(current_user),
-    ctx: AppContext = Depends(get_context),
 ) -> int:
     await settle_sandboxes(sandboxes, user, filters)
     return await service.count(ctx.db, user.id, filters)
@@ -208,9 +208,9 @@ async def count_app_conversations(
 @router.get("", response_model=list[AppConversation | None])
 async def batch_get_app_conversations(
     live: Live,
+    ctx: Context,
     ids: Annotated[list[str], Query(json_schema_extra=id_list_schema(service.MAX_BATCH_IDS))],
     user: User = Depends(current_user),
-    ctx: AppContext = Depends(get_context),
 ) -> list[AppConversation | None]:
     parsed = parse_id_list(ids, "ids", service.MAX_BATCH_IDS)
     found = await service.batch_get(ctx.db, user.id, parsed)
@@ -231,11 +231,11 @@ _PRECONDITION: dict[int | str, dict[str, Any]] = {
 )
 async def get_app_conversation(
     live: Live,
+    ctx: Context,
     response: Response,
     if_none_match: Annotated[str | None, Header(description="Answer 304 if the ETag is one of these")] = None,
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
-    ctx: AppContext = Depends(get_context),
 ) -> AppConversation | Response:
     conversation = await service.get(ctx.db, user.id, conversation_id)
     # Live fields first: storing the agent's automatic title moves the version on.
@@ -249,12 +249,12 @@ async def get_app_conversation(
 @router.patch("/{conversation_id}", response_model=AppConversation, responses=_PRECONDITION)
 async def update_app_conversation(
     live: Live,
+    ctx: Context,
     request: Annotated[AppConversationUpdateRequest, Body()],
     response: Response,
     if_match: Annotated[str | None, _IF_MATCH] = None,
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
-    ctx: AppContext = Depends(get_context),
 ) -> AppConversation:
     s = ctx.settings
     limits = service.TagLimits(s.max_tags, s.max_tag_key_length, s.max_tag_value_length)
@@ -271,11 +271,11 @@ async def update_app_conversation(
 )
 async def delete_app_conversation(
     sandboxes: Sandboxes,
+    ctx: Context,
     response: Response,
     if_match: Annotated[str | None, _IF_MATCH] = None,
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
-    ctx: AppContext = Depends(get_context),
 ) -> Success:
     row = await service.delete_conversation(ctx.db, user.id, conversation_id, expected_etag=if_match)
     # The ETag of the version that was deleted.

@@ -25,7 +25,7 @@ from threadline.conversations.start_models import (
     AppSendMessageRequest,
     AppSendMessageResponse,
 )
-from threadline.core.context import AppContext, get_context
+from threadline.core.context import Context
 from threadline.core.errors import Invalid
 from threadline.core.ids import ID_PATTERN, MalformedId, id_list_schema, parse_id
 from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
@@ -121,10 +121,10 @@ async def batch_get_app_conversation_start_tasks(
 )
 async def send_message_to_conversation(
     sandboxes: Sandboxes,
+    ctx: Context,
     request: Annotated[AppSendMessageRequest, Body()],
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
-    ctx: AppContext = Depends(get_context),
     idempotent: Idempotent = Depends(idempotency),
 ) -> Response:
     result = await idempotent.run(

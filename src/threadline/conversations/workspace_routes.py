@@ -12,7 +12,7 @@ from threadline.auth.service import User
 from threadline.conversations import workspace
 from threadline.conversations.routes import conversation_id_path
 from threadline.conversations.validation import BranchName
-from threadline.core.context import AppContext, get_context
+from threadline.core.context import Context
 from threadline.sandboxes.dependencies import Sandboxes
 
 router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
@@ -25,10 +25,10 @@ _REF = (
 @router.get("/{conversation_id}/git/changes", responses={404: {}, 409: {}, 410: {}, 502: {}, 503: {}})
 async def get_git_changes(
     sandboxes: Sandboxes,
+    ctx: Context,
     ref: Annotated[BranchName | None, Query(description=_REF)] = None,
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
-    ctx: AppContext = Depends(get_context),
 ) -> list[dict[str, Any]]:
     """What the agent changed in the conversation's repository: `[{"status": "MODIFIED", "path": ...}]`
     (paths relative to the repository). The sandbox must be RUNNING (409 while PAUSED or STARTING)."""
@@ -38,6 +38,7 @@ async def get_git_changes(
 @router.get("/{conversation_id}/git/diff", responses={404: {}, 409: {}, 410: {}, 422: {}, 502: {}, 503: {}})
 async def get_git_diff(
     sandboxes: Sandboxes,
+    ctx: Context,
     path: Annotated[
         str,
         Query(
@@ -51,7 +52,6 @@ async def get_git_diff(
     ref: Annotated[BranchName | None, Query(description=_REF)] = None,
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
-    ctx: AppContext = Depends(get_context),
 ) -> dict[str, Any]:
     """One file's contents before and after: `{"original": ..., "modified": ...}`."""
     return await workspace.git_diff(ctx.db, sandboxes, user.id, conversation_id, path, ref)
@@ -60,9 +60,9 @@ async def get_git_diff(
 @router.get("/{conversation_id}/skills", responses={404: {}, 409: {}, 410: {}, 502: {}, 503: {}})
 async def get_skills(
     sandboxes: Sandboxes,
+    ctx: Context,
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
-    ctx: AppContext = Depends(get_context),
 ) -> dict[str, Any]:
     """The skills the conversation's agent has: the repository's own (`.openhands/skills`, `AGENTS.md`, ...)
     and the sandbox user's, as `{"skills": [{"name", "type": "repo" | "knowledge", "content", "triggers",
@@ -77,9 +77,9 @@ async def get_skills(
 )
 async def download_workspace(
     sandboxes: Sandboxes,
+    ctx: Context,
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
-    ctx: AppContext = Depends(get_context),
 ) -> StreamingResponse:
     """The sandbox's workspace as a zip stream (also while the sandbox is PAUSED). Only regular files;
     symbolic links are left out. Over THREADLINE_DOWNLOAD_MAX_BYTES of files: 413 problem."""

@@ -12,7 +12,7 @@ from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
 from threadline.conversations.routes import conversation_id_path
 from threadline.conversations.service import get_row
-from threadline.core.context import AppContext, get_context
+from threadline.core.context import Context
 from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
 from threadline.events import service
 from threadline.events.models import (
@@ -34,9 +34,9 @@ _KIND_DESCRIPTION = (
 
 
 async def owned_conversation_id(
+    ctx: Context,
     user: User = Depends(current_user),
     conversation_id: str = Depends(conversation_id_path),
-    ctx: AppContext = Depends(get_context),
 ) -> str:
     """The normalised conversation id, once it is known to be the caller's (404 otherwise, never 403)."""
     async with ctx.db.read() as conn:
@@ -80,13 +80,13 @@ async def event_filters(
 
 @router.get("/search", response_model=EventPage, summary="Search Events")
 async def search_events(
+    ctx: Context,
     user: User = Depends(current_user),
     conversation_id: str = Depends(conversation_id_path),
     filters: EventQuery = Depends(event_filters),
     sort_order: Annotated[EventSortOrder, Query(title="Sort order for results")] = EventSortOrder.TIMESTAMP,
     page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
     limit: Annotated[int, Query(title="The max number of results in the page", gt=0, le=service.MAX_LIMIT)] = 100,
-    ctx: AppContext = Depends(get_context),
 ) -> Response:
     """Search / List events, ordered by timestamp then event id; `next_page_id` is a keyset token."""
     page = await service.search_events(
@@ -107,9 +107,9 @@ async def search_events(
 
 @router.get("/count", response_model=int, summary="Count Events")
 async def count_events(
+    ctx: Context,
     conversation_id: str = Depends(owned_conversation_id),
     filters: EventQuery = Depends(event_filters),
-    ctx: AppContext = Depends(get_context),
 ) -> int:
     """Count events matching the given filters (the same filters as search, always in agreement)."""
     return await service.count_events(
@@ -123,6 +123,7 @@ async def count_events(
 
 @router.get("", response_model=list[EventPayload | None], summary="Batch Get Events")
 async def batch_get_events(
+    ctx: Context,
     ids: Annotated[
         list[str],
         Query(
@@ -138,7 +139,6 @@ async def batch_get_events(
         ),
     ],
     conversation_id: str = Depends(owned_conversation_id),
-    ctx: AppContext = Depends(get_context),
 ) -> list[EventPayload | None]:
     """Get a batch of events given their ids, returning null for any missing event."""
     return await service.batch_get_events(ctx.db, conversation_id, ids)

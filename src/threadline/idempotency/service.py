@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Header, Request
 from pydantic import BaseModel
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -31,7 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from starlette.responses import JSONResponse, Response
 
 from threadline.config import Settings
-from threadline.core.context import AppContext, get_context
+from threadline.core.context import Context
 from threadline.core.crypto import SecretBox
 from threadline.core.errors import PROBLEM_JSON, Problem, problem_response
 from threadline.db.engine import Database
@@ -246,6 +246,7 @@ class Idempotent:
 
 
 async def idempotency(
+    ctx: Context,
     request: Request,
     key: Annotated[
         str | None,
@@ -256,7 +257,6 @@ async def idempotency(
             description="Makes a retry safe: the same key and request return the first result; scoped per user.",
         ),
     ] = None,
-    ctx: AppContext = Depends(get_context),
 ) -> Idempotent:
     """FastAPI dependency for routes that create or start something."""
     route = request.scope.get("route")

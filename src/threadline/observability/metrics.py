@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from sqlalchemy import func, select
 from starlette.requests import HTTPConnection
 
-from threadline.core.context import AppContext, get_context
+from threadline.core.context import Context
 from threadline.core.enums import SandboxStatus
 from threadline.core.errors import NotFound
 from threadline.db.engine import Database
@@ -119,7 +119,7 @@ MetricsOrNone = Annotated[Metrics | None, Depends(metrics_of)]
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics_endpoint(metrics: MetricsOrNone, ctx: AppContext = Depends(get_context)) -> Response:
+async def metrics_endpoint(ctx: Context, metrics: MetricsOrNone) -> Response:
     """Prometheus text exposition; no credentials (turn it off with THREADLINE_METRICS_ENABLED=false)."""
     if metrics is None or not ctx.settings.metrics_enabled:
         raise NotFound("metrics are turned off on this server")

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Path, Request, Response
 
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
-from threadline.core.context import AppContext, get_context
+from threadline.core.context import Context
 from threadline.core.enums import SandboxStatus
 from threadline.core.errors import Conflict, NotFound, Unauthorized
 from threadline.core.wire import Success, parse_without_echo
@@ -45,7 +45,7 @@ SecretNamePath = Annotated[str, Path(pattern=NAME_PATTERN, description="The secr
 
 
 @router.get("/api/v1/secrets", response_model=SecretList)
-async def list_secrets(user: User = Depends(current_user), ctx: AppContext = Depends(get_context)) -> SecretList:
+async def list_secrets(ctx: Context, user: User = Depends(current_user)) -> SecretList:
     """The caller's secrets: names, descriptions and times. Values are never returned."""
     return await service.list_secrets(ctx.db, user_id=user.id)
 
@@ -57,9 +57,7 @@ async def list_secrets(user: User = Depends(current_user), ctx: AppContext = Dep
     responses={409: {}, 422: {}},
     openapi_extra=_CREATE_BODY,
 )
-async def create_secret(
-    request: Request, user: User = Depends(current_user), ctx: AppContext = Depends(get_context)
-) -> SecretInfo:
+async def create_secret(request: Request, ctx: Context, user: User = Depends(current_user)) -> SecretInfo:
     """Store a secret, encrypted. Every conversation the caller starts afterwards gets it as a secret its
     agent can use (e.g. `GITHUB_TOKEN` in a command); a start request's `secrets` override it by name.
     409 when the name exists or the caller has 100 secrets."""
@@ -68,9 +66,7 @@ async def create_secret(
 
 
 @router.get("/api/v1/secrets/{name}", response_model=SecretInfo, responses={404: {}})
-async def get_secret(
-    name: SecretNamePath, user: User = Depends(current_user), ctx: AppContext = Depends(get_context)
-) -> SecretInfo:
+async def get_secret(name: SecretNamePath, ctx: Context, user: User = Depends(current_user)) -> SecretInfo:
     return await service.get_secret(ctx.db, user_id=user.id, name=name)
 
 
@@ -81,10 +77,10 @@ async def get_secret(
     openapi_extra=_UPDATE_BODY,
 )
 async def update_secret(
+    ctx: Context,
     request: Request,
     name: SecretNamePath,
     user: User = Depends(current_user),
-    ctx: AppContext = Depends(get_context),
 ) -> SecretInfo:
     """Change the value, the description (null clears it) or the name. Running agents look secrets up
     when they use them, so a new value takes effect there too."""
@@ -93,9 +89,7 @@ async def update_secret(
 
 
 @router.delete("/api/v1/secrets/{name}", response_model=Success, responses={404: {}})
-async def delete_secret(
-    name: SecretNamePath, user: User = Depends(current_user), ctx: AppContext = Depends(get_context)
-) -> Success:
+async def delete_secret(name: SecretNamePath, ctx: Context, user: User = Depends(current_user)) -> Success:
     await service.delete_secret(ctx.db, user_id=user.id, name=name)
     return Success()
 
@@ -125,9 +119,9 @@ async def _sandbox_owner(sandboxes: SandboxService, sandbox_id: str, x_session_a
 )
 async def list_sandbox_secret_names(
     sandboxes: Sandboxes,
+    ctx: Context,
     sandbox_id: str,
     x_session_api_key: Annotated[str | None, Header()] = None,
-    ctx: AppContext = Depends(get_context),
 ) -> SecretNamesResponse:
     """For the agent server inside the sandbox (its session key): the names of the owner's secrets."""
     owner = await _sandbox_owner(sandboxes, sandbox_id, x_session_api_key)
@@ -142,10 +136,10 @@ async def list_sandbox_secret_names(
 )
 async def get_sandbox_secret_value(
     sandboxes: Sandboxes,
+    ctx: Context,
     sandbox_id: str,
     name: str,
     x_session_api_key: Annotated[str | None, Header()] = None,
-    ctx: AppContext = Depends(get_context),
 ) -> Response:
     """For the agent server inside the sandbox (its session key): one secret's value, as plain text,
     read when the agent uses it (so an updated value takes effect at once)."""

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
-from threadline.core.context import AppContext, get_context
+from threadline.core.context import Context
 from threadline.core.wire import parse_without_echo
 from threadline.settings import service
 from threadline.settings.models import LLMSettings, SettingsUpdateRequest
@@ -25,8 +25,8 @@ _UPDATE_BODY = {
 
 @router.get("", response_model=LLMSettings)
 async def get_settings(
+    ctx: Context,
     user: User = Depends(current_user),
-    ctx: AppContext = Depends(get_context),
 ) -> LLMSettings:
     """The caller's LLM settings in effect: their own values, else the server-wide defaults."""
     return await service.get_settings(ctx.db, ctx.settings, user.id)
@@ -34,9 +34,9 @@ async def get_settings(
 
 @router.post("", response_model=LLMSettings, openapi_extra=_UPDATE_BODY)
 async def update_settings(
+    ctx: Context,
     request: Request,
     user: User = Depends(current_user),
-    ctx: AppContext = Depends(get_context),
 ) -> LLMSettings:
     """Change the caller's LLM settings: absent fields are kept, null clears back to the server default."""
     update = parse_without_echo(SettingsUpdateRequest, await request.body())

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from threadline.auth.dependencies import anonymous_client
 from threadline.conversations.routes import conversation_id_path, parse_id_list
-from threadline.core.context import AppContext, get_context
+from threadline.core.context import Context
 from threadline.core.ids import id_list_schema
 from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE
 from threadline.events import service as events_service
@@ -26,6 +26,7 @@ _NO_STORE = "no-store"
 
 @router.get("", response_model=list[SharedConversation | None], summary="Batch Get Shared Conversations")
 async def batch_get_shared_conversations(
+    ctx: Context,
     response: Response,
     ids: Annotated[
         list[str],
@@ -34,7 +35,6 @@ async def batch_get_shared_conversations(
             json_schema_extra=id_list_schema(service.MAX_BATCH_IDS),
         ),
     ],
-    ctx: AppContext = Depends(get_context),
 ) -> list[SharedConversation | None]:
     """The shared view of each public conversation; null for one that is missing or not public."""
     parsed = parse_id_list(ids, "ids", service.MAX_BATCH_IDS)
@@ -44,6 +44,7 @@ async def batch_get_shared_conversations(
 
 @router.get("/{conversation_id}/events/search", response_model=EventPage, summary="Search Shared Events")
 async def search_shared_events(
+    ctx: Context,
     response: Response,
     conversation_id: str = Depends(conversation_id_path),
     filters: EventQuery = Depends(event_filters),
@@ -52,7 +53,6 @@ async def search_shared_events(
     limit: Annotated[
         int, Query(title="The max number of results in the page", gt=0, le=events_service.MAX_LIMIT)
     ] = 100,
-    ctx: AppContext = Depends(get_context),
 ) -> EventPage:
     """The events of a public conversation (404 unless it is public), as the owner's events search lists them."""
     page = await service.search_events(

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header
 
-from threadline.core.context import AppContext, get_context
+from threadline.core.context import Context
 from threadline.core.errors import Unauthorized
 from threadline.core.wire import Success
 from threadline.observability.metrics import MetricsOrNone
@@ -28,9 +28,9 @@ async def calling_sandbox(
 
 @router.post("/conversations", response_model=Success)
 async def on_conversation_update(
+    ctx: Context,
     info: Annotated[dict[str, Any], Body()],
     sandbox: Any = Depends(calling_sandbox),
-    ctx: AppContext = Depends(get_context),
 ) -> Success:
     await service.on_conversation_update(ctx.db, sandbox.id, info)
     return Success()
@@ -39,10 +39,10 @@ async def on_conversation_update(
 @router.post("/events/{conversation_id}", response_model=Success)
 async def on_event(
     metrics: MetricsOrNone,
+    ctx: Context,
     conversation_id: str,
     events: Annotated[list[Any], Body()],
     sandbox: Any = Depends(calling_sandbox),
-    ctx: AppContext = Depends(get_context),
 ) -> Success:
     await service.on_events(ctx.db, sandbox.id, conversation_id, events, metrics=metrics)
     return Success()
