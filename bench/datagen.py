@@ -25,9 +25,10 @@ from typing import Any
 from sqlalchemy import Table, text
 
 from threadline.auth import service as auth
-from threadline.db import tables
+from threadline.conversations.tables import conversation_tags, conversations
 from threadline.db.engine import Database
 from threadline.db.migrate import upgrade_to_head
+from threadline.sandboxes.tables import sandboxes
 
 CHUNK = 5_000
 EVENT_CHUNK = 1_000
@@ -291,10 +292,10 @@ async def _insert_conversations(db: Database, chunks: Iterator[list[dict[str, An
     kept: list[dict[str, Any]] = []
     for chunk in chunks:
         async with db.write() as conn:
-            await conn.execute(tables.conversations.insert(), _filter(tables.conversations, chunk))
+            await conn.execute(conversations.insert(), _filter(conversations, chunk))
             tags = [t for c in chunk for t in tag_rows(c)]
             if tags:
-                await conn.execute(tables.conversation_tags.insert(), _filter(tables.conversation_tags, tags))
+                await conn.execute(conversation_tags.insert(), _filter(conversation_tags, tags))
         kept.extend({"id": c["id"], "created_at": c["created_at"], "sandbox_id": c["sandbox_id"]} for c in chunk)
     return kept
 
@@ -397,13 +398,13 @@ async def load(
         data.w3_conversation_id = target["id"]
         events = 0
         for chunk in event_rows(rng, target["id"], sizes.w3, target["created_at"]):
-            await _insert(db, tables.events, chunk)
+            await _insert(db, events, chunk)
             events += len(chunk)
         others = [c for c in rng.sample(w1, min(50, len(w1))) if c["id"] != target["id"]]
         per_other = sizes.background_events // max(len(others), 1)
         for conv in others:
             for chunk in event_rows(rng, conv["id"], per_other, conv["created_at"]):
-                await _insert(db, tables.events, chunk)
+                await _insert(db, events, chunk)
                 events += len(chunk)
         data.seconds["events"] = time.monotonic() - t0
         log(f"  {events} events ({sizes.w3} in the W3 conversation) in {data.seconds['events']:.1f}s")
@@ -433,7 +434,7 @@ async def load(
                 for _ in range(sizes.w5_per_sandbox):
                     created = now - timedelta(seconds=rng.randint(60, 86_400))
                     convs.append(conversation_row(rng, data.users["w5"], created, now, sandbox_id=agent["sandbox_id"]))
-            await _insert(db, tables.sandboxes, sandbox_rows)
+            await _insert(db, sandboxes, sandbox_rows)
             convs.sort(key=lambda r: r["created_at"])
             await _insert_conversations(db, iter([convs]))
             data.w5_sandbox_ids = [a["sandbox_id"] for a in w5_agents]

@@ -27,6 +27,7 @@ from threadline.api.app import create_app
 from threadline.auth import service as auth
 from threadline.config import Settings
 from threadline.conversations import service as conversations
+from threadline.conversations.mapping import to_app_conversation
 from threadline.core.context import AppContext
 
 T = TypeVar("T")
@@ -104,7 +105,7 @@ class LiveServer:
     def sandbox(self, user_id: str, status: str = "RUNNING", **values: Any) -> tuple[str, str]:
         """Insert a sandbox record (no process) with a session key; returns (sandbox id, session key)."""
         from tests.support.records import sandbox_values
-        from threadline.db.tables import sandboxes
+        from threadline.sandboxes.tables import sandboxes
 
         row, key = sandbox_values(user_id, self.settings.resolved_secret_key, status=status, **values)
 
@@ -117,8 +118,8 @@ class LiveServer:
 
     def conversation(self, user_id: str, **fields: Any) -> dict[str, Any]:
         """Create a conversation record through the service layer; returns its JSON form."""
-        model = self.run(conversations.create_record(self.ctx.db, user_id, **fields))
-        return model.model_dump(mode="json")
+        stored = self.run(conversations.create_record(self.ctx.db, user_id=user_id, **fields))
+        return to_app_conversation(stored).model_dump(mode="json")
 
 
 def free_port() -> int:

@@ -408,7 +408,7 @@ def test_sandboxes_api_and_isolation(agent_server_factory: Any) -> None:
 def test_warm_pool_hands_out_running_sandboxes_and_refills(agent_server_factory: Any) -> None:
     from sqlalchemy import select
 
-    from threadline.db.tables import sandboxes
+    from threadline.sandboxes.tables import sandboxes
 
     server: LiveServer = agent_server_factory(warm_pool_size=1, warm_pool_refill_interval=1.0)
     _, key = server.user("wu")
@@ -483,7 +483,7 @@ def test_two_replicas_own_their_sandboxes(agent_server_factory: Any) -> None:
     sandboxes while it lives; when one goes away, the other adopts what it left running."""
     from sqlalchemy import select
 
-    from threadline.db.tables import sandboxes
+    from threadline.sandboxes.tables import sandboxes
 
     def owner(server: LiveServer, sandbox_id: str) -> str:
         async def query() -> str:

@@ -57,7 +57,7 @@ def test_revoked_key_is_401_and_other_keys_still_work(server: LiveServer) -> Non
 def test_keys_are_stored_only_as_hashes(server: LiveServer) -> None:
     from sqlalchemy import select
 
-    from threadline.db.tables import api_keys
+    from threadline.auth.tables import api_keys
 
     _, key = server.user("finn")
 

@@ -243,7 +243,7 @@ def test_get_update_and_delete(
 def _store(server: LiveServer, conversation_id: str, events: list[dict[str, Any]]) -> None:
     async def run() -> None:
         async with server.ctx.db.write() as conn:
-            await store_events(conn, conversation_id, events)
+            await store_events(conn, conversation_id=conversation_id, items=events)
 
     server.run(run())
 

@@ -198,7 +198,9 @@ def test_agent_callbacks_move_the_etag(
     before = _etag(client, conv["id"])
     server.run(
         webhooks.on_conversation_update(
-            server.ctx.db, "sbx-etag", {"id": conv["id"], "execution_status": "running", "title": "Auto title"}
+            server.ctx.db,
+            sandbox_id="sbx-etag",
+            info={"id": conv["id"], "execution_status": "running", "title": "Auto title"},
         )
     )
     after = client.get(url, headers={"If-None-Match": before})

@@ -26,7 +26,7 @@ def _event(event_id: str, at: dt.datetime, kind: str = "MessageEvent", **extra: 
 def _store(server: LiveServer, conversation_id: str, items: list[Any]) -> int:
     async def run() -> int:
         async with server.ctx.db.write() as conn:
-            return await store_events(conn, conversation_id, items)
+            return await store_events(conn, conversation_id=conversation_id, items=items)
 
     return server.run(run())
 

@@ -16,8 +16,8 @@ from sqlalchemy import text
 from tests.conftest import Database, LiveServer
 from threadline.conversations import service
 from threadline.conversations.models import ConversationExecutionStatus, ConversationTrigger, ProviderType, SortOrder
+from threadline.conversations.tables import conversation_tags, conversations
 from threadline.core.ids import new_id
-from threadline.db.tables import conversation_tags, conversations
 from threadline.sandboxes.backend import SANDBOX_ENV
 
 API = "/api/v1/app-conversations"

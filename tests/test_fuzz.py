@@ -46,8 +46,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import LiveServer
+from threadline.conversations.tables import start_tasks
 from threadline.core.ids import new_id
-from threadline.db.tables import start_tasks
 
 # Examples per operation and per (credentials, generation mode) combination; raise it for a deeper
 # local run (THREADLINE_FUZZ_EXAMPLES=200), CI keeps the default.

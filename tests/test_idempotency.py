@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from tests.conftest import LiveServer, wait_for
 from threadline.core.errors import Problem
-from threadline.db.tables import idempotency_keys
+from threadline.idempotency.tables import idempotency_keys
 
 API = "/api/v1/app-conversations"
 SANDBOXES = "/api/v1/sandboxes"

@@ -43,8 +43,8 @@ import pytest
 
 from tests.conftest import LiveServer
 from threadline.auth.service import User
+from threadline.conversations.tables import start_tasks
 from threadline.core.ids import new_id
-from threadline.db.tables import start_tasks
 
 API = "/api/v1/app-conversations"
 EVENTS = "/api/v1/conversation/{conv}/events"

@@ -9,15 +9,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "threadline"
-# What may only be imported by the layers above everything: the app factory and the command line.
-TOP = {"api", "cli"}
+# What may only be imported by the layers above everything: the app factory, the command line, the whole
+# schema (every domain's tables) and the migrations that build it.
+TOP = {"api", "cli", "schema", "migrations"}
 # The bottom: they import no other part of Threadline but each other (`config`, `db` and `core`).
 BOTTOM = {"core", "config", "db"}
 
 
 def _unit(path: Path) -> str:
-    """The package (or top-level module) a file belongs to: `conversations`, `core`, `config`..."""
-    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+    """The package (or top-level module) a file belongs to: `conversations`, `core`, `config`...; the
+    migrations are a unit of their own (scripts Alembic loads, above every domain), not part of `db`."""
+    parts = path.relative_to(PACKAGE).parts
+    if parts[:2] == ("db", "migrations"):
+        return "migrations"
+    return parts[0].removesuffix(".py")
 
 
 def _runtime_imports(tree: ast.Module) -> Iterator[ast.ImportFrom | ast.Import]:
@@ -114,3 +119,26 @@ def test_the_checks_see_a_cycle_hidden_in_a_function() -> None:
     assert cycles(graph) == [["a", "b", "c"]]
     tree = ast.parse("def f():\n    from threadline.x import y\nif TYPE_CHECKING:\n    from threadline.z import w\n")
     assert [n.module for n in _runtime_imports(tree) if isinstance(n, ast.ImportFrom)] == ["threadline.x"]
+
+
+def test_each_domain_declares_its_own_tables_and_the_schema_has_them_all() -> None:
+    from threadline.schema import DOMAIN_TABLE_MODULES, metadata
+
+    declared_in = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            # SQLAlchemy's Table(name, metadata, ...), not the command line's display tables.
+            if (
+                isinstance(node, ast.Call)
+                and ast.unparse(node.func) == "Table"
+                and "metadata" in map(ast.unparse, node.args)
+            ):
+                declared_in.setdefault(path.relative_to(PACKAGE).as_posix(), []).append(ast.unparse(node.args[0]))
+    outside = [f for f in declared_in if not f.endswith("/tables.py") and "/migrations/" not in f]
+    assert not outside, f"tables declared outside a domain's tables.py: {outside}"
+    from sqlalchemy import Table
+
+    tables = (t for module in DOMAIN_TABLE_MODULES for t in vars(module).values() if isinstance(t, Table))
+    from_modules = {t.name for t in tables}
+    assert from_modules == set(metadata.tables), "every table of the schema comes from a domain's tables.py"
+    assert {"conversations", "sandboxes", "events", "users"} <= set(metadata.tables)

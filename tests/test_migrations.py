@@ -1,5 +1,6 @@
-"""The Alembic migrations build exactly the schema the code declares (`threadline.db.tables`), on SQLite
-and PostgreSQL: a column or index added to one and not the other fails here, not in production."""
+"""The Alembic migrations build exactly the schema the code declares (`threadline.schema`: every domain's
+`tables.py`), on SQLite and PostgreSQL: a column or index added to one and not the other fails here, not in
+production."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sqlalchemy.engine import Connection
 from tests.conftest import Database
 from threadline.db.engine import Database as Engine
 from threadline.db.migrate import upgrade_to_head
-from threadline.db.tables import metadata
+from threadline.schema import metadata
 
 
 def _differences(connection: Connection) -> list[Any]:

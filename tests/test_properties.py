@@ -174,7 +174,7 @@ def test_event_pages_never_skip_or_repeat(
     def store(items: list[dict[str, Any]]) -> None:
         async def run() -> int:
             async with server.ctx.db.write() as conn:
-                return await store_events(conn, conv["id"], items)
+                return await store_events(conn, conversation_id=conv["id"], items=items)
 
         server.run(run())
 

@@ -22,9 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tests.conftest import Database, wait_for
 from tests.support.process_server import ProcessServer, insert_conversations, with_database
 from tests.support.records import message_event, sandbox_values, stats_event
+from threadline.conversations.tables import start_tasks
 from threadline.core.ids import new_id
 from threadline.db.engine import Database as Engine
-from threadline.db.tables import instances, sandboxes, start_tasks
+from threadline.sandboxes.tables import instances, sandboxes
 
 API = "/api/v1/app-conversations"
 HOOKS = "/api/v1/webhooks"

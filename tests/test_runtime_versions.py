@@ -15,8 +15,8 @@ from sqlalchemy import select
 
 from tests.conftest import LiveServer
 from tests.support.cli import run_cli
-from threadline.db.tables import sandboxes
 from threadline.sandboxes import runtime, specs
+from threadline.sandboxes.tables import sandboxes
 
 PINNED = runtime.AGENT_SERVER_VERSION
 

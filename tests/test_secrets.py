@@ -33,8 +33,8 @@ from tests.conftest import LiveServer, wait_for
 from tests.test_agent_e2e import API, conversation, start_and_wait
 from tests.test_isolation import MATRIX, _fill, _insert_sandbox
 from threadline.conversations.start import REDACTED
-from threadline.db.tables import metadata
 from threadline.observability.logging import make_handler
+from threadline.schema import metadata
 
 
 def _database_text(server: LiveServer) -> str:

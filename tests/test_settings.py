@@ -12,8 +12,8 @@ from sqlalchemy import select
 from tests.conftest import LiveServer
 from threadline.core.crypto import SecretBox
 from threadline.core.errors import Conflict
-from threadline.db.tables import user_settings
 from threadline.settings.service import LLMConfig, effective_llm
+from threadline.settings.tables import user_settings
 
 API = "/api/v1/settings"
 SECRET = "sk-alice-Very-Secret-0123456789"

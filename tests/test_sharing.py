@@ -79,7 +79,7 @@ def _event(event_id: str, minutes: int, kind: str = "MessageEvent", **extra: Any
 def _store(server: LiveServer, conversation_id: str, items: list[dict[str, Any]]) -> None:
     async def run() -> int:
         async with server.ctx.db.write() as conn:
-            return await store_events(conn, conversation_id, items)
+            return await store_events(conn, conversation_id=conversation_id, items=items)
 
     assert server.run(run()) == len(items)
 

@@ -353,12 +353,12 @@ def applied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, Delta]]:
     """Replace `_apply` and `store_events`: record what would be applied, store nothing."""
     calls: list[tuple[str, str, Delta]] = []
 
-    async def fake_apply(conn: Any, sandbox_id: str, conversation_id: str, delta: Delta) -> str:
+    async def fake_apply(conn: Any, *, sandbox_id: str, conversation_id: str, delta: Delta) -> str:
         calls.append((sandbox_id, conversation_id, delta))
         return "row"
 
-    async def fake_store(conn: Any, conversation_id: str, events: list[dict[str, Any]]) -> int:
-        return len(events)
+    async def fake_store(conn: Any, *, conversation_id: str, items: list[dict[str, Any]]) -> int:
+        return len(items)
 
     monkeypatch.setattr(service, "_apply", fake_apply)
     monkeypatch.setattr(service, "store_events", fake_store)
@@ -373,7 +373,8 @@ def _state(key: str, value: Any, timestamp: Any = None) -> dict[str, Any]:
 
 
 def _on_events(items: list[Any], conversation_id: str = str(CONV)) -> int:
-    return asyncio.run(service.on_events(_FakeDb(), "sbx", conversation_id, items))  # type: ignore[arg-type]
+    run = service.on_events(_FakeDb(), sandbox_id="sbx", conversation_id=conversation_id, items=items)  # type: ignore[arg-type]
+    return asyncio.run(run)
 
 
 def test_on_events_orders_statuses_by_instant_not_by_delivery_or_text(applied: list) -> None:
@@ -435,7 +436,7 @@ def test_on_events_malformed_conversation_id_is_not_found(conversation_id: str, 
 
 
 def _on_update(info: dict[str, Any]) -> Any:
-    return asyncio.run(service.on_conversation_update(_FakeDb(), "sbx", info))  # type: ignore[arg-type]
+    return asyncio.run(service.on_conversation_update(_FakeDb(), sandbox_id="sbx", info=info))  # type: ignore[arg-type]
 
 
 def test_on_conversation_update_reads_status_title_model_and_stats(applied: list) -> None:

@@ -81,7 +81,7 @@ def test_secrets_crud_values_write_only(server: LiveServer) -> None:
     async def stored() -> list[Any]:
         from sqlalchemy import select
 
-        from threadline.db.tables import user_secrets
+        from threadline.secrets.tables import user_secrets
 
         async with server.ctx.db.read() as conn:
             return list((await conn.execute(select(user_secrets))).all())

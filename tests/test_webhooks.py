@@ -27,8 +27,10 @@ from sqlalchemy import func, select, update
 from tests.conftest import LiveServer
 from tests.support.records import message_event
 from threadline.auth.service import User, hash_key
+from threadline.conversations.tables import conversations
 from threadline.core.ids import new_id
-from threadline.db.tables import conversations, events, sandboxes
+from threadline.events.tables import events
+from threadline.sandboxes.tables import sandboxes
 
 SAMPLES = Path(__file__).parent / "support" / "samples"
 API = "/api/v1/app-conversations"

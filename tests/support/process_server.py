@@ -23,8 +23,8 @@ from sqlalchemy import select
 
 from threadline.conversations.service import create_record
 from threadline.db.engine import Database
-from threadline.db.tables import sandboxes
 from threadline.sandboxes.backend import ProcessBackend
+from threadline.sandboxes.tables import sandboxes
 
 T = TypeVar("T")
 
@@ -161,7 +161,7 @@ def insert_conversations(database_url: str, schema: str | None, user_id: str, co
     """Conversation records made through the service layer (no agent server), for load on a live server."""
 
     async def insert(db: Database) -> list[str]:
-        return [(await create_record(db, user_id, **fields)).id for _ in range(count)]
+        return [(await create_record(db, user_id=user_id, **fields)).record.id for _ in range(count)]
 
     return with_database(database_url, schema, insert)
 

@@ -19,6 +19,7 @@ from threadline.api.errors import install_error_handlers
 from threadline.api.middleware import BodySizeLimit
 from threadline.api.openapi import install_problem_docs
 from threadline.auth.routes import router as users_router
+from threadline.auth.tables import users
 from threadline.config import Settings
 from threadline.conversations.pending import PendingMessages
 from threadline.conversations.pending_routes import router as pending_router
@@ -30,7 +31,6 @@ from threadline.core.context import AppContext
 from threadline.core.crypto import SecretBox
 from threadline.db.engine import Database
 from threadline.db.migrate import upgrade_to_head
-from threadline.db.tables import users
 from threadline.events.routes import router as events_router
 from threadline.idempotency.service import IdempotencyService
 from threadline.observability import metrics as observability_metrics
@@ -46,9 +46,9 @@ from threadline.sandboxes.setup import build_backend
 from threadline.secrets.routes import router as secrets_router
 from threadline.settings.routes import router as settings_router
 from threadline.sharing.routes import router as sharing_router
-from threadline.webhooks import service as webhooks_service
-from threadline.webhooks.live import fill_live_fields
+from threadline.webhooks.live import present as present_live
 from threadline.webhooks.routes import router as webhooks_router
+from threadline.webhooks.sandbox_conversations import SandboxConversations
 
 log = logging.getLogger("threadline")
 
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         lease = InstanceLease(db, ttl_seconds=settings.instance_lease_ttl_seconds)
         await lease.register()
         sandboxes = SandboxService(db, settings, backend, http, box, lease)
-        sandboxes.store_agent_events = functools.partial(webhooks_service.on_events, db)
+        sandboxes.conversations = SandboxConversations(db)
         pool = WarmPool(sandboxes, settings.warm_pool_size, refill_interval=settings.warm_pool_refill_interval)
         pending = PendingMessages(db, sandboxes)
         starts = StartService(db, settings, sandboxes, pool, metrics=metrics, pending=pending)
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         app.state.pool = pool
         app.state.starts = starts
         app.state.pending = pending
-        app.state.live_fields = functools.partial(fill_live_fields, db, sandboxes)
+        app.state.live_fields = functools.partial(present_live, db, sandboxes)
         app.state.idempotency = IdempotencyService(db, settings, box)
         app.state.rate_limiter = RateLimiter.from_settings(settings)
         app.state.metrics = metrics

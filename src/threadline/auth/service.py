@@ -11,10 +11,10 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from threadline.auth.tables import api_keys, users
 from threadline.core.errors import Conflict, NotFound, Problem
 from threadline.core.ids import new_id
 from threadline.db.engine import Database
-from threadline.db.tables import api_keys, users
 from threadline.db.types import utcnow
 
 KEY_PREFIX = "tl_"

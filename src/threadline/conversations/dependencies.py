@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Protocol
 
 from fastapi import Depends
@@ -10,14 +11,16 @@ from starlette.requests import HTTPConnection
 from threadline.auth.service import User
 from threadline.conversations.models import AppConversation
 from threadline.conversations.pending import PendingMessages
+from threadline.conversations.records import StoredConversation
 from threadline.conversations.start import StartService
 
 
 class LiveFields(Protocol):
-    """Fills the live fields (sandbox status, live execution status, URLs) of conversations about to be
-    answered. Provided by the layer that talks to agent servers (`webhooks.live`), above this one."""
+    """The wire models of stored conversations about to be answered, their live fields (sandbox status,
+    live execution status, URLs) filled. Provided by the layer that talks to agent servers
+    (`webhooks.live.present`), above this one."""
 
-    async def __call__(self, user: User, items: list[AppConversation]) -> None: ...
+    async def __call__(self, user: User, items: Sequence[StoredConversation]) -> list[AppConversation]: ...
 
 
 def start_service(connection: HTTPConnection) -> StartService:

@@ -17,7 +17,7 @@ async def running_sandbox(db: Database, sandboxes: SandboxService, user_id: str,
     """The sandbox record of the caller's conversation, which must be RUNNING: 404 for another user's or
     an unknown conversation, 409 while PAUSED or STARTING, 410 when ERROR or MISSING."""
     async with db.read() as conn:
-        conversation = await conversations_service.get_row(conn, user_id, conversation_id)
+        conversation = await conversations_service.get_record(conn, user_id=user_id, conversation_id=conversation_id)
     rows = await sandboxes.rows_by_id([conversation.sandbox_id])
     row = rows.get(conversation.sandbox_id)
     status = sandboxes.effective_status(row) if row is not None else SandboxStatus.MISSING

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from threadline.conversations.validation import BranchName, RepositoryName
 
@@ -81,12 +81,6 @@ class AppConversation(BaseModel):
             "of a single GET; send it as If-Match on PATCH or DELETE to change only this version."
         ),
     )
-    # Stored state the live-status step needs but clients never see.
-    _title_set_by_user: bool = PrivateAttr(default=False)
-    _stored_execution_status: str | None = PrivateAttr(default=None)
-    # The sandbox record, read in the same transaction as the conversation (live fields need it).
-    _sandbox_row: Any = PrivateAttr(default=None)
-    _sandbox_loaded: bool = PrivateAttr(default=False)
 
 
 class AppConversationPage(BaseModel):
@@ -109,24 +103,3 @@ class AppConversationUpdateRequest(BaseModel):
     selected_branch: BranchName | None = None
     git_provider: ProviderType | None = None
     tags: dict[str, str | None] | None = None
-
-
-def metrics_from_row(row: Any) -> MetricsSnapshot | None:
-    if not row.has_metrics:
-        return None
-    return MetricsSnapshot(
-        model_name=row.metrics_model_name,
-        accumulated_cost=row.accumulated_cost,
-        max_budget_per_task=row.max_budget_per_task,
-        accumulated_token_usage=TokenUsage(
-            model=row.metrics_model_name if row.metrics_model_name != "default" else "",
-            prompt_tokens=row.prompt_tokens,
-            completion_tokens=row.completion_tokens,
-            cache_read_tokens=row.cache_read_tokens,
-            cache_write_tokens=row.cache_write_tokens,
-            reasoning_tokens=row.reasoning_tokens,
-            context_window=row.context_window,
-            per_turn_token=row.per_turn_token,
-            response_id=row.response_id,
-        ),
-    )

@@ -14,10 +14,10 @@ from pydantic import BaseModel
 from sqlalchemy import func, select, update
 
 from threadline.conversations.models import SandboxStatus
+from threadline.conversations.tables import conversations, pending_messages, start_tasks
 from threadline.core.errors import Conflict, NotFound, Problem
 from threadline.core.ids import new_id
 from threadline.db.engine import Database
-from threadline.db.tables import conversations, pending_messages, start_tasks
 from threadline.db.types import utcnow
 from threadline.sandboxes.agent_client import AgentServerError
 from threadline.sandboxes.service import SandboxService

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
@@ -10,7 +11,7 @@ from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
 from threadline.conversations import service
 from threadline.conversations.dependencies import Live, LiveFields
-from threadline.conversations.etag import etag_for, if_none_match_matches
+from threadline.conversations.etag import if_none_match_matches
 from threadline.conversations.models import (
     AppConversation,
     AppConversationPage,
@@ -21,6 +22,7 @@ from threadline.conversations.models import (
     SortOrder,
     Success,
 )
+from threadline.conversations.records import StoredConversation
 from threadline.core.context import Context
 from threadline.core.errors import Invalid, NotFound
 from threadline.core.ids import ID_PATTERN, MalformedId, id_list_schema, parse_id
@@ -162,11 +164,9 @@ async def settle_sandboxes(sandboxes: SandboxService, user: User, filters: servi
         await sandboxes.settle_user(user.id)
 
 
-async def present(live: LiveFields, user: User, items: list[AppConversation]) -> list[AppConversation]:
-    """Fill the live fields (sandbox and agent status) of what is about to be answered."""
-    if items:
-        await live(user, items)
-    return items
+async def present(live: LiveFields, user: User, items: Sequence[StoredConversation]) -> list[AppConversation]:
+    """The wire models of what is about to be answered, live fields (sandbox and agent status) filled."""
+    return await live(user, items) if items else []
 
 
 @router.get("/search", response_model=AppConversationPage)
@@ -183,15 +183,14 @@ async def search_app_conversations(
     await settle_sandboxes(sandboxes, user, filters)
     page = await service.search(
         ctx.db,
-        ctx.settings.resolved_secret_key,
-        user.id,
-        filters,
+        secret=ctx.settings.resolved_secret_key,
+        user_id=user.id,
+        filters=filters,
         sort=sort_order,
         limit=limit,
         page_id=page_id,
     )
-    await present(live, user, page.items)
-    return page
+    return AppConversationPage(items=await present(live, user, page.items), next_page_id=page.next_page_id)
 
 
 @router.get("/count", response_model=int)
@@ -202,7 +201,7 @@ async def count_app_conversations(
     user: User = Depends(current_user),
 ) -> int:
     await settle_sandboxes(sandboxes, user, filters)
-    return await service.count(ctx.db, user.id, filters)
+    return await service.count(ctx.db, user_id=user.id, filters=filters)
 
 
 @router.get("", response_model=list[AppConversation | None])
@@ -213,9 +212,9 @@ async def batch_get_app_conversations(
     user: User = Depends(current_user),
 ) -> list[AppConversation | None]:
     parsed = parse_id_list(ids, "ids", service.MAX_BATCH_IDS)
-    found = await service.batch_get(ctx.db, user.id, parsed)
-    await present(live, user, [c for c in found if c is not None])
-    return found
+    found = await service.batch_get(ctx.db, user_id=user.id, ids=parsed)
+    answered = iter(await present(live, user, [c for c in found if c is not None]))
+    return [next(answered) if c is not None else None for c in found]
 
 
 _IF_MATCH = Header(
@@ -237,9 +236,9 @@ async def get_app_conversation(
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
 ) -> AppConversation | Response:
-    conversation = await service.get(ctx.db, user.id, conversation_id)
+    stored = await service.get(ctx.db, user_id=user.id, conversation_id=conversation_id)
     # Live fields first: storing the agent's automatic title moves the version on.
-    conversation = (await present(live, user, [conversation]))[0]
+    conversation = (await present(live, user, [stored]))[0]
     if if_none_match is not None and if_none_match_matches(if_none_match, conversation.etag):
         return Response(status_code=304, headers={"ETag": conversation.etag})
     response.headers["ETag"] = conversation.etag
@@ -258,10 +257,15 @@ async def update_app_conversation(
 ) -> AppConversation:
     s = ctx.settings
     limits = service.TagLimits(s.max_tags, s.max_tag_key_length, s.max_tag_value_length)
-    conversation = await service.update_conversation(
-        ctx.db, user.id, conversation_id, request, limits, expected_etag=if_match
+    stored = await service.update_conversation(
+        ctx.db,
+        user_id=user.id,
+        conversation_id=conversation_id,
+        request=request,
+        limits=limits,
+        expected_etag=if_match,
     )
-    conversation = (await present(live, user, [conversation]))[0]
+    conversation = (await present(live, user, [stored]))[0]
     response.headers["ETag"] = conversation.etag
     return conversation
 
@@ -277,8 +281,10 @@ async def delete_app_conversation(
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
 ) -> Success:
-    row = await service.delete_conversation(ctx.db, user.id, conversation_id, expected_etag=if_match)
+    deleted = await service.delete_conversation(
+        ctx.db, user_id=user.id, conversation_id=conversation_id, expected_etag=if_match
+    )
     # The ETag of the version that was deleted.
-    response.headers["ETag"] = etag_for(row.id, row.version)
-    await sandboxes.release_after_delete(conversation_id=conversation_id, sandbox_id=row.sandbox_id)
+    response.headers["ETag"] = deleted.etag
+    await sandboxes.release_after_delete(conversation_id=conversation_id, sandbox_id=deleted.sandbox_id)
     return Success()

@@ -8,27 +8,28 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, false, func, or_, select, true, update
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
 
-from threadline.conversations.etag import check_if_match, etag_for
+from threadline.conversations.etag import check_if_match
 from threadline.conversations.models import (
-    AppConversation,
-    AppConversationPage,
     AppConversationUpdateRequest,
     ConversationExecutionStatus,
     ConversationTrigger,
     ProviderType,
     SortOrder,
-    metrics_from_row,
 )
+from threadline.conversations.records import ConversationRecord, PublicConversation, StoredConversation, StoredPage
+from threadline.conversations.tables import conversation_tags, conversations, start_tasks
 from threadline.core.errors import Invalid, NotFound
 from threadline.core.ids import new_id
 from threadline.core.pagination import Pager, filters_fingerprint, keyset
 from threadline.core.time import as_utc
 from threadline.db.engine import Database
-from threadline.db.tables import conversation_tags, conversations, events, sandboxes, start_tasks
 from threadline.db.types import utcnow
+from threadline.sandboxes.records import SandboxRecord
+from threadline.sandboxes.tables import sandboxes
 
 MAX_BATCH_IDS = 100
 _ONE_TICK = timedelta(microseconds=1)
@@ -123,34 +124,7 @@ def _where(user_id: str, f: ConversationFilters) -> list[ColumnElement[bool]]:
     return clauses
 
 
-def row_to_conversation(row: Any, sub_ids: Sequence[str] = ()) -> AppConversation:
-    conversation = AppConversation(
-        id=row.id,
-        created_by_user_id=row.user_id,
-        sandbox_id=row.sandbox_id,
-        selected_repository=row.selected_repository,
-        selected_branch=row.selected_branch,
-        git_provider=row.git_provider,
-        title=row.title,
-        trigger=row.trigger,
-        pr_number=list(row.pr_number or []),
-        llm_model=row.llm_model,
-        agent_kind=row.agent_kind,
-        metrics=metrics_from_row(row),
-        parent_conversation_id=row.parent_conversation_id,
-        sub_conversation_ids=list(sub_ids),
-        public=row.public,
-        tags=dict(row.tags or {}),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        etag=etag_for(row.id, row.version),
-    )
-    conversation._title_set_by_user = bool(row.title_set_by_user)
-    conversation._stored_execution_status = row.execution_status
-    return conversation
-
-
-async def _sub_ids(conn: AsyncConnection, user_id: str, parent_ids: Sequence[str]) -> dict[str, list[str]]:
+async def _sub_ids(conn: AsyncConnection, *, user_id: str, parent_ids: Sequence[str]) -> dict[str, list[str]]:
     if not parent_ids:
         return {}
     c = conversations.c
@@ -169,30 +143,26 @@ async def _sub_ids(conn: AsyncConnection, user_id: str, parent_ids: Sequence[str
     return result
 
 
-async def _rows_to_models(conn: AsyncConnection, user_id: str, rows: Sequence[Any]) -> list[AppConversation]:
-    subs = await _sub_ids(conn, user_id, [r.id for r in rows])
+async def _stored(conn: AsyncConnection, *, user_id: str, rows: Sequence[Row[Any]]) -> list[StoredConversation]:
+    records = [ConversationRecord.of(r) for r in rows]
+    subs = await _sub_ids(conn, user_id=user_id, parent_ids=[r.id for r in records])
     # The sandbox records too, now: the live fields need them, and a transaction of their own would cost
     # more than the page's query.
-    sandbox_ids = list({r.sandbox_id for r in rows})
-    boxes = {b.id: b for b in (await conn.execute(select(sandboxes).where(sandboxes.c.id.in_(sandbox_ids)))).all()}
-    models = []
-    for r in rows:
-        model = row_to_conversation(r, subs.get(r.id, ()))
-        model._sandbox_row = boxes.get(r.sandbox_id)
-        model._sandbox_loaded = True
-        models.append(model)
-    return models
+    sandbox_ids = list({r.sandbox_id for r in records})
+    query = select(sandboxes).where(sandboxes.c.id.in_(sandbox_ids))
+    boxes = {b.id: SandboxRecord.of(b) for b in (await conn.execute(query)).all()}
+    return [StoredConversation(r, tuple(subs.get(r.id, ())), boxes.get(r.sandbox_id)) for r in records]
 
 
 async def create_record(
     db: Database,
-    user_id: str,
     *,
+    user_id: str,
     conversation_id: str | None = None,
     sandbox_id: str | None = None,
     created_at: datetime | None = None,
     **fields: Any,
-) -> AppConversation:
+) -> StoredConversation:
     """Insert a conversation record. Starting a conversation (with a sandbox) builds on this."""
     now = created_at or utcnow()
     values: dict[str, Any] = {
@@ -235,15 +205,15 @@ async def create_record(
     values.update({k: (v.value if hasattr(v, "value") else v) for k, v in fields.items()})
     async with db.write() as conn:
         await conn.execute(conversations.insert().values(**values))
-        await _store_tags(conn, values["id"], user_id, values["tags"])
+        await _store_tags(conn, conversation_id=values["id"], user_id=user_id, tags=values["tags"])
         if values["parent_conversation_id"] is not None:
-            await _bump_version(conn, user_id, values["parent_conversation_id"])
+            await _bump_version(conn, user_id=user_id, conversation_id=values["parent_conversation_id"])
         row = (await conn.execute(select(conversations).where(conversations.c.id == values["id"]))).one()
-        return (await _rows_to_models(conn, user_id, [row]))[0]
+        return (await _stored(conn, user_id=user_id, rows=[row]))[0]
 
 
 async def _store_tags(
-    conn: AsyncConnection, conversation_id: str, user_id: str, tags: dict[str, str], *, replace: bool = False
+    conn: AsyncConnection, *, conversation_id: str, user_id: str, tags: dict[str, str], replace: bool = False
 ) -> None:
     """Keep the tag index table in step with the conversation's tags (same transaction)."""
     if replace:
@@ -255,25 +225,35 @@ async def _store_tags(
         )
 
 
-async def get_row(conn: AsyncConnection, user_id: str, conversation_id: str) -> Any:
-    row = (
-        await conn.execute(
-            select(conversations).where(conversations.c.id == conversation_id, conversations.c.user_id == user_id)
-        )
-    ).first()
+async def _owned_row(conn: AsyncConnection, *, user_id: str, conversation_id: str, lock: bool = False) -> Row[Any]:
+    query = select(conversations).where(conversations.c.id == conversation_id, conversations.c.user_id == user_id)
+    row = (await conn.execute(query.with_for_update() if lock else query)).first()
     if row is None:
         # Another user's conversation is indistinguishable from a missing one.
         raise NotFound(f"conversation {conversation_id} not found")
     return row
 
 
-async def get(db: Database, user_id: str, conversation_id: str) -> AppConversation:
+async def get_record(conn: AsyncConnection, *, user_id: str, conversation_id: str) -> ConversationRecord:
+    """The user's conversation (404 when missing or another user's)."""
+    return ConversationRecord.of(await _owned_row(conn, user_id=user_id, conversation_id=conversation_id))
+
+
+async def require_owned(conn: AsyncConnection, *, user_id: str, conversation_id: str) -> None:
+    """404 unless the conversation exists and is the user's; reads only its key."""
+    c = conversations.c
+    found = (await conn.execute(select(c.id).where(c.id == conversation_id, c.user_id == user_id))).first()
+    if found is None:
+        raise NotFound(f"conversation {conversation_id} not found")
+
+
+async def get(db: Database, *, user_id: str, conversation_id: str) -> StoredConversation:
     async with db.read() as conn:
-        row = await get_row(conn, user_id, conversation_id)
-        return (await _rows_to_models(conn, user_id, [row]))[0]
+        row = await _owned_row(conn, user_id=user_id, conversation_id=conversation_id)
+        return (await _stored(conn, user_id=user_id, rows=[row]))[0]
 
 
-async def batch_get(db: Database, user_id: str, ids: Sequence[str]) -> list[AppConversation | None]:
+async def batch_get(db: Database, *, user_id: str, ids: Sequence[str]) -> list[StoredConversation | None]:
     if not ids:
         return []
     async with db.read() as conn:
@@ -282,8 +262,8 @@ async def batch_get(db: Database, user_id: str, ids: Sequence[str]) -> list[AppC
                 select(conversations).where(conversations.c.id.in_(list(set(ids))), conversations.c.user_id == user_id)
             )
         ).all()
-        models = {m.id: m for m in await _rows_to_models(conn, user_id, rows)}
-    return [models.get(i) for i in ids]
+        found = {s.record.id: s for s in await _stored(conn, user_id=user_id, rows=rows)}
+    return [found.get(i) for i in ids]
 
 
 _SORT_COLUMNS = {
@@ -313,14 +293,14 @@ def search_query(
 
 async def search(
     db: Database,
+    *,
     secret: str,
     user_id: str,
     filters: ConversationFilters,
-    *,
     sort: SortOrder = SortOrder.CREATED_AT_DESC,
     limit: int = 100,
     page_id: str | None = None,
-) -> AppConversationPage:
+) -> StoredPage:
     column_name, descending = _SORT_COLUMNS[sort]
     pager = Pager(
         secret, "conversations", sort.value, filters.fingerprint(), conversations.c[column_name], conversations.c.id,
@@ -329,11 +309,11 @@ async def search(
     query = pager.query(select(conversations).where(*_where(user_id, filters)), page_id, limit)
     async with db.read() as conn:
         rows, next_page_id = pager.split((await conn.execute(query)).all(), limit)
-        items = await _rows_to_models(conn, user_id, rows)
-    return AppConversationPage(items=items, next_page_id=next_page_id)
+        items = await _stored(conn, user_id=user_id, rows=rows)
+    return StoredPage(items=items, next_page_id=next_page_id)
 
 
-async def count(db: Database, user_id: str, filters: ConversationFilters) -> int:
+async def count(db: Database, *, user_id: str, filters: ConversationFilters) -> int:
     async with db.read() as conn:
         result = await conn.execute(select(func.count()).select_from(conversations).where(*_where(user_id, filters)))
         return int(result.scalar_one())
@@ -362,7 +342,7 @@ def check_tags(tags: dict[str, str], limits: TagLimits) -> None:
         raise Invalid("tags", f"at most {limits.max_tags} tags per conversation (this would make {len(tags)})")
 
 
-def _changes(row: Any, request: AppConversationUpdateRequest, limits: TagLimits) -> dict[str, Any]:
+def _changes(record: ConversationRecord, request: AppConversationUpdateRequest, limits: TagLimits) -> dict[str, Any]:
     sent = request.model_fields_set
     wanted: dict[str, Any] = {}
     for field in ("title", "public", "selected_repository", "selected_branch", "git_provider"):
@@ -374,58 +354,57 @@ def _changes(row: Any, request: AppConversationUpdateRequest, limits: TagLimits)
         wanted.setdefault("selected_branch", None)
         wanted.setdefault("git_provider", None)
     if "tags" in sent:
-        wanted["tags"] = _merge_tags(dict(row.tags or {}), request.tags, limits)
+        wanted["tags"] = _merge_tags(dict(record.tags or {}), request.tags, limits)
     if "title" in sent:
         wanted["title_set_by_user"] = request.title is not None
-    return {k: v for k, v in wanted.items() if getattr(row, k) != v}
+    return {k: v for k, v in wanted.items() if getattr(record, k) != v}
 
 
 async def update_conversation(
     db: Database,
+    *,
     user_id: str,
     conversation_id: str,
     request: AppConversationUpdateRequest,
     limits: TagLimits,
-    *,
     expected_etag: str | None = None,
-) -> AppConversation:
+) -> StoredConversation:
     """Apply a PATCH. `expected_etag` is the If-Match value: checked under the row lock, 412 if stale."""
     async with db.write() as conn:
-        row = await get_row_for_update(conn, user_id, conversation_id)
-        check_if_match(expected_etag, conversation_id, etag_for(row.id, row.version))
-        changes = _changes(row, request, limits)
+        row = await _owned_row(conn, user_id=user_id, conversation_id=conversation_id, lock=True)
+        record = ConversationRecord.of(row)
+        check_if_match(expected_etag, conversation_id, record.etag)
+        changes = _changes(record, request, limits)
         if changes:
-            changes["updated_at"] = max(utcnow(), row.updated_at + _ONE_TICK)
-            changes["version"] = row.version + 1
+            changes["updated_at"] = max(utcnow(), record.updated_at + _ONE_TICK)
+            changes["version"] = record.version + 1
             await conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(**changes))
             if "tags" in changes:
-                await _store_tags(conn, conversation_id, user_id, changes["tags"], replace=True)
-            row = await get_row(conn, user_id, conversation_id)
-        return (await _rows_to_models(conn, user_id, [row]))[0]
+                await _store_tags(
+                    conn, conversation_id=conversation_id, user_id=user_id, tags=changes["tags"], replace=True
+                )
+            row = await _owned_row(conn, user_id=user_id, conversation_id=conversation_id)
+        return (await _stored(conn, user_id=user_id, rows=[row]))[0]
 
 
-async def get_row_for_update(conn: AsyncConnection, user_id: str, conversation_id: str) -> Any:
-    row = (
-        await conn.execute(
-            select(conversations)
-            .where(conversations.c.id == conversation_id, conversations.c.user_id == user_id)
-            .with_for_update()
-        )
-    ).first()
-    if row is None:
-        raise NotFound(f"conversation {conversation_id} not found")
-    return row
-
-
-async def get_row_for_any_user(conn: AsyncConnection, conversation_id: str, *, lock: bool = False) -> Any | None:
+async def get_record_for_any_user(
+    conn: AsyncConnection, conversation_id: str, *, lock: bool = False
+) -> ConversationRecord | None:
     """For callers that authorise otherwise (agent callbacks authenticate by sandbox session key)."""
     query = select(conversations).where(conversations.c.id == conversation_id)
     if lock:
         query = query.with_for_update()
-    return (await conn.execute(query)).first()
+    row = (await conn.execute(query)).first()
+    return ConversationRecord.of(row) if row is not None else None
 
 
-async def _bump_version(conn: AsyncConnection, user_id: str, conversation_id: str) -> None:
+async def ids_on_sandbox(conn: AsyncConnection, sandbox_id: str, *, limit: int | None = None) -> list[str]:
+    """The conversations a sandbox runs (any user's)."""
+    query = select(conversations.c.id).where(conversations.c.sandbox_id == sandbox_id).order_by(conversations.c.id)
+    return list((await conn.execute(query.limit(limit))).scalars())
+
+
+async def _bump_version(conn: AsyncConnection, *, user_id: str, conversation_id: str) -> None:
     """A change others see (its sub_conversation_ids) without a change of stored fields: a new ETag."""
     c = conversations.c
     await conn.execute(
@@ -434,28 +413,82 @@ async def _bump_version(conn: AsyncConnection, user_id: str, conversation_id: st
 
 
 async def delete_conversation(
-    db: Database, user_id: str, conversation_id: str, *, expected_etag: str | None = None
-) -> Any:
-    """Delete the record and everything hanging off it; returns the deleted row.
+    db: Database, *, user_id: str, conversation_id: str, expected_etag: str | None = None
+) -> ConversationRecord:
+    """Delete the record and everything hanging off it (its events go with it: a foreign key's cascade);
+    returns the deleted record.
 
     `expected_etag` is the If-Match value: checked under the row lock, 412 if stale.
     """
     async with db.write() as conn:
-        parent_id = (await get_row(conn, user_id, conversation_id)).parent_conversation_id
+        parent_id = (await get_record(conn, user_id=user_id, conversation_id=conversation_id)).parent_conversation_id
         if parent_id is not None:
             # The parent's sub_conversation_ids change. Its row is locked before this one, the order
             # deleting a parent takes (parent, then its children), so the two can never deadlock.
-            await _bump_version(conn, user_id, parent_id)
-        row = await get_row_for_update(conn, user_id, conversation_id)
-        check_if_match(expected_etag, conversation_id, etag_for(row.id, row.version))
+            await _bump_version(conn, user_id=user_id, conversation_id=parent_id)
+        record = ConversationRecord.of(
+            await _owned_row(conn, user_id=user_id, conversation_id=conversation_id, lock=True)
+        )
+        check_if_match(expected_etag, conversation_id, record.etag)
         # Sub-conversations outlive their parent as top-level conversations rather than vanish.
         await conn.execute(
             update(conversations)
             .where(conversations.c.parent_conversation_id == conversation_id)
             .values(parent_conversation_id=None, version=conversations.c.version + 1, updated_at=utcnow())
         )
-        await conn.execute(delete(events).where(events.c.conversation_id == conversation_id))
         await conn.execute(delete(conversation_tags).where(conversation_tags.c.conversation_id == conversation_id))
         await conn.execute(delete(start_tasks).where(start_tasks.c.app_conversation_id == conversation_id))
         await conn.execute(delete(conversations).where(conversations.c.id == conversation_id))
-        return row
+        return record
+
+
+# -- what anyone may read: public conversations -------------------------------------------------
+
+
+def _is_public() -> ColumnElement[bool]:
+    return conversations.c.public == true()
+
+
+async def require_public(conn: AsyncConnection, conversation_id: str) -> None:
+    """404 unless the conversation exists and is public; missing and private answer alike."""
+    c = conversations.c
+    found = (await conn.execute(select(c.id).where(c.id == conversation_id, _is_public()))).first()
+    if found is None:
+        raise NotFound(f"conversation {conversation_id} not found")
+
+
+async def get_public(db: Database, ids: Sequence[str]) -> dict[str, PublicConversation]:
+    """The public conversations among these ids, with their public relatives (same owner only)."""
+    if not ids:
+        return {}
+    c = conversations.c
+    async with db.read() as conn:
+        rows = (await conn.execute(select(conversations).where(c.id.in_(set(ids)), _is_public()))).all()
+        records = [ConversationRecord.of(r) for r in rows]
+        if not records:
+            return {}
+        owner = {r.id: r.user_id for r in records}
+        parent_ids = {r.parent_conversation_id for r in records if r.parent_conversation_id}
+        public_parents: set[tuple[str, str]] = set()
+        if parent_ids:
+            found = await conn.execute(select(c.id, c.user_id).where(c.id.in_(parent_ids), _is_public()))
+            public_parents = {(pid, uid) for pid, uid in found.all()}
+        children = (
+            await conn.execute(
+                select(c.parent_conversation_id, c.id, c.user_id)
+                .where(c.parent_conversation_id.in_(list(owner)), _is_public())
+                .order_by(c.created_at, c.id)
+            )
+        ).all()
+    subs: dict[str, list[str]] = {}
+    for parent_id, child_id, child_owner in children:
+        if owner.get(parent_id) == child_owner:
+            subs.setdefault(parent_id, []).append(child_id)
+    return {
+        r.id: PublicConversation(
+            record=r,
+            parent_visible=(r.parent_conversation_id, r.user_id) in public_parents,
+            public_sub_conversation_ids=tuple(subs.get(r.id, ())),
+        )
+        for r in records
+    }

@@ -31,12 +31,12 @@ from threadline.conversations.start_models import (
     AppConversationStartTaskStatus,
     TextContent,
 )
+from threadline.conversations.tables import conversations, start_tasks
 from threadline.core.errors import NotFound, Problem
 from threadline.core.ids import new_id
 from threadline.core.pagination import Pager, filters_fingerprint
 from threadline.core.time import as_utc
 from threadline.db.engine import Database
-from threadline.db.tables import conversations, start_tasks
 from threadline.db.types import utcnow
 from threadline.observability.metrics import Metrics
 from threadline.sandboxes import runtime
@@ -377,7 +377,9 @@ class StartService:
         if request.parent_conversation_id is None:
             return None
         async with self.db.read() as conn:
-            parent = await conversations_service.get_row(conn, user_id, request.parent_conversation_id.hex)
+            parent = await conversations_service.get_record(
+                conn, user_id=user_id, conversation_id=request.parent_conversation_id.hex
+            )
         sandbox_id: str = parent.sandbox_id
         return sandbox_id
 
@@ -398,7 +400,9 @@ class StartService:
                 await conn.execute(select(conversations.c.id).where(conversations.c.id == run.conversation_id))
             ).first()
             if request.parent_conversation_id is not None:  # the parent must be the user's (NotFound)
-                await conversations_service.get_row(conn, run.user_id, request.parent_conversation_id.hex)
+                await conversations_service.require_owned(
+                    conn, user_id=run.user_id, conversation_id=request.parent_conversation_id.hex
+                )
         if taken is not None:
             raise StartStepFailed(f"conversation {run.conversation_id} already exists")
 
@@ -487,7 +491,7 @@ class StartService:
         try:
             await conversations_service.create_record(
                 self.db,
-                run.user_id,
+                user_id=run.user_id,
                 conversation_id=run.conversation_id,
                 sandbox_id=run.sandbox.id,
                 title=request.title,

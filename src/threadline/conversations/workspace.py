@@ -111,7 +111,7 @@ async def workspace_archive(
     """The conversation's sandbox workspace, read from disk (so a PAUSED sandbox can be downloaded too).
     Over `limit` bytes of files: 413 before anything is sent."""
     async with db.read() as conn:
-        conversation = await conversations_service.get_row(conn, user_id, conversation_id)
+        conversation = await conversations_service.get_record(conn, user_id=user_id, conversation_id=conversation_id)
     row = (await sandboxes.rows_by_id([conversation.sandbox_id])).get(conversation.sandbox_id)
     root = Path(row.work_dir) / "workspace" if row is not None and row.work_dir else None
     if root is None or not root.is_dir():

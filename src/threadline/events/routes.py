@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
 from threadline.conversations.routes import conversation_id_path
-from threadline.conversations.service import get_row
+from threadline.conversations.service import require_owned
 from threadline.core.context import Context
 from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
 from threadline.events import service
@@ -40,7 +40,7 @@ async def owned_conversation_id(
 ) -> str:
     """The normalised conversation id, once it is known to be the caller's (404 otherwise, never 403)."""
     async with ctx.db.read() as conn:
-        await get_row(conn, user.id, conversation_id)
+        await require_owned(conn, user_id=user.id, conversation_id=conversation_id)
     return conversation_id
 
 

@@ -1,7 +1,7 @@
 """Conversation events: stored from agent-server webhooks, read back with filters and keyset paging.
 
 Services take a conversation id that the caller has already checked belongs to the requesting user
-(`threadline.conversations.service.get_row`), except `search_events`, which checks it itself (with
+(`threadline.conversations.service.require_owned`), except `search_events`, which checks it itself (with
 `owner_id`) in the transaction of its read: the hottest read makes one round of the database, not two.
 """
 
@@ -18,12 +18,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement
 
-from threadline.core.errors import Invalid, NotFound
+from threadline.conversations import service as conversations_service
+from threadline.core.errors import Invalid
 from threadline.core.ids import parse_id
 from threadline.core.pagination import Pager, filters_fingerprint
 from threadline.core.time import as_utc
 from threadline.db.engine import Database
-from threadline.db.tables import conversations, events
 from threadline.events.models import (
     MAX_BATCH_IDS,
     MAX_EVENT_ID_LENGTH,
@@ -32,6 +32,7 @@ from threadline.events.models import (
     EventPayload,
     EventSortOrder,
 )
+from threadline.events.tables import events
 
 PAGE_KIND = "events"
 MAX_LIMIT = 100
@@ -112,7 +113,7 @@ async def _insert_new(conn: AsyncConnection, rows: list[dict[str, Any]]) -> int:
     return stored
 
 
-async def store_events(conn: AsyncConnection, conversation_id: str, items: list[dict[str, Any]]) -> int:
+async def store_events(conn: AsyncConnection, *, conversation_id: str, items: list[dict[str, Any]]) -> int:
     """Store agent-server events inside the caller's write transaction; returns how many were new.
 
     Items without a string `id` (<= 64 chars), a string `kind` (<= 64 chars) or an ISO-8601
@@ -131,6 +132,19 @@ async def store_events(conn: AsyncConnection, conversation_id: str, items: list[
 
 
 # -- reading ------------------------------------------------------------------------------------
+
+
+async def latest_event_times(conn: AsyncConnection, conversation_ids: Sequence[str]) -> dict[str, datetime]:
+    """The time of the newest stored event of each conversation that has one."""
+    if not conversation_ids:
+        return {}
+    c = events.c
+    query = (
+        select(c.conversation_id, func.max(c.timestamp))
+        .where(c.conversation_id.in_(list(conversation_ids)))
+        .group_by(c.conversation_id)
+    )
+    return {conversation_id: latest for conversation_id, latest in (await conn.execute(query)).all()}
 
 
 @dataclass(frozen=True)
@@ -211,18 +225,11 @@ async def search_events(
     payload_text = cast(events.c.payload, Text).label("payload_text")
     async with db.read() as conn:
         if owner_id is not None:
-            await _check_owner(conn, owner_id, conversation_id)
+            await conversations_service.require_owned(conn, user_id=owner_id, conversation_id=conversation_id)
         query = select(events.c.timestamp, events.c.event_id, payload_text).where(*filters.where(conversation_id))
         query = pager.query(query, page_id, limit)
         page, next_page_id = pager.split((await conn.execute(query)).all(), limit)
     return RawEventPage(items=[r.payload_text for r in page], next_page_id=next_page_id)
-
-
-async def _check_owner(conn: AsyncConnection, user_id: str, conversation_id: str) -> None:
-    query = select(conversations.c.id).where(conversations.c.id == conversation_id, conversations.c.user_id == user_id)
-    if (await conn.execute(query)).first() is None:
-        # Another user's conversation is indistinguishable from a missing one.
-        raise NotFound(f"conversation {conversation_id} not found")
 
 
 async def count_events(

@@ -35,8 +35,8 @@ from threadline.core.context import Context
 from threadline.core.crypto import SecretBox
 from threadline.core.errors import PROBLEM_JSON, Problem, problem_response
 from threadline.db.engine import Database
-from threadline.db.tables import idempotency_keys as records
 from threadline.db.types import utcnow
+from threadline.idempotency.tables import idempotency_keys as records
 
 log = logging.getLogger("threadline.idempotency")
 

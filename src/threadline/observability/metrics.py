@@ -25,7 +25,7 @@ from threadline.core.context import Context
 from threadline.core.enums import SandboxStatus
 from threadline.core.errors import NotFound
 from threadline.db.engine import Database
-from threadline.db.tables import sandboxes
+from threadline.sandboxes.tables import sandboxes
 
 UNMATCHED_ROUTE = "<unmatched>"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -14,8 +14,8 @@ from sqlalchemy import delete, select, update
 
 from threadline.core.ids import new_id
 from threadline.db.engine import Database
-from threadline.db.tables import instances
 from threadline.db.types import utcnow
+from threadline.sandboxes.tables import instances
 
 
 class InstanceLease:

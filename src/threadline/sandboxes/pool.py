@@ -19,9 +19,9 @@ from typing import Any
 from sqlalchemy import select, update
 
 from threadline.core.enums import SandboxStatus
-from threadline.db.tables import sandboxes
 from threadline.db.types import utcnow
 from threadline.sandboxes.service import SandboxService
+from threadline.sandboxes.tables import sandboxes
 
 log = logging.getLogger("threadline.pool")
 _LIVE = (SandboxStatus.STARTING.value, SandboxStatus.RUNNING.value)

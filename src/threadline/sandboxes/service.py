@@ -15,9 +15,10 @@ import hmac
 import logging
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -32,7 +33,6 @@ from threadline.core.errors import Conflict, NotFound, Problem
 from threadline.core.ids import new_id
 from threadline.core.pagination import Pager, filters_fingerprint
 from threadline.db.engine import Database
-from threadline.db.tables import conversations, events, instances, sandboxes
 from threadline.db.types import utcnow
 from threadline.sandboxes import runtime
 from threadline.sandboxes import specs as catalog
@@ -41,6 +41,7 @@ from threadline.sandboxes.backend import SandboxBackend, remove_work_dir
 from threadline.sandboxes.egress import Rule
 from threadline.sandboxes.instances import InstanceLease
 from threadline.sandboxes.models import ExposedUrl, SandboxInfo, SandboxPage, SandboxSpecInfo
+from threadline.sandboxes.tables import instances, sandboxes
 
 log = logging.getLogger("threadline.sandboxes")
 PROCESS_SPEC_ID = "process"
@@ -73,8 +74,21 @@ def _user_lock_key(user_id: str) -> int:
     return int.from_bytes(hashlib.sha256(user_id.encode()).digest()[:4], "big", signed=True)
 
 
-# (sandbox id, conversation id, event dicts) -> how many were new.
-StoreAgentEvents = Callable[[str, str, list[Any]], Awaitable[int]]
+class ConversationsOfSandboxes(Protocol):
+    """What sandboxes need to know of the conversations they run. Conversations and events build on
+    sandboxes, so the layer above both provides it (`webhooks.sandbox_conversations`, set by the app)."""
+
+    async def latest_event_times(self, sandbox_id: str) -> dict[str, datetime | None]:
+        """The conversations on the sandbox, each with the time of its newest stored event (None: none)."""
+        ...
+
+    async def store_agent_events(self, *, sandbox_id: str, conversation_id: str, items: list[Any]) -> int:
+        """Store events the agent server reports; how many were new."""
+        ...
+
+    async def in_use(self, sandbox_id: str) -> bool:
+        """Whether any conversation uses the sandbox."""
+        ...
 
 
 class SandboxService:
@@ -93,9 +107,9 @@ class SandboxService:
         self.http = http
         self.box = box
         self.lease = lease
-        # How events an agent server reports are stored (webhooks' `on_events`, set by the app factory:
-        # webhooks build on sandboxes, not the reverse). None: backfill does nothing.
-        self.store_agent_events: StoreAgentEvents | None = None
+        # The conversations on sandboxes (set by the app factory). None: backfill does nothing, and a
+        # sandbox is never released as unused.
+        self.conversations: ConversationsOfSandboxes | None = None
         # The instance this process is; sandboxes it launches or adopts carry it as their owner.
         self.owner = lease.id if lease is not None else None
         self._watchers: set[asyncio.Task[Any]] = set()
@@ -429,25 +443,13 @@ class SandboxService:
         Runs whenever a sandbox becomes RUNNING or is re-attached; reads only from the newest stored
         event on, and storing is idempotent, so running it twice costs little and changes nothing.
         """
-        if self.store_agent_events is None:
+        if self.conversations is None:
             return 0
         row = await self._row(sandbox_id)
-        async with self.db.read() as conn:
-            ids = (await conn.execute(select(conversations.c.id).where(conversations.c.sandbox_id == sandbox_id))).all()
-            latest = {
-                cid: ts
-                for cid, ts in (
-                    await conn.execute(
-                        select(events.c.conversation_id, func.max(events.c.timestamp))
-                        .where(events.c.conversation_id.in_([i.id for i in ids]))
-                        .group_by(events.c.conversation_id)
-                    )
-                ).all()
-            }
+        latest = await self.conversations.latest_event_times(sandbox_id)
         agent = self.client(row, timeout=10.0)
         stored = 0
-        for (conversation_id,) in ids:
-            since = latest.get(conversation_id)
+        for conversation_id, since in latest.items():
             page_id = None
             try:
                 for _ in range(10_000):
@@ -458,7 +460,9 @@ class SandboxService:
                     )
                     items = [i for i in page.get("items") or [] if isinstance(i, dict)]
                     if items:
-                        stored += await self.store_agent_events(sandbox_id, conversation_id, items)
+                        stored += await self.conversations.store_agent_events(
+                            sandbox_id=sandbox_id, conversation_id=conversation_id, items=items
+                        )
                     page_id = page.get("next_page_id")
                     if not page_id:
                         break
@@ -539,12 +543,11 @@ class SandboxService:
 
     async def release_if_unused(self, sandbox_id: str) -> bool:
         """Delete a sandbox no conversation uses any more (after a conversation was deleted)."""
+        if self.conversations is None or await self.conversations.in_use(sandbox_id):
+            return False
         async with self.db.read() as conn:
             row = (await conn.execute(select(sandboxes).where(sandboxes.c.id == sandbox_id))).first()
-            users = (
-                await conn.execute(select(conversations.c.id).where(conversations.c.sandbox_id == sandbox_id).limit(1))
-            ).first()
-        if row is None or users is not None:
+        if row is None:
             return False
         await self.destroy(row)
         return True

@@ -10,10 +10,10 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from threadline.auth.tables import users
 from threadline.core.crypto import SecretBox
 from threadline.core.errors import Conflict, NotFound
 from threadline.db.engine import Database
-from threadline.db.tables import user_secrets, users
 from threadline.db.types import utcnow
 from threadline.secrets.models import (
     MAX_SECRETS_PER_USER,
@@ -22,6 +22,7 @@ from threadline.secrets.models import (
     SecretList,
     SecretUpdateRequest,
 )
+from threadline.secrets.tables import user_secrets
 
 
 @dataclass(frozen=True)

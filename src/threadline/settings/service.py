@@ -19,9 +19,9 @@ from threadline.config import Settings
 from threadline.core.crypto import SecretBox
 from threadline.core.errors import Conflict
 from threadline.db.engine import Database
-from threadline.db.tables import user_settings
 from threadline.db.types import utcnow
 from threadline.settings.models import LLMSettings, SettingSource, SettingsUpdateRequest
+from threadline.settings.tables import user_settings
 
 
 @dataclass(frozen=True)

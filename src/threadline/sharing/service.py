@@ -7,16 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import select, true
-from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import ColumnElement
-
-from threadline.conversations.models import metrics_from_row
-from threadline.core.errors import NotFound
+from threadline.conversations import service as conversations_service
+from threadline.conversations.mapping import metrics_of
+from threadline.conversations.models import ConversationExecutionStatus, ConversationTrigger, ProviderType
+from threadline.conversations.records import PublicConversation
 from threadline.db.engine import Database
-from threadline.db.tables import conversations
 from threadline.events import service as events_service
 from threadline.events.models import EventPage, EventPayload, EventSortOrder
 from threadline.sharing.models import SharedConversation
@@ -42,71 +38,37 @@ SHAREABLE_STATE_KEYS = frozenset(
 )
 
 
-def _is_public() -> ColumnElement[bool]:
-    return conversations.c.public == true()
-
-
-def _to_shared(row: Any, parent_visible: bool, sub_ids: Sequence[str]) -> SharedConversation:
+def to_shared(public: PublicConversation) -> SharedConversation:
+    """The one mapping from a public conversation's record to the shared view."""
+    record = public.record
     return SharedConversation(
-        id=row.id,
-        title=row.title,
-        selected_repository=row.selected_repository,
-        selected_branch=row.selected_branch,
-        git_provider=row.git_provider,
-        trigger=row.trigger,
-        pr_number=list(row.pr_number or []),
-        llm_model=row.llm_model,
-        agent_kind=row.agent_kind,
-        metrics=metrics_from_row(row),
-        parent_conversation_id=row.parent_conversation_id if parent_visible else None,
-        sub_conversation_ids=list(sub_ids),
-        execution_status=row.execution_status,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
+        id=record.id,
+        title=record.title,
+        selected_repository=record.selected_repository,
+        selected_branch=record.selected_branch,
+        git_provider=ProviderType(record.git_provider) if record.git_provider else None,
+        trigger=ConversationTrigger(record.trigger) if record.trigger else None,
+        pr_number=list(record.pr_number or []),
+        llm_model=record.llm_model,
+        agent_kind=record.agent_kind,
+        metrics=metrics_of(record),
+        parent_conversation_id=record.parent_conversation_id if public.parent_visible else None,
+        sub_conversation_ids=list(public.public_sub_conversation_ids),
+        execution_status=(
+            ConversationExecutionStatus(record.execution_status)
+            if record.execution_status is not None
+            and record.execution_status in ConversationExecutionStatus._value2member_map_
+            else None
+        ),
+        created_at=record.created_at,
+        updated_at=record.updated_at,
     )
-
-
-async def _public_relatives(conn: AsyncConnection, rows: Sequence[Any]) -> tuple[set[str], dict[str, list[str]]]:
-    """Public parents of these rows, and their public sub-conversations (same owner only)."""
-    if not rows:
-        return set(), {}
-    c = conversations.c
-    owner = {r.id: r.user_id for r in rows}
-    parent_ids = {r.parent_conversation_id for r in rows if r.parent_conversation_id}
-    public_parents: set[tuple[str, str]] = set()
-    if parent_ids:
-        found = await conn.execute(select(c.id, c.user_id).where(c.id.in_(parent_ids), _is_public()))
-        public_parents = {(pid, uid) for pid, uid in found.all()}
-    children = await conn.execute(
-        select(c.parent_conversation_id, c.id, c.user_id)
-        .where(c.parent_conversation_id.in_(list(owner)), _is_public())
-        .order_by(c.created_at, c.id)
-    )
-    subs: dict[str, list[str]] = {}
-    for parent_id, child_id, user_id in children.all():
-        if owner.get(parent_id) == user_id:
-            subs.setdefault(parent_id, []).append(child_id)
-    visible = {r.id for r in rows if (r.parent_conversation_id, r.user_id) in public_parents}
-    return visible, subs
 
 
 async def batch_get(db: Database, ids: Sequence[str]) -> list[SharedConversation | None]:
     """The shared views, in the order asked (repeats allowed); None for missing and non-public alike."""
-    if not ids:
-        return []
-    async with db.read() as conn:
-        rows = (await conn.execute(select(conversations).where(conversations.c.id.in_(set(ids)), _is_public()))).all()
-        parent_visible, subs = await _public_relatives(conn, rows)
-    found = {r.id: _to_shared(r, r.id in parent_visible, subs.get(r.id, ())) for r in rows}
+    found = {cid: to_shared(public) for cid, public in (await conversations_service.get_public(db, ids)).items()}
     return [found.get(i) for i in ids]
-
-
-async def require_public(conn: AsyncConnection, conversation_id: str) -> None:
-    """404 unless the conversation exists and is public; missing and private answer alike."""
-    c = conversations.c
-    found = (await conn.execute(select(c.id).where(c.id == conversation_id, _is_public()))).first()
-    if found is None:
-        raise NotFound(f"conversation {conversation_id} not found")
 
 
 def shareable_event(event: EventPayload) -> EventPayload:
@@ -135,7 +97,7 @@ async def search_events(
 ) -> EventPage:
     """One page of a public conversation's events: the events service's listing, then `shareable_event`."""
     async with db.read() as conn:
-        await require_public(conn, conversation_id)
+        await conversations_service.require_public(conn, conversation_id)
     page = await events_service.search_events(
         db,
         secret,

@@ -9,90 +9,93 @@ available this way: the agent server sends no callback when it sets it).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from threadline.auth.service import User
-from threadline.conversations.etag import etag_for
-from threadline.conversations.models import (
-    AppConversation,
-    ConversationExecutionStatus,
-    SandboxStatus,
-    metrics_from_row,
-)
+from threadline.conversations.mapping import LiveState, to_app_conversation
+from threadline.conversations.models import AppConversation, ConversationExecutionStatus, SandboxStatus
+from threadline.conversations.records import StoredConversation
 from threadline.core.errors import NotFound
 from threadline.db.engine import Database
 from threadline.sandboxes.agent_client import AgentServerError
+from threadline.sandboxes.records import SandboxRecord
 from threadline.sandboxes.service import SandboxService
 from threadline.webhooks import service as webhooks
 
 log = logging.getLogger("threadline.live")
+_STATUSES = ConversationExecutionStatus._value2member_map_
 
 
-async def _fetch(service: SandboxService, row: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+async def _fetch(service: SandboxService, sandbox: SandboxRecord, ids: list[str]) -> dict[str, dict[str, Any]]:
     try:
-        infos = await service.client(row).get_conversations(ids)
+        infos = await service.client(sandbox).get_conversations(ids)
     except AgentServerError as exc:
-        log.info("agent server of sandbox %s did not answer: %s", row.id, exc)
+        log.info("agent server of sandbox %s did not answer: %s", sandbox.id, exc)
         return {}
     return {cid: info for cid, info in zip(ids, infos, strict=True) if info is not None}
 
 
-async def fill_live_fields(db: Database, service: SandboxService, user: User, items: list[AppConversation]) -> None:
-    """The live fields of `items` (bound to the app's database and sandboxes, it is the conversations
-    domain's `LiveFields`)."""
-    by_sandbox: dict[str, list[AppConversation]] = defaultdict(list)
-    for item in items:
-        by_sandbox[item.sandbox_id].append(item)
-    if all(item._sandbox_loaded for item in items):
-        rows = {item.sandbox_id: item._sandbox_row for item in items if item._sandbox_row is not None}
-    else:
-        rows = await service.rows_by_id(list(by_sandbox))
+async def present(
+    db: Database, service: SandboxService, user: User, items: Sequence[StoredConversation]
+) -> list[AppConversation]:
+    """The wire models of `items`, live fields filled (bound to the app's database and sandboxes, it is the
+    conversations domain's `LiveFields`)."""
+    by_sandbox: dict[str, list[int]] = defaultdict(list)
+    for index, item in enumerate(items):
+        by_sandbox[item.record.sandbox_id].append(index)
+    boxes = {item.sandbox.id: item.sandbox for item in items if item.sandbox is not None}
     # settle: a dead sandbox found here is recorded, so filters on stored statuses agree with this page.
-    statuses = await service.settle([row for row in rows.values() if row.user_id == user.id])
+    statuses = await service.settle([box for box in boxes.values() if box.user_id == user.id])
     running = [sid for sid, status in statuses.items() if status is SandboxStatus.RUNNING]
-    fetched = await asyncio.gather(*(_fetch(service, rows[sid], [c.id for c in by_sandbox[sid]]) for sid in running))
+    fetched = await asyncio.gather(
+        *(_fetch(service, boxes[sid], [items[i].record.id for i in by_sandbox[sid]]) for sid in running)
+    )
     agent_infos = {cid: info for result in fetched for cid, info in result.items()}
 
-    session_keys: dict[str, str] = {}  # decrypted once per sandbox, not once per conversation
-    for sid, convs in by_sandbox.items():
+    answered: list[AppConversation | None] = [None] * len(items)
+    for sid, indexes in by_sandbox.items():
         status = statuses.get(sid, SandboxStatus.MISSING)
-        row = rows.get(sid)
-        for conv in convs:
-            conv.sandbox_status = status
-            if status is not SandboxStatus.RUNNING or row is None:
-                conv.execution_status = None
-                conv.conversation_url = None
-                conv.session_api_key = None
-                continue
-            info = agent_infos.get(conv.id)
+        box = boxes.get(sid)
+        if status is not SandboxStatus.RUNNING or box is None:
+            for i in indexes:
+                answered[i] = to_app_conversation(items[i], LiveState(sandbox_status=status))
+            continue
+        url, key = service.agent_url(box), service.session_key(box)  # decrypted once per sandbox
+        for i in indexes:
+            stored = items[i]
+            info = agent_infos.get(stored.record.id)
+            execution_status = stored.record.execution_status  # the copy callbacks keep: the fallback
             if info is not None:
-                value = info.get("execution_status")
-                if isinstance(value, str) and value in ConversationExecutionStatus._value2member_map_:
-                    conv.execution_status = ConversationExecutionStatus(value)
-                await _sync(db, sid, conv, info)
-            elif (stored := conv._stored_execution_status) in ConversationExecutionStatus._value2member_map_:
-                # The agent did not answer in time: fall back to the copy callbacks keep.
-                conv.execution_status = ConversationExecutionStatus(str(stored))
-            conv.conversation_url = f"{service.agent_url(row)}/api/conversations/{conv.id}"
-            conv.session_api_key = session_keys.get(sid) or session_keys.setdefault(sid, service.session_key(row))
+                reported = info.get("execution_status")
+                if isinstance(reported, str) and reported in _STATUSES:
+                    execution_status = reported
+                stored = await _sync(db, sid, stored, info)
+            live = LiveState(
+                sandbox_status=status,
+                execution_status=ConversationExecutionStatus(execution_status)
+                if execution_status is not None and execution_status in _STATUSES
+                else None,
+                conversation_url=f"{url}/api/conversations/{stored.record.id}",
+                session_api_key=key,
+            )
+            answered[i] = to_app_conversation(stored, live)
+    return [a for a in answered if a is not None]
 
 
-async def _sync(db: Database, sandbox_id: str, conv: AppConversation, info: dict[str, Any]) -> None:
-    """Store what the agent knows and the record lacks (automatic title, newer metrics)."""
+async def _sync(db: Database, sandbox_id: str, stored: StoredConversation, info: dict[str, Any]) -> StoredConversation:
+    """Store what the agent knows and the record lacks (the automatic title); the record as it now is."""
+    record = stored.record
     title = info.get("title")
-    wants_title = isinstance(title, str) and title.strip() and conv.title != title and not conv._title_set_by_user
+    wants_title = isinstance(title, str) and title.strip() and record.title != title and not record.title_set_by_user
     if not wants_title:
-        return
+        return stored
     try:
-        updated = await webhooks.on_conversation_update(db, sandbox_id, info)
+        updated = await webhooks.on_conversation_update(db, sandbox_id=sandbox_id, info=info)
     except NotFound:
-        return
-    if updated is not None:
-        conv.title = updated.title
-        conv.updated_at = updated.updated_at
-        # A callback may have moved other stored fields too; the response must match its new ETag.
-        conv.llm_model = updated.llm_model
-        conv.metrics = metrics_from_row(updated)
-        conv.etag = etag_for(updated.id, updated.version)
+        return stored
+    # A callback may have moved other stored fields too; the response must match its new ETag.
+    return dataclasses.replace(stored, record=updated)

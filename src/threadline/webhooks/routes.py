@@ -32,7 +32,7 @@ async def on_conversation_update(
     info: Annotated[dict[str, Any], Body()],
     sandbox: Any = Depends(calling_sandbox),
 ) -> Success:
-    await service.on_conversation_update(ctx.db, sandbox.id, info)
+    await service.on_conversation_update(ctx.db, sandbox_id=sandbox.id, info=info)
     return Success()
 
 
@@ -44,5 +44,7 @@ async def on_event(
     events: Annotated[list[Any], Body()],
     sandbox: Any = Depends(calling_sandbox),
 ) -> Success:
-    await service.on_events(ctx.db, sandbox.id, conversation_id, events, metrics=metrics)
+    await service.on_events(
+        ctx.db, sandbox_id=sandbox.id, conversation_id=conversation_id, items=events, metrics=metrics
+    )
     return Success()

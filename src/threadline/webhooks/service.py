@@ -17,12 +17,13 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from threadline.conversations.models import ConversationExecutionStatus
-from threadline.conversations.service import get_row_for_any_user
+from threadline.conversations.records import ConversationRecord
+from threadline.conversations.service import get_record_for_any_user
+from threadline.conversations.tables import conversations
 from threadline.core.errors import NotFound
 from threadline.core.ids import MalformedId, parse_id
 from threadline.core.time import as_utc
 from threadline.db.engine import Database
-from threadline.db.tables import conversations
 from threadline.db.types import utcnow
 from threadline.events.service import clean_text, store_events
 from threadline.observability.metrics import Metrics
@@ -69,7 +70,7 @@ def _text(value: str, limit: int) -> str:
     return clean_text(value)[:limit]
 
 
-def _changes(row: Any, delta: Delta) -> dict[str, Any]:
+def _changes(row: ConversationRecord, delta: Delta) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if delta.execution_status is not None:
         at = delta.status_at or utcnow()
@@ -102,8 +103,8 @@ def _changes(row: Any, delta: Delta) -> dict[str, Any]:
     return changes
 
 
-async def _apply(conn: AsyncConnection, sandbox_id: str, conversation_id: str, delta: Delta) -> Any:
-    row = await get_row_for_any_user(conn, conversation_id, lock=True)
+async def _apply(conn: AsyncConnection, *, sandbox_id: str, conversation_id: str, delta: Delta) -> ConversationRecord:
+    row = await get_record_for_any_user(conn, conversation_id, lock=True)
     if row is None or row.sandbox_id != sandbox_id:
         # Another sandbox's conversation looks exactly like a missing one.
         raise NotFound(f"conversation {conversation_id} not found")
@@ -114,7 +115,9 @@ async def _apply(conn: AsyncConnection, sandbox_id: str, conversation_id: str, d
         changes["updated_at"] = max(utcnow(), row.updated_at + timedelta(microseconds=1))
     if changes:
         await conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(**changes))
-        return await get_row_for_any_user(conn, conversation_id)
+        updated = await get_record_for_any_user(conn, conversation_id)
+        assert updated is not None  # locked above, in this transaction
+        return updated
     return row
 
 
@@ -125,7 +128,7 @@ def _conversation_id(value: Any) -> str:
         raise NotFound(f"conversation {value!r} not found") from exc
 
 
-async def on_conversation_update(db: Database, sandbox_id: str, info: Mapping[str, Any]) -> Any:
+async def on_conversation_update(db: Database, *, sandbox_id: str, info: Mapping[str, Any]) -> ConversationRecord:
     conversation_id = _conversation_id(info.get("id"))
     delta = Delta()
     delta.status(info.get("execution_status"), _parse_time(info.get("updated_at")))
@@ -138,15 +141,20 @@ async def on_conversation_update(db: Database, sandbox_id: str, info: Mapping[st
     if isinstance(info.get("stats"), Mapping):
         delta.metrics = metrics_from_stats(info)
     async with db.write() as conn:
-        return await _apply(conn, sandbox_id, conversation_id, delta)
+        return await _apply(conn, sandbox_id=sandbox_id, conversation_id=conversation_id, delta=delta)
 
 
 async def on_events(
-    db: Database, sandbox_id: str, conversation_id_text: str, items: list[Any], *, metrics: Metrics | None = None
+    db: Database,
+    *,
+    sandbox_id: str,
+    conversation_id: str,
+    items: list[Any],
+    metrics: Metrics | None = None,
 ) -> int:
     """Apply and store a batch of events; `metrics` observes the batch's lag once it is stored."""
     arrived = utcnow()
-    conversation_id = _conversation_id(conversation_id_text)
+    conversation_id = _conversation_id(conversation_id)
     delta = Delta()
     events = [e for e in items if isinstance(e, Mapping)]
     # By instant, not by text: agents write times with and without offsets; ties keep delivery order.
@@ -163,8 +171,8 @@ async def on_events(
         elif key == "title" and isinstance(value, str) and value.strip():
             delta.title = value
     async with db.write() as conn:
-        await _apply(conn, sandbox_id, conversation_id, delta)
-        stored = await store_events(conn, conversation_id, [dict(e) for e in events])
+        await _apply(conn, sandbox_id=sandbox_id, conversation_id=conversation_id, delta=delta)
+        stored = await store_events(conn, conversation_id=conversation_id, items=[dict(e) for e in events])
     if metrics is not None:
         metrics.observe_event_batch((_parse_time(e.get("timestamp")) for e in events), now=arrived)
     return stored

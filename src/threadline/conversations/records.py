@@ -1,0 +1,85 @@
+"""A conversation as stored, and as the service hands it on: typed records, not database rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Row
+
+from threadline.conversations.etag import etag_for
+from threadline.sandboxes.records import SandboxRecord
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRecord:
+    id: str
+    user_id: str
+    sandbox_id: str
+    selected_repository: str | None
+    selected_branch: str | None
+    git_provider: str | None
+    title: str | None
+    title_set_by_user: bool
+    trigger: str | None
+    pr_number: list[int]
+    llm_model: str | None
+    agent_kind: str
+    parent_conversation_id: str | None
+    public: bool | None
+    tags: dict[str, str]
+    # The last execution status an agent reported (the stored copy), and when.
+    execution_status: str | None
+    execution_status_at: datetime | None
+    metrics_model_name: str
+    accumulated_cost: float
+    max_budget_per_task: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    context_window: int
+    per_turn_token: int
+    response_id: str
+    has_metrics: bool
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Row[Any]) -> ConversationRecord:
+        """From a row of `select(conversations)`."""
+        return cls(**row._mapping)
+
+    @property
+    def etag(self) -> str:
+        return etag_for(self.id, self.version)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredConversation:
+    """What the service answers for one conversation: its record, its sub-conversations (oldest first),
+    and its sandbox's record read in the same transaction (None when there is none): all the live
+    fields need to be added before it goes on the wire."""
+
+    record: ConversationRecord
+    sub_conversation_ids: tuple[str, ...] = ()
+    sandbox: SandboxRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPage:
+    items: list[StoredConversation]
+    next_page_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PublicConversation:
+    """A public conversation as anyone may see it: the parent only when that is public too, and only the
+    public sub-conversations (of the same owner)."""
+
+    record: ConversationRecord
+    parent_visible: bool
+    public_sub_conversation_ids: tuple[str, ...]
