@@ -142,3 +142,26 @@ def test_each_domain_declares_its_own_tables_and_the_schema_has_them_all() -> No
     from_modules = {t.name for t in tables}
     assert from_modules == set(metadata.tables), "every table of the schema comes from a domain's tables.py"
     assert {"conversations", "sandboxes", "events", "users"} <= set(metadata.tables)
+
+
+def _is_id(name: str) -> bool:
+    # An entity id (not a page token): a swap of two of them would type-check, so they go by keyword.
+    return name != "page_id" and (name in ("id", "ids") or name.endswith(("_id", "_ids")))
+
+
+def test_functions_taking_two_ids_take_them_by_keyword() -> None:
+    positional = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            # Route handlers are called by the framework, by name.
+            if any(
+                ".get" in d or ".post" in d or ".patch" in d or ".delete" in d
+                for d in map(ast.unparse, node.decorator_list)
+            ):
+                continue
+            ids = [a.arg for a in node.args.posonlyargs + node.args.args if _is_id(a.arg)]
+            if len(ids) >= 2:
+                positional.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}({', '.join(ids)})")
+    assert not positional, positional

@@ -57,7 +57,7 @@ def sh(server: LiveServer, sandbox_id: str, command: str, timeout: int = 60) -> 
     service = server.app.state.sandboxes
 
     async def run() -> Any:
-        row = (await service.rows_by_id([sandbox_id]))[sandbox_id]
+        row = (await service.records_by_id([sandbox_id]))[sandbox_id]
         return await service.client(row, timeout=timeout + 20).execute_bash(command, timeout=timeout)
 
     result = server.run(run(), timeout=timeout + 30)
@@ -90,7 +90,7 @@ def test_nothing_of_the_server_or_another_user_is_reachable_from_a_sandbox(
         alice, bob = server.client(alice_key), server.client(bob_key)
         alice_conv, alice_sb = started(server, alice)
         bob_conv, bob_sb = started(server, bob)
-        bob_row = server.run(server.app.state.sandboxes.rows_by_id([bob_sb]))[bob_sb]
+        bob_row = server.run(server.app.state.sandboxes.records_by_id([bob_sb]))[bob_sb]
         bob_workspace = Path(bob_row.work_dir) / "workspace"
         (bob_workspace / "bob-private.txt").write_text("bob-canary-5678")
         threadline_pid = os.getpid()
@@ -138,7 +138,7 @@ def test_nothing_of_the_server_or_another_user_is_reachable_from_a_sandbox(
         assert f"127.0.0.1:{port}" in refused and "example.com:443" in refused
         # Files it creates cannot be used against anything outside (another user when we are root).
         code, _ = sh(server, alice_sb, "echo mine > made-here.txt && cp /bin/sh ./sh && chmod u+s ./sh")
-        made = Path(server.run(server.app.state.sandboxes.rows_by_id([alice_sb]))[alice_sb].work_dir)
+        made = Path(server.run(server.app.state.sandboxes.records_by_id([alice_sb]))[alice_sb].work_dir)
         owner = (made / "workspace" / "made-here.txt").stat().st_uid
         if os.geteuid() == 0:
             assert owner not in (0, bob_row and os.stat(bob_workspace).st_uid)
@@ -226,7 +226,7 @@ def test_a_sandbox_over_its_memory_limit_is_killed_and_recorded(agent_server_fac
         what="sandbox ERROR",
     )
     assert info["status"] == "ERROR"
-    row = server.run(service.rows_by_id([sandbox_id]))[sandbox_id]
+    row = server.run(service.records_by_id([sandbox_id]))[sandbox_id]
     assert "memory limit of 700 MiB" in row.detail
     # The server is fine and serves on.
     assert client.get("/api/v1/app-conversations/search").status_code == 200

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from threadline.conversations import service as conversations_service
 from threadline.conversations.models import SandboxStatus
 from threadline.conversations.start_models import AppSendMessageRequest, AppSendMessageResponse, TextContent
 from threadline.core.errors import Conflict, NotFound, Problem
 from threadline.db.engine import Database
 from threadline.sandboxes.agent_client import AgentServerError, AgentServerUnavailable
+from threadline.sandboxes.records import SandboxRecord
 from threadline.sandboxes.service import SandboxGone, SandboxService
 
 
-async def running_sandbox(db: Database, sandboxes: SandboxService, user_id: str, conversation_id: str) -> Any:
+async def running_sandbox(
+    db: Database, sandboxes: SandboxService, *, user_id: str, conversation_id: str
+) -> SandboxRecord:
     """The sandbox record of the caller's conversation, which must be RUNNING: 404 for another user's or
     an unknown conversation, 409 while PAUSED or STARTING, 410 when ERROR or MISSING."""
     async with db.read() as conn:
         conversation = await conversations_service.get_record(conn, user_id=user_id, conversation_id=conversation_id)
-    rows = await sandboxes.rows_by_id([conversation.sandbox_id])
+    rows = await sandboxes.records_by_id([conversation.sandbox_id])
     row = rows.get(conversation.sandbox_id)
     status = sandboxes.effective_status(row) if row is not None else SandboxStatus.MISSING
     if status in (SandboxStatus.PAUSED, SandboxStatus.STARTING):
@@ -50,9 +51,9 @@ def message_text(request: AppSendMessageRequest) -> str:
 
 
 async def send_message(
-    db: Database, sandboxes: SandboxService, user_id: str, conversation_id: str, request: AppSendMessageRequest
+    db: Database, sandboxes: SandboxService, *, user_id: str, conversation_id: str, request: AppSendMessageRequest
 ) -> AppSendMessageResponse:
-    row = await running_sandbox(db, sandboxes, user_id, conversation_id)
+    row = await running_sandbox(db, sandboxes, user_id=user_id, conversation_id=conversation_id)
     text = message_text(request)
     try:
         # Queuing a message is quick on the agent side: the short agent timeout applies.

@@ -46,7 +46,7 @@ class PendingMessages:
         # One delivery at a time per target in this process (a lock lives while someone holds it).
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
-    async def add(self, user_id: str, target_id: str, text: str, run: bool) -> PendingMessageResponse:
+    async def add(self, *, user_id: str, target_id: str, text: str, run: bool) -> PendingMessageResponse:
         message_id = new_id()
         async with self.db.write() as conn:
             # The target's row is locked while the message is numbered: concurrent sends to one conversation
@@ -136,7 +136,7 @@ class PendingMessages:
             ).first()
         if conversation is None:
             return None
-        row = (await self.sandboxes.rows_by_id([conversation.sandbox_id])).get(conversation.sandbox_id)
+        row = (await self.sandboxes.records_by_id([conversation.sandbox_id])).get(conversation.sandbox_id)
         if row is None or self.sandboxes.effective_status(row) is not SandboxStatus.RUNNING:
             return None
         return conversation_id, row

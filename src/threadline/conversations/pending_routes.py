@@ -33,4 +33,4 @@ async def add_pending_message(
     the conversation has an id) or the conversation's. Delivered to the agent in order once the conversation
     is READY and its sandbox RUNNING (at once, `queued: false`, if it already is). At most 10 wait
     per conversation (then 429). Kept across restarts until delivered."""
-    return await pending.add(user.id, conversation_id, message_text(request), request.run)
+    return await pending.add(user_id=user.id, target_id=conversation_id, text=message_text(request), run=request.run)

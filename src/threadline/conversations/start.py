@@ -161,7 +161,7 @@ class StartService:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def get(self, user_id: str, task_id: str) -> AppConversationStartTask:
+    async def get(self, *, user_id: str, task_id: str) -> AppConversationStartTask:
         async with self.db.read() as conn:
             row = (
                 await conn.execute(
@@ -172,7 +172,7 @@ class StartService:
             raise NotFound(f"start task {task_id} not found")
         return row_to_task(row)
 
-    async def batch_get(self, user_id: str, ids: Sequence[str]) -> list[AppConversationStartTask | None]:
+    async def batch_get(self, *, user_id: str, ids: Sequence[str]) -> list[AppConversationStartTask | None]:
         if not ids:
             return []
         async with self.db.read() as conn:
@@ -185,7 +185,7 @@ class StartService:
         return [found.get(i) for i in ids]
 
     @staticmethod
-    def _where(user_id: str, conversation_id: str | None, created_at_gte: datetime | None) -> list[Any]:
+    def _where(*, user_id: str, conversation_id: str | None, created_at_gte: datetime | None) -> list[Any]:
         clauses = [start_tasks.c.user_id == user_id]
         if conversation_id is not None:
             clauses.append(start_tasks.c.app_conversation_id == conversation_id)
@@ -213,7 +213,11 @@ class StartService:
             secret, "start-tasks", sort.value, fingerprint, column, start_tasks.c.id, sort.value.endswith("DESC")
         )
         query = pager.query(
-            select(start_tasks).where(*self._where(user_id, conversation_id, created_at_gte)), page_id, limit
+            select(start_tasks).where(
+                *self._where(user_id=user_id, conversation_id=conversation_id, created_at_gte=created_at_gte)
+            ),
+            page_id,
+            limit,
         )
         async with self.db.read() as conn:
             rows, next_page_id = pager.split((await conn.execute(query)).all(), limit)
@@ -224,7 +228,9 @@ class StartService:
     ) -> int:
         created_at_gte = as_utc(created_at_gte) if created_at_gte is not None else None
         query = (
-            select(func.count()).select_from(start_tasks).where(*self._where(user_id, conversation_id, created_at_gte))
+            select(func.count())
+            .select_from(start_tasks)
+            .where(*self._where(user_id=user_id, conversation_id=conversation_id, created_at_gte=created_at_gte))
         )
         async with self.db.read() as conn:
             return int((await conn.execute(query)).scalar_one())
@@ -258,8 +264,8 @@ class StartService:
             )
         # Read before the work starts: the answer is the task as created (WORKING), whatever the
         # background work has done by the time a read after it would return.
-        task = await self.get(user_id, task_id)
-        job = asyncio.create_task(self._run(task_id, user_id, request))
+        task = await self.get(user_id=user_id, task_id=task_id)
+        job = asyncio.create_task(self._run(task_id=task_id, user_id=user_id, request=request))
         self._tasks.add(job)
         job.add_done_callback(self._tasks.discard)
         return task
@@ -276,18 +282,18 @@ class StartService:
         except NotFound:
             return
         if sandbox_id is None:
-            await self.sandboxes.check_capacity(user_id)
+            await self.sandboxes.check_capacity(user_id=user_id)
             return
-        row = (await self.sandboxes.rows_by_id([sandbox_id])).get(sandbox_id)
+        row = (await self.sandboxes.records_by_id([sandbox_id])).get(sandbox_id)
         if row is not None and row.user_id == user_id:
             if self.sandboxes.effective_status(row) in _RESUMABLE:
-                await self.sandboxes.check_capacity(user_id, exclude=sandbox_id)
+                await self.sandboxes.check_capacity(user_id=user_id, exclude=sandbox_id)
 
-    async def stream(self, user_id: str, task_id: str, poll: float = 0.2) -> AsyncIterator[AppConversationStartTask]:
+    async def stream(self, *, user_id: str, task_id: str, poll: float = 0.2) -> AsyncIterator[AppConversationStartTask]:
         """Yield the task each time its status changes, ending with READY or ERROR."""
         last: str | None = None
         while True:
-            task = await self.get(user_id, task_id)
+            task = await self.get(user_id=user_id, task_id=task_id)
             if task.status.value != last:
                 last = task.status.value
                 yield task
@@ -329,10 +335,10 @@ class StartService:
             self.metrics.observe_start_task(status.value, row.created_at, now)
         return True
 
-    async def _run(self, task_id: str, user_id: str, request: AppConversationStartRequest) -> None:
+    async def _run(self, *, task_id: str, user_id: str, request: AppConversationStartRequest) -> None:
         secrets = [v for v in (request.secrets or {}).values() if v]
         try:
-            await self._start(task_id, user_id, request, secrets)
+            await self._start(task_id=task_id, user_id=user_id, request=request, secrets=secrets)
         except asyncio.CancelledError:
             await asyncio.shield(self._fail(task_id, "the server stopped while the conversation was starting", secrets))
             raise
@@ -356,7 +362,7 @@ class StartService:
         return clone_url(self.settings, request.selected_repository, request.git_provider)
 
     async def _start(
-        self, task_id: str, user_id: str, request: AppConversationStartRequest, secrets: list[str]
+        self, *, task_id: str, user_id: str, request: AppConversationStartRequest, secrets: list[str]
     ) -> None:
         """The start, step by step; each step moves the task on and may fail it with its reason."""
         run = _StartRun(task_id=task_id, user_id=user_id, request=request, redact=secrets)
@@ -411,12 +417,12 @@ class StartService:
         else a new one; then the LLM's and the repository's hosts are let through its egress."""
         sandbox_id = await self._sandbox_wanted(run.user_id, run.request)
         if sandbox_id:
-            row = await self.sandboxes.get_row(run.user_id, sandbox_id)
+            row = await self.sandboxes.get_record(user_id=run.user_id, sandbox_id=sandbox_id)
             if self.sandboxes.effective_status(row) in _RESUMABLE:
-                await self.sandboxes.resume(run.user_id, sandbox_id)
+                await self.sandboxes.resume(user_id=run.user_id, sandbox_id=sandbox_id)
         else:
             claimed = await self.pool.claim(run.user_id) if self.pool is not None else None
-            sandbox_id = claimed or (await self.sandboxes.create(run.user_id)).id
+            sandbox_id = claimed or (await self.sandboxes.create(user_id=run.user_id)).id
         await self._transition(run.task_id, Status.WAITING_FOR_SANDBOX, sandbox_id=sandbox_id)
         run.sandbox = await self.sandboxes.wait_until_running(sandbox_id)
         run.redact.append(self.sandboxes.session_key(run.sandbox))

@@ -64,7 +64,7 @@ async def stream_app_conversation_start(
         # A JSON array, one element per status the task passes through, flushed as it happens.
         yield b"["
         separator = b""
-        async for task in starts.stream(user.id, task_id):
+        async for task in starts.stream(user_id=user.id, task_id=task_id):
             yield separator + json.dumps(task.model_dump(mode="json")).encode()
             separator = b","
         yield b"]"
@@ -111,7 +111,7 @@ async def batch_get_app_conversation_start_tasks(
     ids: Annotated[list[str], Query(json_schema_extra=id_list_schema(MAX_BATCH))],
     user: User = Depends(current_user),
 ) -> list[AppConversationStartTask | None]:
-    return await starts.batch_get(user.id, parse_id_list(ids, "ids", MAX_BATCH))
+    return await starts.batch_get(user_id=user.id, ids=parse_id_list(ids, "ids", MAX_BATCH))
 
 
 @router.post(
@@ -128,7 +128,9 @@ async def send_message_to_conversation(
     idempotent: Idempotent = Depends(idempotency),
 ) -> Response:
     result = await idempotent.run(
-        user.id, request, lambda: send_message(ctx.db, sandboxes, user.id, conversation_id, request)
+        user.id,
+        request,
+        lambda: send_message(ctx.db, sandboxes, user_id=user.id, conversation_id=conversation_id, request=request),
     )
     return result.response()
 

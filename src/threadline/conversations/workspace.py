@@ -17,6 +17,7 @@ from threadline.conversations.messages import agent_problem, running_sandbox
 from threadline.core.errors import Invalid, NotFound, Problem
 from threadline.db.engine import Database
 from threadline.sandboxes.agent_client import AgentServerError
+from threadline.sandboxes.records import SandboxRecord
 from threadline.sandboxes.service import SandboxService
 
 _CHUNK = 256 * 1024
@@ -27,7 +28,7 @@ class TooLarge(Problem):
     type_slug = "workspace-too-large"
 
 
-async def _working_dir(sandboxes: SandboxService, row: Any, conversation_id: str) -> str:
+async def _working_dir(sandboxes: SandboxService, row: SandboxRecord, conversation_id: str) -> str:
     """Where the conversation works in its sandbox (its repository's directory, or the workspace)."""
     try:
         info = await sandboxes.client(row).get_conversation(conversation_id)
@@ -41,9 +42,9 @@ async def _working_dir(sandboxes: SandboxService, row: Any, conversation_id: str
 
 
 async def git_changes(
-    db: Database, sandboxes: SandboxService, user_id: str, conversation_id: str, ref: str | None = None
+    db: Database, sandboxes: SandboxService, *, user_id: str, conversation_id: str, ref: str | None = None
 ) -> list[dict[str, Any]]:
-    row = await running_sandbox(db, sandboxes, user_id, conversation_id)
+    row = await running_sandbox(db, sandboxes, user_id=user_id, conversation_id=conversation_id)
     working_dir = await _working_dir(sandboxes, row, conversation_id)
     try:
         return await sandboxes.client(row, timeout=30.0).git_changes(working_dir, ref)
@@ -60,10 +61,16 @@ def relative_file_path(path: str) -> str:
 
 
 async def git_diff(
-    db: Database, sandboxes: SandboxService, user_id: str, conversation_id: str, path: str, ref: str | None = None
+    db: Database,
+    sandboxes: SandboxService,
+    *,
+    user_id: str,
+    conversation_id: str,
+    path: str,
+    ref: str | None = None,
 ) -> dict[str, Any]:
     relative = relative_file_path(path)
-    row = await running_sandbox(db, sandboxes, user_id, conversation_id)
+    row = await running_sandbox(db, sandboxes, user_id=user_id, conversation_id=conversation_id)
     working_dir = await _working_dir(sandboxes, row, conversation_id)
     try:
         return await sandboxes.client(row, timeout=30.0).git_diff(f"{working_dir.rstrip('/')}/{relative}", ref)
@@ -71,10 +78,10 @@ async def git_diff(
         raise agent_problem(exc, conversation_id, "the diff") from exc
 
 
-async def skills(db: Database, sandboxes: SandboxService, user_id: str, conversation_id: str) -> dict[str, Any]:
+async def skills(db: Database, sandboxes: SandboxService, *, user_id: str, conversation_id: str) -> dict[str, Any]:
     """The skills of the conversation, as upstream answers them: `{"skills": [{name, type, content,
     triggers}]}` (type "repo" for always-on skills, "knowledge" for triggered ones)."""
-    row = await running_sandbox(db, sandboxes, user_id, conversation_id)
+    row = await running_sandbox(db, sandboxes, user_id=user_id, conversation_id=conversation_id)
     working_dir = await _working_dir(sandboxes, row, conversation_id)
     try:
         found = await sandboxes.client(row, timeout=30.0).load_skills(working_dir)
@@ -106,13 +113,13 @@ class Archive:
 
 
 async def workspace_archive(
-    db: Database, sandboxes: SandboxService, user_id: str, conversation_id: str, limit: int
+    db: Database, sandboxes: SandboxService, *, user_id: str, conversation_id: str, limit: int
 ) -> Archive:
     """The conversation's sandbox workspace, read from disk (so a PAUSED sandbox can be downloaded too).
     Over `limit` bytes of files: 413 before anything is sent."""
     async with db.read() as conn:
         conversation = await conversations_service.get_record(conn, user_id=user_id, conversation_id=conversation_id)
-    row = (await sandboxes.rows_by_id([conversation.sandbox_id])).get(conversation.sandbox_id)
+    row = (await sandboxes.records_by_id([conversation.sandbox_id])).get(conversation.sandbox_id)
     root = Path(row.work_dir) / "workspace" if row is not None and row.work_dir else None
     if root is None or not root.is_dir():
         raise Problem(

@@ -32,7 +32,7 @@ async def get_git_changes(
 ) -> list[dict[str, Any]]:
     """What the agent changed in the conversation's repository: `[{"status": "MODIFIED", "path": ...}]`
     (paths relative to the repository). The sandbox must be RUNNING (409 while PAUSED or STARTING)."""
-    return await workspace.git_changes(ctx.db, sandboxes, user.id, conversation_id, ref)
+    return await workspace.git_changes(ctx.db, sandboxes, user_id=user.id, conversation_id=conversation_id, ref=ref)
 
 
 @router.get("/{conversation_id}/git/diff", responses={404: {}, 409: {}, 410: {}, 422: {}, 502: {}, 503: {}})
@@ -54,7 +54,9 @@ async def get_git_diff(
     user: User = Depends(current_user),
 ) -> dict[str, Any]:
     """One file's contents before and after: `{"original": ..., "modified": ...}`."""
-    return await workspace.git_diff(ctx.db, sandboxes, user.id, conversation_id, path, ref)
+    return await workspace.git_diff(
+        ctx.db, sandboxes, user_id=user.id, conversation_id=conversation_id, path=path, ref=ref
+    )
 
 
 @router.get("/{conversation_id}/skills", responses={404: {}, 409: {}, 410: {}, 502: {}, 503: {}})
@@ -67,7 +69,7 @@ async def get_skills(
     """The skills the conversation's agent has: the repository's own (`.openhands/skills`, `AGENTS.md`, ...)
     and the sandbox user's, as `{"skills": [{"name", "type": "repo" | "knowledge", "content", "triggers",
     "description"}]}`. The sandbox must be RUNNING (409 otherwise)."""
-    return await workspace.skills(ctx.db, sandboxes, user.id, conversation_id)
+    return await workspace.skills(ctx.db, sandboxes, user_id=user.id, conversation_id=conversation_id)
 
 
 @router.get(
@@ -84,7 +86,7 @@ async def download_workspace(
     """The sandbox's workspace as a zip stream (also while the sandbox is PAUSED). Only regular files;
     symbolic links are left out. Over THREADLINE_DOWNLOAD_MAX_BYTES of files: 413 problem."""
     archive = await workspace.workspace_archive(
-        ctx.db, sandboxes, user.id, conversation_id, ctx.settings.download_max_bytes
+        ctx.db, sandboxes, user_id=user.id, conversation_id=conversation_id, limit=ctx.settings.download_max_bytes
     )
     return StreamingResponse(
         archive.chunks(),

@@ -141,4 +141,4 @@ async def batch_get_events(
     conversation_id: str = Depends(owned_conversation_id),
 ) -> list[EventPayload | None]:
     """Get a batch of events given their ids, returning null for any missing event."""
-    return await service.batch_get_events(ctx.db, conversation_id, ids)
+    return await service.batch_get_events(ctx.db, conversation_id=conversation_id, ids=ids)

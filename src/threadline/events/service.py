@@ -261,7 +261,7 @@ def _check_ids(ids: Sequence[str]) -> None:
             )
 
 
-async def batch_get_events(db: Database, conversation_id: str, ids: Sequence[str]) -> list[EventPayload | None]:
+async def batch_get_events(db: Database, *, conversation_id: str, ids: Sequence[str]) -> list[EventPayload | None]:
     """The events with these ids, in the order asked (repeats allowed), None where there is none."""
     _check_ids(ids)
     c = events.c

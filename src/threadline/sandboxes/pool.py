@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from sqlalchemy import select, update
 
 from threadline.core.enums import SandboxStatus
 from threadline.db.types import utcnow
+from threadline.sandboxes.records import SandboxRecord
 from threadline.sandboxes.service import SandboxService
 from threadline.sandboxes.tables import sandboxes
 
@@ -39,10 +39,10 @@ class WarmPool:
     def enabled(self) -> bool:
         return self.size > 0
 
-    async def _pool_rows(self) -> list[Any]:
+    async def _pool_rows(self) -> list[SandboxRecord]:
         async with self.service.db.read() as conn:
             query = select(sandboxes).where(sandboxes.c.user_id.is_(None)).order_by(sandboxes.c.created_at)
-            return list((await conn.execute(query)).all())
+            return [SandboxRecord.of(r) for r in (await conn.execute(query)).all()]
 
     async def stats(self) -> dict[str, int]:
         rows = await self._pool_rows()
@@ -65,7 +65,7 @@ class WarmPool:
             if self.service.effective_status(row) is not SandboxStatus.RUNNING:
                 continue
             async with self.service.db.write() as conn:
-                await self.service.take_slot(conn, user_id)
+                await self.service.take_slot(conn, user_id=user_id)
                 result = await conn.execute(
                     update(sandboxes)
                     .where(
@@ -97,7 +97,7 @@ class WarmPool:
             elif await self._retire(row.id):
                 await self.service.destroy(row)
         for _ in range(max(0, self.size - live)):
-            await self.service.create(None)
+            await self.service.create(user_id=None)
 
     async def _retire(self, sandbox_id: str) -> bool:
         """Take a pool sandbox out of the pool for good (claims take only RUNNING ones); False when a start

@@ -26,6 +26,7 @@ from threadline.core.enums import SandboxStatus
 from threadline.core.errors import Problem
 from threadline.core.ids import MalformedId, parse_id
 from threadline.sandboxes.isolated import IsolatedBackend
+from threadline.sandboxes.records import SandboxRecord
 from threadline.sandboxes.service import SandboxService
 
 router = APIRouter(include_in_schema=False)
@@ -52,14 +53,16 @@ class NotAuthorized(Problem):
     type_slug = "unauthorized"
 
 
-async def _sandbox(sandboxes: SandboxService, sandbox_id: str, key: str | None, *, probe: bool = False) -> Any:
+async def _sandbox(
+    sandboxes: SandboxService, sandbox_id: str, key: str | None, *, probe: bool = False
+) -> SandboxRecord:
     try:
         wanted = parse_id(sandbox_id)
     except MalformedId:
         wanted = None
     row = await sandboxes.by_session_key(key) if key else None
     if probe and key is None and wanted is not None:
-        row = (await sandboxes.rows_by_id([wanted])).get(wanted)
+        row = (await sandboxes.records_by_id([wanted])).get(wanted)
     if row is None or wanted is None or row.id != wanted:
         raise NotAuthorized("this sandbox's session key is required (X-Session-API-Key)")
     status = sandboxes.effective_status(row)
@@ -107,7 +110,7 @@ async def forward_websocket(websocket: WebSocket, sandbox_id: str, path: str) ->
         await websocket.close(code=1008)
         return
     query = websocket.url.query
-    target = f"{row.url.replace('http://', 'ws://', 1)}/{path}" + (f"?{query}" if query else "")
+    target = f"{(row.url or '').replace('http://', 'ws://', 1)}/{path}" + (f"?{query}" if query else "")
     headers = {"X-Session-API-Key": key or ""}
     backend = sandboxes.backend
     try:

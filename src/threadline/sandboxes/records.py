@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Row
@@ -32,3 +33,10 @@ class SandboxRecord:
     def of(cls, row: Row[Any]) -> SandboxRecord:
         """From a row of `select(sandboxes)`."""
         return cls(**row._mapping)
+
+    @property
+    def directory(self) -> Path:
+        """The sandbox's own directory (workspace, agent state, logs); recorded before it is launched."""
+        if self.work_dir is None:
+            raise RuntimeError(f"sandbox {self.id} has no directory recorded")
+        return Path(self.work_dir)

@@ -46,7 +46,7 @@ async def search_sandboxes(
     limit: Annotated[int, Query(gt=0, le=100)] = 100,
     user: User = Depends(current_user),
 ) -> SandboxPage:
-    return await service.search(user.id, limit=limit, page_id=page_id)
+    return await service.search(user_id=user.id, limit=limit, page_id=page_id)
 
 
 @router.get("/api/v1/sandboxes", response_model=list[SandboxInfo | None])
@@ -55,7 +55,7 @@ async def batch_get_sandboxes(
     id: Annotated[list[str], Query(json_schema_extra=id_list_schema(MAX_BATCH))],
     user: User = Depends(current_user),
 ) -> list[SandboxInfo | None]:
-    return await service.batch_get(user.id, _ids(id))
+    return await service.batch_get(user_id=user.id, ids=_ids(id))
 
 
 @router.post("/api/v1/sandboxes", response_model=SandboxInfo, responses={404: {}, 409: {}, 422: {}, 429: {}})
@@ -66,7 +66,7 @@ async def start_sandbox(
     idempotent: Idempotent = Depends(idempotency),
 ) -> Response:
     async def create() -> SandboxInfo:
-        return service.to_info(await service.create(user.id, sandbox_spec_id))
+        return service.to_info(await service.create(user_id=user.id, spec_id=sandbox_spec_id))
 
     result = await idempotent.run(user.id, None, create)
     return result.response()
@@ -78,7 +78,7 @@ async def pause_sandbox(
     sandbox_id: str = Depends(sandbox_id_path),
     user: User = Depends(current_user),
 ) -> Success:
-    await service.pause(user.id, sandbox_id)
+    await service.pause(user_id=user.id, sandbox_id=sandbox_id)
     return Success()
 
 
@@ -88,7 +88,7 @@ async def resume_sandbox(
     sandbox_id: str = Depends(sandbox_id_path),
     user: User = Depends(current_user),
 ) -> Success:
-    await service.resume(user.id, sandbox_id)
+    await service.resume(user_id=user.id, sandbox_id=sandbox_id)
     return Success()
 
 
@@ -99,7 +99,7 @@ async def delete_sandbox(
     user: User = Depends(current_user),
 ) -> Success:
     # The id is taken from the path (upstream also demands it as a query parameter; it is ignored here).
-    await service.delete(user.id, sandbox_id)
+    await service.delete(user_id=user.id, sandbox_id=sandbox_id)
     return Success()
 
 
@@ -111,7 +111,7 @@ async def delete_sandbox_by_query(
 ) -> Success:
     """The same as `DELETE /api/v1/sandboxes/{sandbox_id}`, with the id in the query, as the upstream route
     is really shaped (the OpenHands SDK's cloud workspace cleans up this way)."""
-    await service.delete(user.id, await sandbox_id_path(sandbox_id))
+    await service.delete(user_id=user.id, sandbox_id=await sandbox_id_path(sandbox_id))
     return Success()
 
 

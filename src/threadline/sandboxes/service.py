@@ -36,11 +36,12 @@ from threadline.db.engine import Database
 from threadline.db.types import utcnow
 from threadline.sandboxes import runtime
 from threadline.sandboxes import specs as catalog
-from threadline.sandboxes.agent_client import AgentServerClient, AgentServerError
+from threadline.sandboxes.agent_client import AgentServerClient, AgentServerError, AgentServerUnavailable
 from threadline.sandboxes.backend import SandboxBackend, remove_work_dir
 from threadline.sandboxes.egress import Rule
 from threadline.sandboxes.instances import InstanceLease
 from threadline.sandboxes.models import ExposedUrl, SandboxInfo, SandboxPage, SandboxSpecInfo
+from threadline.sandboxes.records import SandboxRecord
 from threadline.sandboxes.tables import instances, sandboxes
 
 log = logging.getLogger("threadline.sandboxes")
@@ -138,11 +139,11 @@ class SandboxService:
         )
 
     @staticmethod
-    def version_of(row: Any) -> str:
+    def version_of(row: SandboxRecord) -> str:
         """The agent-server version a sandbox runs (rows from before versions ran the pinned one)."""
         return str(row.runtime_version or runtime.AGENT_SERVER_VERSION)
 
-    def runtime_dir_of(self, row: Any) -> Path:
+    def runtime_dir_of(self, row: SandboxRecord) -> Path:
         return runtime.dir_for(self._runtime_root, self.version_of(row))
 
     def default_version(self) -> str:
@@ -150,7 +151,7 @@ class SandboxService:
 
     # -- presentation ---------------------------------------------------------------------------
 
-    def effective_status(self, row: Any) -> SandboxStatus:
+    def effective_status(self, row: SandboxRecord) -> SandboxStatus:
         """The stored status, corrected by what the process table says. One rule wherever it is read, so a
         sandbox reads the same from the first request after its agent server died, whoever owns it:
 
@@ -165,7 +166,7 @@ class SandboxService:
             return SandboxStatus.MISSING
         return SandboxStatus.STARTING if row.pid is None else SandboxStatus.ERROR
 
-    async def settle(self, rows: Sequence[Any]) -> dict[str, SandboxStatus]:
+    async def settle(self, rows: Sequence[SandboxRecord]) -> dict[str, SandboxStatus]:
         """Effective statuses of `rows`; a live record whose process died is recorded as what it reads.
 
         Recorded so that queries on the stored status (the conversations' `execution_status__eq`) agree
@@ -182,7 +183,7 @@ class SandboxService:
         here = socket.gethostname()[:255]
         for row in dead:
             # Only what this host's process table vouches for: a live instance elsewhere may run it there.
-            if hosts.get(row.owner_instance, here) != here:
+            if row.owner_instance is not None and hosts.get(row.owner_instance, here) != here:
                 continue
             status = statuses[row.id]
             detail = (
@@ -203,18 +204,20 @@ class SandboxService:
         """Record the user's dead RUNNING/STARTING sandboxes (before a query on stored statuses)."""
         async with self.db.read() as conn:
             query = select(sandboxes).where(sandboxes.c.user_id == user_id, sandboxes.c.status.in_(list(_LIVE)))
-            rows = (await conn.execute(query)).all()
+            rows = [SandboxRecord.of(r) for r in (await conn.execute(query)).all()]
         await self.settle(rows)
 
-    def session_key(self, row: Any) -> str:
+    def session_key(self, row: SandboxRecord) -> str:
         return self.box.decrypt(row.session_key_enc)
 
-    def client(self, row: Any, timeout: float | None = None) -> AgentServerClient:
+    def client(self, row: SandboxRecord, timeout: float | None = None) -> AgentServerClient:
+        if row.url is None:
+            raise AgentServerUnavailable(f"the agent server of sandbox {row.id} has not been launched")
         return AgentServerClient(
             row.url, self.session_key(row), timeout=timeout or self.settings.agent_timeout, http=self.http
         )
 
-    def agent_url(self, row: Any) -> str:
+    def agent_url(self, row: SandboxRecord) -> str:
         """The agent server's URL for clients: an isolated sandbox has no address of its own outside, so
         clients reach it through Threadline's proxy route (which checks the sandbox's session key), or, with
         THREADLINE_SANDBOX_AGENT_URL=port, on the port Threadline's host relays to it."""
@@ -224,7 +227,7 @@ class SandboxService:
             return f"http://{urlsplit(self.settings.callback_base_url).hostname}:{row.port}"
         return f"{self.settings.callback_base_url}/agent-server/{row.id}"
 
-    def _own_port(self, row: Any) -> bool:
+    def _own_port(self, row: SandboxRecord) -> bool:
         """The sandbox's agent server has a port of its own (THREADLINE_SANDBOX_AGENT_URL=port)."""
         return self.settings.sandbox_agent_url == "port" and bool(row.port)
 
@@ -232,10 +235,11 @@ class SandboxService:
         parts = urlsplit(self.settings.callback_base_url)
         return parts.port or (443 if parts.scheme == "https" else 80)
 
-    def to_info(self, row: Any) -> SandboxInfo:
+    def to_info(self, row: SandboxRecord) -> SandboxInfo:
         status = self.effective_status(row)
         running = status is SandboxStatus.RUNNING
-        port = row.port if row.backend == PROCESS_SPEC_ID or self._own_port(row) else self._public_port()
+        own = row.backend == PROCESS_SPEC_ID or self._own_port(row)
+        port = row.port if own and row.port else self._public_port()
         return SandboxInfo(
             id=row.id,
             created_by_user_id=row.user_id,
@@ -248,7 +252,8 @@ class SandboxService:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def get_row(self, user_id: str, sandbox_id: str) -> Any:
+    async def get_record(self, *, user_id: str, sandbox_id: str) -> SandboxRecord:
+        """The user's sandbox (404 when missing or another user's)."""
         async with self.db.read() as conn:
             row = (
                 await conn.execute(
@@ -257,41 +262,42 @@ class SandboxService:
             ).first()
         if row is None:
             raise NotFound(f"sandbox {sandbox_id} not found")
-        return row
+        return SandboxRecord.of(row)
 
-    async def rows_by_id(self, ids: Sequence[str]) -> dict[str, Any]:
+    async def records_by_id(self, ids: Sequence[str]) -> dict[str, SandboxRecord]:
+        """Any user's sandboxes by id (for callers that checked ownership otherwise)."""
         if not ids:
             return {}
         async with self.db.read() as conn:
             rows = (await conn.execute(select(sandboxes).where(sandboxes.c.id.in_(list(set(ids)))))).all()
-        return {r.id: r for r in rows}
+        return {r.id: SandboxRecord.of(r) for r in rows}
 
-    async def search(self, user_id: str, *, limit: int = 100, page_id: str | None = None) -> SandboxPage:
+    async def search(self, *, user_id: str, limit: int = 100, page_id: str | None = None) -> SandboxPage:
         fingerprint = filters_fingerprint({"user": user_id})
         secret = self.settings.resolved_secret_key
         pager = Pager(secret, "sandboxes", "CREATED_AT_DESC", fingerprint, sandboxes.c.created_at, sandboxes.c.id, True)
         query = pager.query(select(sandboxes).where(sandboxes.c.user_id == user_id), page_id, limit)
         async with self.db.read() as conn:
             rows, next_page_id = pager.split((await conn.execute(query)).all(), limit)
-        return SandboxPage(items=[self.to_info(r) for r in rows], next_page_id=next_page_id)
+        return SandboxPage(items=[self.to_info(SandboxRecord.of(r)) for r in rows], next_page_id=next_page_id)
 
-    async def batch_get(self, user_id: str, ids: Sequence[str]) -> list[SandboxInfo | None]:
-        rows = await self.rows_by_id(ids)
+    async def batch_get(self, *, user_id: str, ids: Sequence[str]) -> list[SandboxInfo | None]:
+        rows = await self.records_by_id(ids)
         return [self.to_info(rows[i]) if i in rows and rows[i].user_id == user_id else None for i in ids]
 
-    async def by_session_key(self, key: str) -> Any | None:
+    async def by_session_key(self, key: str) -> SandboxRecord | None:
         digest = hash_key(key)
         async with self.db.read() as conn:
             row = (await conn.execute(select(sandboxes).where(sandboxes.c.session_key_hash == digest))).first()
         # Found by hash; compared again in constant time, as API keys are, so timing says nothing of the key.
         if row is None or not hmac.compare_digest(row.session_key_hash, digest):
             return None
-        return row
+        return SandboxRecord.of(row)
 
     # -- the per-user cap -----------------------------------------------------------------------
 
     @staticmethod
-    async def _count_live(conn: AsyncConnection, user_id: str, exclude: str | None) -> int:
+    async def _count_live(conn: AsyncConnection, *, user_id: str, exclude: str | None) -> int:
         """Sandboxes of the user whose stored status is STARTING or RUNNING (other than `exclude`)."""
         query = (
             select(func.count())
@@ -302,7 +308,7 @@ class SandboxService:
             query = query.where(sandboxes.c.id != exclude)
         return int((await conn.execute(query)).scalar_one())
 
-    async def check_capacity(self, user_id: str, exclude: str | None = None) -> None:
+    async def check_capacity(self, *, user_id: str, exclude: str | None = None) -> None:
         """Raise SandboxLimitReached if one more sandbox (or `exclude`, resumed) would pass the cap.
 
         A check only, for an early answer; `take_slot` is the one that holds under concurrency.
@@ -311,11 +317,11 @@ class SandboxService:
         if limit <= 0:
             return
         async with self.db.read() as conn:
-            current = await self._count_live(conn, user_id, exclude)
+            current = await self._count_live(conn, user_id=user_id, exclude=exclude)
         if current >= limit:
             raise SandboxLimitReached(limit, current)
 
-    async def take_slot(self, conn: AsyncConnection, user_id: str, exclude: str | None = None) -> None:
+    async def take_slot(self, conn: AsyncConnection, *, user_id: str, exclude: str | None = None) -> None:
         """In the write transaction that makes a sandbox STARTING: count and claim atomically.
 
         SQLite writes are serialised already (one writer, BEGIN IMMEDIATE); on PostgreSQL a per-user
@@ -327,7 +333,7 @@ class SandboxService:
         if not self.db.is_sqlite:
             lock = {"cls": _CAP_LOCK_CLASS, "key": _user_lock_key(user_id)}
             await conn.execute(text("SELECT pg_advisory_xact_lock(:cls, :key)"), lock)
-        current = await self._count_live(conn, user_id, exclude)
+        current = await self._count_live(conn, user_id=user_id, exclude=exclude)
         if current >= limit:
             raise SandboxLimitReached(limit, current)
 
@@ -342,7 +348,7 @@ class SandboxService:
             raise NotFound(f"sandbox spec {spec_id!r} not found (GET /api/v1/sandbox-specs/search lists them)")
         return spec
 
-    async def create(self, user_id: str | None, spec_id: str | None = None) -> Any:
+    async def create(self, *, user_id: str | None, spec_id: str | None = None) -> SandboxRecord:
         """Record and launch a sandbox of a spec (None: the default); `user_id` None makes a warm-pool sandbox
         nobody owns yet."""
         spec = self.resolve_spec(spec_id)
@@ -353,7 +359,7 @@ class SandboxService:
         # The record exists before the process does, so no process can ever outlive (or lack) its record.
         async with self.db.write() as conn:
             if user_id is not None:
-                await self.take_slot(conn, user_id)
+                await self.take_slot(conn, user_id=user_id)
             await conn.execute(
                 sandboxes.insert().values(
                     id=sandbox_id,
@@ -371,7 +377,7 @@ class SandboxService:
                 )
             )
         await self._launch(sandbox_id, work_dir, session_key, spec.runtime_dir)
-        return await self._row(sandbox_id)
+        return await self._record(sandbox_id)
 
     async def _launch(self, sandbox_id: str, work_dir: Path, session_key: str, runtime_dir: Path) -> None:
         try:
@@ -393,12 +399,12 @@ class SandboxService:
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
 
-    async def _row(self, sandbox_id: str) -> Any:
+    async def _record(self, sandbox_id: str) -> SandboxRecord:
         async with self.db.read() as conn:
             row = (await conn.execute(select(sandboxes).where(sandboxes.c.id == sandbox_id))).first()
         if row is None:
             raise NotFound(f"sandbox {sandbox_id} not found")
-        return row
+        return SandboxRecord.of(row)
 
     async def _set(self, sandbox_id: str, *, only_if: Sequence[str] | None = None, **values: Any) -> bool:
         query = update(sandboxes).where(sandboxes.c.id == sandbox_id)
@@ -411,7 +417,7 @@ class SandboxService:
     async def _watch_startup(self, sandbox_id: str) -> None:
         """STARTING until /alive answers; ERROR if the process dies or the deadline passes."""
         deadline = asyncio.get_running_loop().time() + self.settings.sandbox_startup_timeout
-        row = await self._row(sandbox_id)
+        row = await self._record(sandbox_id)
         agent = self.client(row, timeout=2.0)
         while True:
             if not self.backend.is_alive(sandbox_id, row.pid):
@@ -419,7 +425,7 @@ class SandboxService:
                     sandbox_id,
                     only_if=[SandboxStatus.STARTING.value],
                     status=SandboxStatus.ERROR.value,
-                    detail=f"agent server exited during start-up (log: {Path(row.work_dir) / 'agent-server.log'})",
+                    detail=f"agent server exited during start-up (log: {row.directory / 'agent-server.log'})",
                 )
                 return
             if await agent.alive():
@@ -445,7 +451,7 @@ class SandboxService:
         """
         if self.conversations is None:
             return 0
-        row = await self._row(sandbox_id)
+        row = await self._record(sandbox_id)
         latest = await self.conversations.latest_event_times(sandbox_id)
         agent = self.client(row, timeout=10.0)
         stored = 0
@@ -470,12 +476,12 @@ class SandboxService:
                 log.info("event backfill of conversation %s stopped: %s", conversation_id, exc)
         return stored
 
-    async def wait_until_running(self, sandbox_id: str, timeout: float | None = None) -> Any:
+    async def wait_until_running(self, sandbox_id: str, timeout: float | None = None) -> SandboxRecord:
         """Poll the record until the sandbox is RUNNING; raise on ERROR, MISSING or deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout or self.settings.sandbox_startup_timeout + 5)
         while True:
-            row = await self._row(sandbox_id)
+            row = await self._record(sandbox_id)
             status = self.effective_status(row)
             if status is SandboxStatus.RUNNING:
                 return row
@@ -487,8 +493,8 @@ class SandboxService:
                 raise Problem(f"sandbox {sandbox_id} did not start in time", status=503)
             await asyncio.sleep(0.2)
 
-    async def pause(self, user_id: str, sandbox_id: str) -> None:
-        row = await self.get_row(user_id, sandbox_id)
+    async def pause(self, *, user_id: str, sandbox_id: str) -> None:
+        row = await self.get_record(user_id=user_id, sandbox_id=sandbox_id)
         status = self.effective_status(row)
         if status is SandboxStatus.PAUSED:
             return
@@ -498,8 +504,8 @@ class SandboxService:
         await self.backend.stop(sandbox_id, row.pid, self.settings.sandbox_stop_grace_seconds)
         await self._set(sandbox_id, status=SandboxStatus.PAUSED.value, pid=None, detail=None)
 
-    async def resume(self, user_id: str, sandbox_id: str) -> None:
-        row = await self.get_row(user_id, sandbox_id)
+    async def resume(self, *, user_id: str, sandbox_id: str) -> None:
+        row = await self.get_record(user_id=user_id, sandbox_id=sandbox_id)
         status = self.effective_status(row)
         if status in (SandboxStatus.RUNNING, SandboxStatus.STARTING):
             return
@@ -510,7 +516,7 @@ class SandboxService:
         if status in (SandboxStatus.ERROR, SandboxStatus.MISSING):
             await self.backend.stop(sandbox_id, row.pid, 0)
         async with self.db.write() as conn:
-            await self.take_slot(conn, user_id, exclude=sandbox_id)
+            await self.take_slot(conn, user_id=user_id, exclude=sandbox_id)
             await conn.execute(
                 update(sandboxes)
                 .where(sandboxes.c.id == sandbox_id)
@@ -519,11 +525,11 @@ class SandboxService:
         # The same agent-server version it ran before: its conversations are stored in that version's format.
         await self._launch(sandbox_id, Path(row.work_dir), self.session_key(row), self.runtime_dir_of(row))
 
-    async def delete(self, user_id: str, sandbox_id: str) -> None:
-        row = await self.get_row(user_id, sandbox_id)
+    async def delete(self, *, user_id: str, sandbox_id: str) -> None:
+        row = await self.get_record(user_id=user_id, sandbox_id=sandbox_id)
         await self.destroy(row)
 
-    async def destroy(self, row: Any) -> None:
+    async def destroy(self, row: SandboxRecord) -> None:
         await self.backend.stop(row.id, row.pid, self.settings.sandbox_stop_grace_seconds)
         if row.work_dir:
             await asyncio.to_thread(remove_work_dir, Path(row.work_dir))
@@ -534,7 +540,7 @@ class SandboxService:
         """After a conversation is deleted: free its sandbox, or remove it from a sandbox others still use."""
         if await self.release_if_unused(sandbox_id):
             return
-        row = (await self.rows_by_id([sandbox_id])).get(sandbox_id)
+        row = (await self.records_by_id([sandbox_id])).get(sandbox_id)
         if row is not None and self.effective_status(row) is SandboxStatus.RUNNING:
             try:
                 await self.client(row).delete_conversation(conversation_id)
@@ -545,8 +551,7 @@ class SandboxService:
         """Delete a sandbox no conversation uses any more (after a conversation was deleted)."""
         if self.conversations is None or await self.conversations.in_use(sandbox_id):
             return False
-        async with self.db.read() as conn:
-            row = (await conn.execute(select(sandboxes).where(sandboxes.c.id == sandbox_id))).first()
+        row = (await self.records_by_id([sandbox_id])).get(sandbox_id)
         if row is None:
             return False
         await self.destroy(row)
@@ -564,7 +569,7 @@ class SandboxService:
         live_owners = await self.lease.live_instances() if self.lease is not None else set()
         async with self.db.read() as conn:
             rows = (await conn.execute(select(sandboxes).where(sandboxes.c.status.in_(list(_LIVE))))).all()
-        for row in rows:
+        for row in map(SandboxRecord.of, rows):
             if row.backend != self.backend.name:
                 continue
             if row.owner_instance is not None and (
@@ -574,7 +579,7 @@ class SandboxService:
             if not await self._claim(row):
                 continue  # another instance adopted it first
             if self.backend.is_alive(row.id, row.pid):
-                port = await self.backend.reattach(row.id, Path(row.work_dir), row.pid, row.port)
+                port = await self.backend.reattach(row.id, row.directory, row.pid, row.port)
                 if port != (row.port or 0):
                     await self._set(row.id, port=port)
                 log.info(
@@ -604,7 +609,7 @@ class SandboxService:
         if killed:
             log.warning("killed %d sandbox processes that had no live record: %s", len(killed), killed)
 
-    async def allow_egress(self, row: Any, llm_base_url: str | None, repository_url: str | None) -> None:
+    async def allow_egress(self, row: SandboxRecord, llm_base_url: str | None, repository_url: str | None) -> None:
         """Let the sandbox reach this conversation's LLM and repository host. What the operator configured
         (the server-wide LLM, THREADLINE_GIT_URL_TEMPLATE) may be on any address; what a user chose only on
         public ones, so no user can point a sandbox at the host's own services."""
@@ -614,12 +619,12 @@ class SandboxService:
             rules.append(rule)
         if repository_url and urlsplit(repository_url).scheme in ("http", "https"):
             rules.append(Rule.parse(repository_url, trusted=bool(self.settings.git_url_template)))
-        await self.backend.allow_egress(row.id, Path(row.work_dir), [r for r in rules if r is not None])
+        await self.backend.allow_egress(row.id, row.directory, [r for r in rules if r is not None])
 
     async def enforce_limits(self) -> None:
         """Stop every sandbox over its memory limit and record it ERROR with the reason."""
         over = await asyncio.to_thread(self.backend.over_memory)
-        rows = await self.rows_by_id(list(over))
+        rows = await self.records_by_id(list(over))
         for sandbox_id, why in over.items():
             log.warning("sandbox %s: %s", sandbox_id, why)
             # Recorded first: from the moment its processes go, the sandbox reads ERROR with the reason. A
@@ -628,7 +633,7 @@ class SandboxService:
             row = rows.get(sandbox_id)
             await self.backend.stop(sandbox_id, row.pid if row is not None else None, 0)
 
-    async def _claim(self, row: Any) -> bool:
+    async def _claim(self, row: SandboxRecord) -> bool:
         owner = sandboxes.c.owner_instance
         condition = owner.is_(None) if row.owner_instance is None else owner == row.owner_instance
         async with self.db.write() as conn:
@@ -650,11 +655,11 @@ class SandboxService:
             if self.owner is not None:
                 # Only this process's sandboxes: a replica's keep running with their own Threadline.
                 query = query.where(sandboxes.c.owner_instance == self.owner)
-            rows = (await conn.execute(query)).all()
+            rows = [SandboxRecord.of(r) for r in (await conn.execute(query)).all()]
         # Stop them all at once; each is recorded PAUSED so a later start can resume it.
         await asyncio.gather(*(self._stop_for_shutdown(r) for r in rows if r.backend == self.backend.name))
 
-    async def _stop_for_shutdown(self, row: Any) -> None:
+    async def _stop_for_shutdown(self, row: SandboxRecord) -> None:
         if not self.backend.is_alive(row.id, row.pid):
             return  # already dead: the next start reports it MISSING, not as resumable
         try:

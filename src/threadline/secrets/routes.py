@@ -3,7 +3,7 @@ agent server inside a sandbox makes with that sandbox's session key. Thin: parse
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 
@@ -100,7 +100,7 @@ async def delete_secret(name: SecretNamePath, ctx: Context, user: User = Depends
 async def _sandbox_owner(sandboxes: SandboxService, sandbox_id: str, x_session_api_key: str | None) -> str:
     """The owner of the sandbox whose session key this is: 401 without a valid key of this sandbox (upstream
     answers 403 for another sandbox's key; 401 tells no sandbox apart), 409 when it is not RUNNING."""
-    row: Any = await sandboxes.by_session_key(x_session_api_key) if x_session_api_key else None
+    row = await sandboxes.by_session_key(x_session_api_key) if x_session_api_key else None
     if row is None:
         raise Unauthorized("a valid X-Session-API-Key of a sandbox is required")
     if row.id != sandbox_id:

@@ -11,6 +11,7 @@ from threadline.core.errors import Unauthorized
 from threadline.core.wire import Success
 from threadline.observability.metrics import MetricsOrNone
 from threadline.sandboxes.dependencies import Sandboxes
+from threadline.sandboxes.records import SandboxRecord
 from threadline.webhooks import service
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["Webhooks"])
@@ -19,7 +20,7 @@ router = APIRouter(prefix="/api/v1/webhooks", tags=["Webhooks"])
 async def calling_sandbox(
     sandboxes: Sandboxes,
     x_session_api_key: Annotated[str | None, Header()] = None,
-) -> Any:
+) -> SandboxRecord:
     row = await sandboxes.by_session_key(x_session_api_key) if x_session_api_key else None
     if row is None:
         raise Unauthorized("a valid X-Session-API-Key of a sandbox is required")
