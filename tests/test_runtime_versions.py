@@ -21,13 +21,32 @@ from threadline.sandboxes.tables import sandboxes
 PINNED = runtime.AGENT_SERVER_VERSION
 
 
-def lay_out(directory: Path, version: str, *, marker: bool = True) -> Path:
-    (directory / "bin").mkdir(parents=True)
+def lay_out(directory: Path, version: str, *, marker: bool = True, deps_before: str | None = None) -> Path:
+    (directory / "bin").mkdir(parents=True, exist_ok=True)
     (directory / "bin" / "python").write_text("")
     if marker:
+        if deps_before is None and version == PINNED:
+            deps_before = runtime.TESTED_DEPENDENCIES_BEFORE.isoformat()
         marker_data = {"package": runtime.AGENT_SERVER_PACKAGE, "version": version}
+        marker_data["dependencies_uploaded_before"] = deps_before
         (directory / runtime.MARKER).write_text(json.dumps(marker_data))
     return directory
+
+
+def test_the_pinned_runtime_counts_only_with_the_dependencies_it_was_tested_with(tmp_path: Path) -> None:
+    """An install of the pinned version whose dependencies are newer (or unknown) is redone: a dependency's new
+    release broke every conversation once (cryptography 51 and the SDK's Fernet keys)."""
+    root = tmp_path / "agent-runtime"
+    lay_out(root, PINNED)
+    assert runtime.is_installed(root)
+    for stale in ("", "2026-12-05T00:00:00+00:00"):
+        lay_out(root, PINNED, deps_before=stale)
+        assert not runtime.is_installed(root), stale
+        assert runtime.installed(root) == {}
+    # Another version's marker records its own cut-off (from its release), whatever it is.
+    other = runtime.dir_for(root, "1.21.0")
+    lay_out(other, "1.21.0", deps_before="2025-11-20T00:00:00+00:00")
+    assert runtime.is_installed(other, "1.21.0")
 
 
 @pytest.fixture

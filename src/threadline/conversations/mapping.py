@@ -10,10 +10,10 @@ from threadline.conversations.models import (
     ConversationTrigger,
     MetricsSnapshot,
     ProviderType,
-    SandboxStatus,
     TokenUsage,
 )
 from threadline.conversations.records import ConversationRecord, StoredConversation
+from threadline.sandboxes.status import SandboxStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from threadline.conversations import service as conversations_service
-from threadline.conversations.models import SandboxStatus
 from threadline.conversations.start_models import AppSendMessageRequest, AppSendMessageResponse, TextContent
 from threadline.core.errors import Conflict, NotFound, Problem
 from threadline.db.engine import Database
 from threadline.sandboxes.agent_client import AgentServerError, AgentServerUnavailable
 from threadline.sandboxes.records import SandboxRecord
 from threadline.sandboxes.service import SandboxGone, SandboxService
+from threadline.sandboxes.status import SandboxStatus
 
 
 async def running_sandbox(

@@ -12,10 +12,10 @@ from threadline.conversations.validation import BranchName, RepositoryName
 from threadline.core.enums import ConversationExecutionStatus as ConversationExecutionStatus
 from threadline.core.enums import ConversationTrigger as ConversationTrigger
 from threadline.core.enums import ProviderType as ProviderType
-from threadline.core.enums import SandboxStatus as SandboxStatus
 from threadline.core.enums import SortOrder as SortOrder
 from threadline.core.wire import Bool, UTCTimestamp
 from threadline.core.wire import Success as Success
+from threadline.sandboxes.status import SandboxStatus as SandboxStatus
 
 
 class TokenUsage(BaseModel):

@@ -13,7 +13,6 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import func, select, update
 
-from threadline.conversations.models import SandboxStatus
 from threadline.conversations.tables import conversations, pending_messages, start_tasks
 from threadline.core.errors import Conflict, NotFound, Problem
 from threadline.core.ids import new_id
@@ -21,6 +20,7 @@ from threadline.db.engine import Database
 from threadline.db.types import utcnow
 from threadline.sandboxes.agent_client import AgentServerError
 from threadline.sandboxes.service import SandboxService
+from threadline.sandboxes.status import SandboxStatus
 
 log = logging.getLogger("threadline.pending")
 MAX_QUEUED = 10

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
 from threadline.config import Settings
 from threadline.conversations import service as conversations_service
-from threadline.conversations.models import ProviderType, SandboxStatus
+from threadline.conversations.models import ProviderType
 from threadline.conversations.pending import PendingMessages
 from threadline.conversations.start_models import (
     TERMINAL_STATUSES,
@@ -43,6 +44,7 @@ from threadline.sandboxes import runtime
 from threadline.sandboxes.agent_client import AgentServerClient, AgentServerError, explicit_agent, llm_agent_settings
 from threadline.sandboxes.pool import WarmPool
 from threadline.sandboxes.service import SandboxService
+from threadline.sandboxes.status import SandboxStatus
 from threadline.secrets import service as secrets_service
 from threadline.secrets.service import StoredSecret
 from threadline.settings.service import LLMConfig, effective_llm
@@ -85,7 +87,8 @@ def redacted_request(request: AppConversationStartRequest) -> dict[str, Any]:
     return data
 
 
-def row_to_task(row: Any) -> AppConversationStartTask:
+def row_to_task(row: Row[Any]) -> AppConversationStartTask:
+    """The one mapping from a start_tasks row to the wire model (whose fields are the row's, typed)."""
     return AppConversationStartTask(
         id=row.id,
         created_by_user_id=row.user_id,

@@ -30,14 +30,6 @@ class ConversationTrigger(StrEnum):
     automation = "automation"
 
 
-class SandboxStatus(StrEnum):
-    STARTING = "STARTING"
-    RUNNING = "RUNNING"
-    PAUSED = "PAUSED"
-    ERROR = "ERROR"
-    MISSING = "MISSING"
-
-
 class ConversationExecutionStatus(StrEnum):
     idle = "idle"
     running = "running"

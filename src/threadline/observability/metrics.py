@@ -22,9 +22,9 @@ from sqlalchemy import func, select
 from starlette.requests import HTTPConnection
 
 from threadline.core.context import Context
-from threadline.core.enums import SandboxStatus
 from threadline.core.errors import NotFound
 from threadline.db.engine import Database
+from threadline.sandboxes.status import SandboxStatus
 from threadline.sandboxes.tables import sandboxes
 
 UNMATCHED_ROUTE = "<unmatched>"

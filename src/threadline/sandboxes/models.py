@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from threadline.core.enums import SandboxStatus
+from threadline.sandboxes.status import SandboxStatus
 
 
 class ExposedUrl(BaseModel):

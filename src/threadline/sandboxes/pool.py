@@ -17,10 +17,10 @@ import logging
 
 from sqlalchemy import select, update
 
-from threadline.core.enums import SandboxStatus
 from threadline.db.types import utcnow
 from threadline.sandboxes.records import SandboxRecord
 from threadline.sandboxes.service import SandboxService
+from threadline.sandboxes.status import SandboxStatus
 from threadline.sandboxes.tables import sandboxes
 
 log = logging.getLogger("threadline.pool")

@@ -22,12 +22,12 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.websockets import WebSocketDisconnect
 
-from threadline.core.enums import SandboxStatus
 from threadline.core.errors import Problem
 from threadline.core.ids import MalformedId, parse_id
 from threadline.sandboxes.isolated import IsolatedBackend
 from threadline.sandboxes.records import SandboxRecord
 from threadline.sandboxes.service import SandboxService
+from threadline.sandboxes.status import SandboxStatus
 
 router = APIRouter(include_in_schema=False)
 PREFIX = "/agent-server/{sandbox_id}"

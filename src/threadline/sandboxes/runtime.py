@@ -26,6 +26,10 @@ from pathlib import Path
 
 AGENT_SERVER_PACKAGE = "openhands-agent-server"
 AGENT_SERVER_VERSION = "1.58.2"
+# The pinned version runs with its dependencies as they were when it was last tested here: a dependency's
+# new release can break it (cryptography 51 refuses the standard-base64 Fernet keys the SDK derives, so
+# no conversation could be created). Moving this date on is a change that is tested like any other.
+TESTED_DEPENDENCIES_BEFORE = datetime(2026, 12, 1, tzinfo=UTC)
 MIN_PYTHON = (3, 12)
 MARKER = ".threadline-runtime.json"
 # The SDK monorepo releases these together under one version number; the agent server's own requirement on
@@ -109,7 +113,17 @@ def installed_version(runtime_dir: Path) -> str | None:
 
 
 def is_installed(runtime_dir: Path, version: str = AGENT_SERVER_VERSION) -> bool:
-    return installed_version(runtime_dir) == version
+    """Whether `version` is installed there; for the pinned version, with the dependencies it is tested with
+    (an install from before they were pinned is redone)."""
+    if installed_version(runtime_dir) != version:
+        return False
+    if version != AGENT_SERVER_VERSION:
+        return True
+    try:
+        before = json.loads((runtime_dir / MARKER).read_text()).get("dependencies_uploaded_before")
+    except ValueError:
+        return False
+    return before == TESTED_DEPENDENCIES_BEFORE.isoformat()
 
 
 def check_version(version: str) -> str:
@@ -188,33 +202,33 @@ def install(
     """Create (or repair) a runtime venv of `version` in `runtime_dir` (see `dir_for`); the marker is written
     last, so a broken install is redone.
 
-    The pinned version's dependencies are the ones it is tested with here. An older release requires most
-    of its dependencies without an upper bound, and today's releases of them break it (1.21.0 does not
-    start with today's FastAPI), so it gets its dependencies as they were when it came out: only releases
-    uploaded before `deps_before` (default: two days after its own build) are considered."""
+    Dependencies are taken as they were at a point in time, as releases of them break the agent server:
+    the pinned version's as when it was last tested here (TESTED_DEPENDENCIES_BEFORE); an older release's
+    as when it came out (default: two days after its own build; 1.21.0 does not start with today's
+    FastAPI). Only releases uploaded before `deps_before` are considered."""
     check_version(version)
     interpreter = find_python(python)
     runtime_dir.parent.mkdir(parents=True, exist_ok=True)
     marker = runtime_dir / MARKER
     marker.unlink(missing_ok=True)
-    # Another version's venv starts empty: pip keeps whatever installed package satisfies a requirement,
+    # Every install starts from an empty venv: pip keeps whatever installed package satisfies a requirement,
     # so a repaired one could keep dependencies newer than the cut-off below.
-    if not python_of(runtime_dir).exists() or version != AGENT_SERVER_VERSION:
-        subprocess.run([interpreter, "-m", "venv", "--clear", str(runtime_dir)], check=True)
+    subprocess.run([interpreter, "-m", "venv", "--clear", str(runtime_dir)], check=True)
     pip = [str(python_of(runtime_dir)), "-m", "pip", "install", "--disable-pip-version-check"]
     if quiet:
         pip.append("-q")
-    if version != AGENT_SERVER_VERSION:
-        # --uploaded-prior-to is pip >= 26's; the venv's own pip is the interpreter's bundled one.
-        # pip's progress goes to stderr: stdout stays for what a caller may parse (the first start's admin key).
-        upgrade = subprocess.run([*pip, "--upgrade", "pip>=26"], check=False, stdout=sys.stderr)
-        if upgrade.returncode != 0:
-            raise RuntimeInstallError(f"upgrading pip in {runtime_dir} failed (pip exit {upgrade.returncode})")
-        if deps_before is None:
-            built = release_time(python_of(runtime_dir), version)
-            deps_before = built + timedelta(days=2) if built is not None else None
-        if deps_before is not None:
-            pip += ["--uploaded-prior-to", deps_before.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")]
+    # --uploaded-prior-to is pip >= 26's; the venv's own pip is the interpreter's bundled one.
+    # pip's progress goes to stderr: stdout stays for what a caller may parse (the first start's admin key).
+    upgrade = subprocess.run([*pip, "--upgrade", "pip>=26"], check=False, stdout=sys.stderr)
+    if upgrade.returncode != 0:
+        raise RuntimeInstallError(f"upgrading pip in {runtime_dir} failed (pip exit {upgrade.returncode})")
+    if deps_before is None and version == AGENT_SERVER_VERSION:
+        deps_before = TESTED_DEPENDENCIES_BEFORE
+    elif deps_before is None:
+        built = release_time(python_of(runtime_dir), version)
+        deps_before = built + timedelta(days=2) if built is not None else None
+    if deps_before is not None:
+        pip += ["--uploaded-prior-to", deps_before.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")]
     result = subprocess.run([*pip, *(f"{name}=={version}" for name in _FAMILY)], check=False, stdout=sys.stderr)
     if result.returncode != 0:
         raise RuntimeInstallError(f"installing {AGENT_SERVER_PACKAGE}=={version} failed (pip exit {result.returncode})")

@@ -28,7 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from threadline.auth.service import hash_key
 from threadline.config import Settings
 from threadline.core.crypto import SecretBox
-from threadline.core.enums import SandboxStatus
 from threadline.core.errors import Conflict, NotFound, Problem
 from threadline.core.ids import new_id
 from threadline.core.pagination import Pager, filters_fingerprint
@@ -42,6 +41,7 @@ from threadline.sandboxes.egress import Rule
 from threadline.sandboxes.instances import InstanceLease
 from threadline.sandboxes.models import ExposedUrl, SandboxInfo, SandboxPage, SandboxSpecInfo
 from threadline.sandboxes.records import SandboxRecord
+from threadline.sandboxes.status import SandboxStatus
 from threadline.sandboxes.tables import instances, sandboxes
 
 log = logging.getLogger("threadline.sandboxes")

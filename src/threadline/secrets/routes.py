@@ -10,11 +10,11 @@ from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
 from threadline.core.context import Context
-from threadline.core.enums import SandboxStatus
 from threadline.core.errors import Conflict, NotFound, Unauthorized
 from threadline.core.wire import Success, parse_without_echo
 from threadline.sandboxes.dependencies import Sandboxes
 from threadline.sandboxes.service import SandboxService
+from threadline.sandboxes.status import SandboxStatus
 from threadline.secrets import service
 from threadline.secrets.models import (
     NAME_PATTERN,

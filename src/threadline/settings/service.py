@@ -9,6 +9,7 @@ key, rather than having the server's key sent to a URL of their choosing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -62,7 +63,18 @@ def _pick(own: str | None, default: str | None) -> tuple[str | None, SettingSour
     return None, None
 
 
-def _merge(settings: Settings, row: Any | None) -> _Merged:
+@dataclass(frozen=True, slots=True)
+class UserSettingsRecord:
+    """A user's own settings as stored (None: not set, the server's apply)."""
+
+    user_id: str
+    llm_model: str | None
+    llm_base_url: str | None
+    llm_api_key_enc: str | None
+    updated_at: datetime
+
+
+def _merge(settings: Settings, row: UserSettingsRecord | None) -> _Merged:
     model, model_source = _pick(row.llm_model if row else None, settings.llm_model)
     base_url, base_url_source = _pick(row.llm_base_url if row else None, settings.llm_base_url)
     key_enc = row.llm_api_key_enc if row else None
@@ -84,8 +96,9 @@ def _view(merged: _Merged) -> LLMSettings:
     )
 
 
-async def _row(conn: AsyncConnection, user_id: str) -> Any | None:
-    return (await conn.execute(select(user_settings).where(user_settings.c.user_id == user_id))).first()
+async def _row(conn: AsyncConnection, user_id: str) -> UserSettingsRecord | None:
+    row = (await conn.execute(select(user_settings).where(user_settings.c.user_id == user_id))).first()
+    return UserSettingsRecord(**row._mapping) if row is not None else None
 
 
 async def get_settings(db: Database, settings: Settings, user_id: str) -> LLMSettings:

@@ -17,13 +17,14 @@ from typing import Any
 
 from threadline.auth.service import User
 from threadline.conversations.mapping import LiveState, to_app_conversation
-from threadline.conversations.models import AppConversation, ConversationExecutionStatus, SandboxStatus
+from threadline.conversations.models import AppConversation, ConversationExecutionStatus
 from threadline.conversations.records import StoredConversation
 from threadline.core.errors import NotFound
 from threadline.db.engine import Database
 from threadline.sandboxes.agent_client import AgentServerError
 from threadline.sandboxes.records import SandboxRecord
 from threadline.sandboxes.service import SandboxService
+from threadline.sandboxes.status import SandboxStatus
 from threadline.webhooks import service as webhooks
 
 log = logging.getLogger("threadline.live")
