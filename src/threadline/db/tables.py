@@ -177,6 +177,8 @@ events = Table(
     UniqueConstraint("conversation_id", "event_id", name="uq_events_conversation_event"),
     Index("ix_events_conversation_time", "conversation_id", "timestamp", "event_id"),
     Index("ix_events_conversation_kind_time", "conversation_id", "kind", "timestamp", "event_id"),
+    # What an event stream reads on every poll: the conversation's events stored after a given one.
+    Index("ix_events_conversation_seq", "conversation_id", "seq"),
 )
 
 user_settings = Table(
