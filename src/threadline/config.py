@@ -99,6 +99,14 @@ class Settings(BaseSettings):
     # Sandboxes a user may have STARTING or RUNNING at once (0: no limit).
     max_running_sandboxes_per_user: int = Field(default=10, ge=0)
 
+    # Server-Sent Event streams (events of a conversation, changes of a user's conversations): at most this
+    # many open at once per user (per client address for the public streams), per process; a comment line
+    # every heartbeat_seconds keeps idle connections alive; what another process (a replica) stores is
+    # found by polling every poll_seconds (what this process stores wakes a stream at once).
+    max_streams_per_user: int = Field(default=10, ge=1)
+    stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    stream_poll_seconds: float = Field(default=1.0, gt=0)
+
     # Observability: GET /metrics (Prometheus, no credentials) and the log format of `threadline serve`.
     metrics_enabled: bool = True
     log_format: Literal["json", "text"] = "json"

@@ -26,6 +26,7 @@ from threadline.conversations.pending_routes import router as pending_router
 from threadline.conversations.routes import router as conversations_router
 from threadline.conversations.start import StartService
 from threadline.conversations.start_routes import router as start_router
+from threadline.conversations.stream_routes import router as conversation_stream_router
 from threadline.conversations.workspace_routes import router as workspace_router
 from threadline.core.context import AppContext
 from threadline.core.crypto import SecretBox
@@ -46,6 +47,7 @@ from threadline.sandboxes.setup import build_backend
 from threadline.secrets.routes import router as secrets_router
 from threadline.settings.routes import router as settings_router
 from threadline.sharing.routes import router as sharing_router
+from threadline.streams.hub import StreamHub, events_topic
 from threadline.webhooks.live import present as present_live
 from threadline.webhooks.routes import router as webhooks_router
 from threadline.webhooks.sandbox_conversations import SandboxConversations
@@ -71,7 +73,13 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         lease = InstanceLease(db, ttl_seconds=settings.instance_lease_ttl_seconds)
         await lease.register()
         sandboxes = SandboxService(db, settings, backend, http, box, lease)
-        sandboxes.conversations = SandboxConversations(db)
+        streams = StreamHub(
+            settings.max_streams_per_user, settings.stream_heartbeat_seconds, settings.stream_poll_seconds
+        )
+        # Backfilled events (those the callbacks missed) reach this process's streams at once too.
+        sandboxes.conversations = SandboxConversations(
+            db, on_events_stored=lambda conversation_id: streams.notify(events_topic(conversation_id))
+        )
         pool = WarmPool(sandboxes, settings.warm_pool_size, refill_interval=settings.warm_pool_refill_interval)
         pending = PendingMessages(db, sandboxes)
         starts = StartService(db, settings, sandboxes, pool, metrics=metrics, pending=pending)
@@ -86,6 +94,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         app.state.idempotency = IdempotencyService(db, settings, box)
         app.state.rate_limiter = RateLimiter.from_settings(settings)
         app.state.metrics = metrics
+        app.state.streams = streams
         await sandboxes.adopt_orphans()
         maintenance = asyncio.create_task(
             _maintain(lease, sandboxes, starts, pending, settings.instance_heartbeat_seconds)
@@ -98,6 +107,8 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         try:
             yield
         finally:
+            # Normally done already (api.server.Server ends streams before it waits for requests in flight).
+            streams.close()
             await starts.shutdown()
             await pool.stop()
             for task in (maintenance, watchdog):
@@ -125,6 +136,8 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
     app.include_router(observability_metrics.router)
     app.include_router(users_router)
     app.include_router(start_router)
+    # Before the conversations' routes: "stream" must not be taken for a conversation id.
+    app.include_router(conversation_stream_router)
     app.include_router(conversations_router)
     app.include_router(workspace_router)
     app.include_router(pending_router)

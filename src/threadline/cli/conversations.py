@@ -7,9 +7,11 @@ Exit codes: 0 success, 1 the server answered an error (its detail on stderr), 2 
 from __future__ import annotations
 
 import json
+import queue
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
@@ -23,7 +25,7 @@ from threadline.core.enums import ConversationExecutionStatus, ConversationTrigg
 
 if TYPE_CHECKING:
     # The client (httpx, the wire models) loads when a command runs, not for `threadline --help`.
-    from threadline.client import AppConversation, AppConversationStartTask
+    from threadline.client import AppConversation, AppConversationStartTask, Threadline
 
 conversations_app = typer.Typer(
     help="Your conversations on a Threadline server (log in first: `threadline login`).",
@@ -480,8 +482,12 @@ def list_events(
     conversation_id: Annotated[str, typer.Argument(metavar="ID")],
     kind: Annotated[str | None, typer.Option("--kind", help="Only this kind, e.g. MessageEvent.")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many; 0 for all.", min=0)] = 0,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep polling for new events.")] = False,
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between polls.", min=0.1)] = 2.0,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events as they are stored (streamed).")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", help="Unused: --follow streams events as they come.", min=0.1, hidden=True)
+    ] = 2.0,
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="With --follow: stop after this many seconds.", min=0)
     ] = None,
@@ -489,29 +495,52 @@ def list_events(
 ) -> None:
     """Show a conversation's events, oldest first; --follow keeps printing new ones (Ctrl-C stops)."""
     seen: set[str] = set()
-    last: str | None = None
+    last_id: str | None = None
     with api_errors(), open_client() as client:
         for event in client.conversations.events(conversation_id, kind=kind, limit=limit or None):
             print_event(event, as_json)
-            seen.add(str(event.get("id")))
-            last = event.get("timestamp") or last
+            last_id = str(event.get("id"))
+            seen.add(last_id)
         if not follow:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while deadline is None or time.monotonic() < deadline:
-                pause = interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic()))
-                time.sleep(pause)
-                # From the last timestamp on (inclusive: events may share it); the ones printed are skipped.
-                for event in client.conversations.events(conversation_id, kind=kind, timestamp_gte=last):
-                    event_id = str(event.get("id"))
-                    if event_id in seen:
-                        continue
-                    seen.add(event_id)
-                    print_event(event, as_json)
-                    last = event.get("timestamp") or last
+            for event in _streamed(client, conversation_id, last_id, deadline):
+                event_id = str(event.get("id"))
+                if event_id in seen or (kind is not None and event.get("kind") != kind):
+                    continue
+                seen.add(event_id)
+                print_event(event, as_json)
         except KeyboardInterrupt:
             return
+
+
+def _streamed(
+    client: Threadline, conversation_id: str, after: str | None, deadline: float | None
+) -> Iterator[dict[str, Any]]:
+    """The conversation's event stream after `after` (the SDK's, which reconnects by itself), until the
+    deadline. Read by a thread of its own so the deadline holds however long the stream stays quiet."""
+    arrived: queue.Queue[dict[str, Any] | BaseException] = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for event in client.conversations.stream_events(conversation_id, last_event_id=after):
+                arrived.put(event)
+        except BaseException as exc:
+            arrived.put(exc)
+
+    threading.Thread(target=pump, name="threadline-follow", daemon=True).start()
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return
+        try:
+            item = arrived.get(timeout=remaining)
+        except queue.Empty:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 @dataclass

@@ -77,6 +77,7 @@ def serve(
     import uvicorn
 
     from threadline.api.app import create_app
+    from threadline.api.server import Server
     from threadline.auth import service as auth
     from threadline.config import Settings
     from threadline.observability.logging import configure_logging
@@ -115,7 +116,7 @@ def serve(
         log.warning("created user 'admin'; its API key is printed once on stdout, keep it safe")
         print(admin_key, flush=True)
     log.info("Threadline on http://%s:%s (data in %s)", settings.host, settings.port, settings.home)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -124,6 +125,8 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
+    # uvicorn's server, but open event streams end at once on shutdown instead of holding it up.
+    Server(config).run()
 
 
 @users_app.command("create")

@@ -14,7 +14,7 @@ own wire models; errors are `ThreadlineError` subclasses carrying the problem+js
 from typing import TYPE_CHECKING, Any
 
 from threadline.client._async import AsyncPageIterator, AsyncThreadline
-from threadline.client._base import ENV_API_KEY, ENV_URL, UNSET, ConversationFilters, Unset
+from threadline.client._base import ENV_API_KEY, ENV_URL, UNSET, ConversationChange, ConversationFilters, Unset
 from threadline.client._sync import PageIterator, Threadline
 from threadline.client.errors import (
     AgentUnavailable,
@@ -81,6 +81,7 @@ __all__ = [
     "BadRequest",
     "Conflict",
     "ConnectionFailed",
+    "ConversationChange",
     "ConversationExecutionStatus",
     "ConversationFilters",
     "ConversationTrigger",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -19,10 +20,12 @@ from threadline.client._base import (
     UNSET,
     Call,
     ClientOptions,
+    ConversationChange,
     ConversationFilters,
     JsonArrayStream,
     PageState,
     RetryPolicy,
+    SseParser,
     Unset,
     connection_failed,
     failure,
@@ -30,7 +33,7 @@ from threadline.client._base import (
     one_or_not_found,
     page_size_for,
 )
-from threadline.client.errors import InvalidResponse, StartFailed, StartTimeout
+from threadline.client.errors import ConnectionFailed, InvalidResponse, StartFailed, StartTimeout
 from threadline.conversations.models import AppConversation, ProviderType, SortOrder
 from threadline.conversations.start_models import (
     TERMINAL_STATUSES,
@@ -289,6 +292,40 @@ class Conversations(_Resource):
             return page.items, page.next_page_id
 
         return AsyncPageIterator(fetch, limit)
+
+    async def stream_events(
+        self, conversation_id: str, *, last_event_id: str | None = None, shared: bool = False
+    ) -> AsyncIterator[EventPayload]:
+        """The conversation's events as they are stored, live (`GET .../events/stream`, a Threadline
+        extension): every stored event first (after `last_event_id` when given), then each new one as it
+        arrives, forever; stop iterating to stop. A dropped connection, or a server that restarted, is
+        reconnected with `Last-Event-ID`: no event is missed or repeated. Ends (NotFound) when the
+        conversation is deleted. `shared`: the public stream of a public conversation (no API key needed)."""
+        while True:
+            parser = SseParser()
+            call = calls.stream_events(conversation_id, last_event_id, shared=shared)
+            try:
+                async with self._client._stream(call) as response:
+                    async for chunk in response.aiter_bytes():
+                        for message in parser.feed(chunk):
+                            last_event_id = message.id or last_event_id
+                            yield json.loads(message.data)
+            except ConnectionFailed:
+                if parser.retry_ms is None:
+                    raise  # not even the stream's first line arrived: the retries of the call are spent
+            # The server ended the stream (it shut down, or the conversation went away) or the connection
+            # dropped: reconnect after the delay the server asked for, as an EventSource would.
+            await asyncio.sleep((parser.retry_ms or 1000) / 1000)
+
+    async def stream_changes(self) -> AsyncIterator[ConversationChange]:
+        """Changes of your conversations as they happen (`GET /api/v1/app-conversations/stream`, a Threadline
+        extension): created, updated (title, tags, public, status, cost...) and deleted. Not resumable: it
+        ends (ConnectionFailed) when the connection drops; start it again and re-read the list."""
+        async with self._client._stream(calls.conversation_changes()) as response:
+            parser = SseParser()
+            async for chunk in response.aiter_bytes():
+                for message in parser.feed(chunk):
+                    yield ConversationChange.from_message(message)
 
     async def count_events(
         self,

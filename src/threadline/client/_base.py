@@ -30,6 +30,7 @@ from threadline.client.errors import (
 )
 from threadline.client_env import ENV_API_KEY as ENV_API_KEY
 from threadline.client_env import ENV_URL as ENV_URL
+from threadline.conversations.models import AppConversation
 
 log = logging.getLogger("threadline.client")
 # A library does not print on its own: retries are logged, and shown only where the application wants.
@@ -414,3 +415,85 @@ class JsonArrayStream:
                 return items  # incomplete: wait for more
             items.append(item)
             self._buffer = self._buffer[end:]
+
+
+@dataclass(frozen=True)
+class SseMessage:
+    """One Server-Sent Events message: its `event` type ("message" unless named), `data` and `id`."""
+
+    event: str
+    data: str
+    id: str | None
+
+
+class SseParser:
+    """Feed chunks of a text/event-stream; get each complete message as soon as its blank line has arrived.
+
+    Follows the WHATWG parsing rules: CR, LF or CRLF end lines; `:` lines are comments (heartbeats);
+    `data:` lines join with a newline; `id:` sets the id every later message carries until another is
+    set; `retry:` sets `retry_ms`; a message without data is not dispatched."""
+
+    def __init__(self) -> None:
+        self._text = codecs.getincrementaldecoder("utf-8")()
+        self._buffer = ""
+        self._event = ""
+        self._data: list[str] = []
+        self.last_id: str | None = None
+        self.retry_ms: int | None = None
+
+    def feed(self, chunk: bytes) -> list[SseMessage]:
+        self._buffer += self._text.decode(chunk)
+        messages: list[SseMessage] = []
+        while True:
+            ends = [i for i in (self._buffer.find("\r"), self._buffer.find("\n")) if i != -1]
+            if not ends:
+                return messages
+            end = min(ends)
+            # A CR at the end of what has arrived may be the first half of a CRLF: wait for the next chunk.
+            if self._buffer[end] == "\r" and end + 1 == len(self._buffer):
+                return messages
+            line = self._buffer[:end]
+            skip = 2 if self._buffer[end : end + 2] == "\r\n" else 1
+            self._buffer = self._buffer[end + skip :]
+            message = self._line(line)
+            if message is not None:
+                messages.append(message)
+
+    def _line(self, line: str) -> SseMessage | None:
+        if line == "":
+            data, event = self._data, self._event
+            self._data, self._event = [], ""
+            if not data:
+                return None
+            return SseMessage(event or "message", "\n".join(data), self.last_id)
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\x00" not in value:
+            self.last_id = value
+        elif name == "retry" and value.isdigit():
+            self.retry_ms = int(value)
+        return None
+
+
+@dataclass(frozen=True)
+class ConversationChange:
+    """One message of the conversation-change stream: `kind` is "created", "updated" or "deleted";
+    `conversation` is the conversation as GET answers it (None when deleted)."""
+
+    kind: str
+    id: str
+    conversation: AppConversation | None
+
+    @classmethod
+    def from_message(cls, message: SseMessage) -> ConversationChange:
+        data = json.loads(message.data)
+        if message.event == "deleted":
+            return cls("deleted", str(data["id"]), None)
+        conversation = AppConversation.model_validate(data)
+        return cls(message.event, conversation.id, conversation)

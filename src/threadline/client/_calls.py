@@ -12,6 +12,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import httpx
 from pydantic import TypeAdapter
 
 from threadline.client._base import (
@@ -190,6 +191,28 @@ def count_events(
         model_parser(_count),
         params=_event_params(kind, timestamp_gte, timestamp_lt),
     )
+
+
+def _streamed(response: httpx.Response) -> None:
+    """A stream's answer is read as it arrives (SseParser), not parsed whole."""
+    return None
+
+
+def stream_events(conversation_id: str, last_event_id: str | None, *, shared: bool = False) -> Call[None]:
+    base = "/api/v1/shared-conversations" if shared else "/api/v1/conversation"
+    headers, params = {"Accept": "text/event-stream"}, []
+    if last_event_id is not None:
+        # The header is what an EventSource sends; an id that is not ASCII goes in the query instead.
+        if last_event_id.isascii() and last_event_id.isprintable():
+            headers["Last-Event-ID"] = last_event_id
+        else:
+            params.append(("last_event_id", last_event_id))
+    path = f"{base}/{_seg(conversation_id)}/events/stream"
+    return Call("GET", path, _streamed, params=params, headers=headers)
+
+
+def conversation_changes() -> Call[None]:
+    return Call("GET", f"{CONVERSATIONS}/stream", _streamed, headers={"Accept": "text/event-stream"})
 
 
 # -- sandboxes ---------------------------------------------------------------------------------------

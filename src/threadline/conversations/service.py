@@ -442,6 +442,19 @@ async def delete_conversation(
         return record
 
 
+async def change_keys(db: Database, *, user_id: str) -> dict[str, tuple[Any, ...]]:
+    """For each of the user's conversations, what changes whenever anything shown of it does (its version,
+    its sandbox's status): compared between two reads, it tells which conversations changed."""
+    c, s = conversations.c, sandboxes.c
+    query = (
+        select(c.id, c.version, c.updated_at, s.status, s.updated_at.label("sandbox_updated_at"))
+        .select_from(conversations.outerjoin(sandboxes, s.id == c.sandbox_id))
+        .where(c.user_id == user_id)
+    )
+    async with db.read() as conn:
+        return {r.id: tuple(r)[1:] for r in (await conn.execute(query)).all()}
+
+
 # -- what anyone may read: public conversations -------------------------------------------------
 
 

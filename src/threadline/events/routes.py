@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
@@ -23,6 +24,8 @@ from threadline.events.models import (
     EventPayload,
     EventSortOrder,
 )
+from threadline.streams import event_stream, sse
+from threadline.streams.dependencies import Hub, last_event_id, open_stream
 
 router = APIRouter(prefix="/api/v1/conversation/{conversation_id}/events", tags=["Events"])
 
@@ -142,3 +145,43 @@ async def batch_get_events(
 ) -> list[EventPayload | None]:
     """Get a batch of events given their ids, returning null for any missing event."""
     return await service.batch_get_events(ctx.db, conversation_id=conversation_id, ids=ids)
+
+
+STREAM_EXAMPLE = (
+    "retry: 1000\n\n"
+    'id: 5f0c...\ndata: {"id": "5f0c...", "kind": "MessageEvent", "timestamp": "...", ...}\n\n'
+    ": keep-alive\n\n"
+)
+
+
+@router.get(
+    "/stream",
+    summary="Stream Events",
+    response_class=sse.EventStreamResponse,
+    responses=sse.openapi_response(
+        "Server-Sent Events: every stored event (as events search lists them, default order), then each new "
+        "one as it is stored; `id` is the event's id; a comment line is a heartbeat",
+        STREAM_EXAMPLE,
+    ),
+)
+async def stream_events(
+    ctx: Context,
+    hub: Hub,
+    user: User = Depends(current_user),
+    conversation_id: str = Depends(conversation_id_path),
+    after: str | None = Depends(last_event_id),
+) -> Response:
+    """A Threadline extension: the conversation's events as Server-Sent Events, resumable with `Last-Event-ID`
+    (or `last_event_id`): a reconnect gets exactly the events it has not had, including those stored while it
+    was away. Ends when the conversation is deleted or the server shuts down."""
+    async with ctx.db.read() as conn:
+        await require_owned(conn, user_id=user.id, conversation_id=conversation_id)
+        position = await event_stream.find_position(conn, conversation_id, after)
+
+    async def still_owned(conn: AsyncConnection) -> None:
+        await require_owned(conn, user_id=user.id, conversation_id=conversation_id)
+
+    body = event_stream.stream(
+        ctx.db, hub, conversation_id, position=position, may_read=still_owned, render=lambda text: text
+    )
+    return open_stream(hub, f"user:{user.id}", body)

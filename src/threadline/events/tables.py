@@ -25,4 +25,6 @@ events = Table(
     UniqueConstraint("conversation_id", "event_id", name="uq_events_conversation_event"),
     Index("ix_events_conversation_time", "conversation_id", "timestamp", "event_id"),
     Index("ix_events_conversation_kind_time", "conversation_id", "kind", "timestamp", "event_id"),
+    # Event streams read a conversation's events stored after the last one they sent.
+    Index("ix_events_conversation_seq", "conversation_id", "seq"),
 )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from threadline.auth.dependencies import anonymous_client
+from threadline.conversations import service as conversations_service
 from threadline.conversations.routes import conversation_id_path, parse_id_list
 from threadline.core.context import Context
 from threadline.core.ids import id_list_schema
@@ -16,6 +19,8 @@ from threadline.events.models import EventPage, EventSortOrder
 from threadline.events.routes import EventQuery, event_filters
 from threadline.sharing import service
 from threadline.sharing.models import SharedConversation
+from threadline.streams import event_stream, sse
+from threadline.streams.dependencies import Hub, last_event_id, open_stream
 
 # No credentials here, so the rate limit is per client address.
 router = APIRouter(prefix="/api/v1/shared-conversations", tags=["Sharing"], dependencies=[Depends(anonymous_client)])
@@ -68,3 +73,40 @@ async def search_shared_events(
     )
     response.headers["Cache-Control"] = _NO_STORE
     return page
+
+
+def _shareable_text(text: str) -> str:
+    return json.dumps(service.shareable_event(json.loads(text)), ensure_ascii=False, separators=(",", ":"))
+
+
+@router.get(
+    "/{conversation_id}/events/stream",
+    summary="Stream Shared Events",
+    response_class=sse.EventStreamResponse,
+    responses=sse.openapi_response(
+        "Server-Sent Events, as the owner's events stream sends them, with agent state withheld as in the "
+        "shared events search",
+        "retry: 1000\n\nid: 5f0c...\ndata: {...}\n\n",
+    ),
+)
+async def stream_shared_events(
+    ctx: Context,
+    hub: Hub,
+    request: Request,
+    conversation_id: str = Depends(conversation_id_path),
+    after: str | None = Depends(last_event_id),
+) -> Response:
+    """A Threadline extension: the owner's event stream of a public conversation (404 unless it is public),
+    events as the shared search shows them. It ends the moment the conversation stops being public."""
+    async with ctx.db.read() as conn:
+        await conversations_service.require_public(conn, conversation_id)
+        position = await event_stream.find_position(conn, conversation_id, after)
+
+    async def still_public(conn: AsyncConnection) -> None:
+        await conversations_service.require_public(conn, conversation_id)
+
+    body = event_stream.stream(
+        ctx.db, hub, conversation_id, position=position, may_read=still_public, render=_shareable_text
+    )
+    address = request.client.host if request.client else "unknown"
+    return open_stream(hub, f"address:{address}", body)
