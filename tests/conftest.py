@@ -303,6 +303,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float 
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last={last!r}")
 
 
+def refused_within(seconds: float, predicate: Callable[[], bool], what: str) -> float:
+    """Poll `predicate` until it holds, failing after `seconds`; returns how long it took. For "takes effect
+    within N s" guarantees: the clock starts when this is called, after the change committed."""
+    start = time.monotonic()
+    deadline = start + seconds
+    while True:
+        if predicate():
+            return time.monotonic() - start
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {seconds} s")
+        time.sleep(0.02)
+
+
 # -- Threadline as a separate process ---------------------------------------------------------------
 
 

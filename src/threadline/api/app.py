@@ -18,6 +18,7 @@ from threadline.api import ops
 from threadline.api.errors import install_error_handlers
 from threadline.api.middleware import BodySizeLimit
 from threadline.api.openapi import install_problem_docs
+from threadline.auth.cache import KeyCache
 from threadline.auth.routes import router as users_router
 from threadline.config import Settings
 from threadline.conversations.pending import PendingMessages
@@ -78,6 +79,9 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         # What handlers reach through typed dependencies: the core's `Context`, each domain's own
         # (`sandboxes.dependencies`, `conversations.dependencies`, ...), read from here.
         app.state.ctx = AppContext(settings=settings, db=db, box=box)
+        auth_cache = KeyCache(db)
+        auth_cache.start()
+        app.state.auth_cache = auth_cache
         app.state.sandboxes = sandboxes
         app.state.pool = pool
         app.state.starts = starts
@@ -100,6 +104,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         finally:
             await starts.shutdown()
             await pool.stop()
+            await auth_cache.stop()
             for task in (maintenance, watchdog):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

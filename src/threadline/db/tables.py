@@ -44,6 +44,15 @@ api_keys = Table(
     Column("revoked_at", UTCDateTime, nullable=True),
 )
 
+# One row (id 1): a counter database triggers raise with every change to `users` or `api_keys`, in the
+# changing transaction (migration 0011). Processes that keep keys in memory poll it (auth/cache.py).
+auth_epoch = Table(
+    "auth_epoch",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("epoch", BigInteger, nullable=False),
+)
+
 conversations = Table(
     "conversations",
     metadata,
