@@ -330,9 +330,11 @@ def process_server_factory(database: Database, tmp_path: Path) -> Iterator[Calla
     started: list[ProcessServer] = []
     secret = "test-secret-" + uuid.uuid4().hex
 
-    def factory(*, port: int | None = None, start: bool = True, **settings: Any) -> ProcessServer:
+    def factory(
+        *, port: int | None = None, start: bool = True, args: list[str] | None = None, **settings: Any
+    ) -> ProcessServer:
         env = server_env(tmp_path / "home", database.url, database.schema, secret, port or free_port(), **settings)
-        proc = ProcessServer(env, tmp_path / f"threadline-{len(started)}.log")
+        proc = ProcessServer(env, tmp_path / f"threadline-{len(started)}.log", args=args or [])
         if started and started[0].admin_key:
             proc.admin_key = started[0].admin_key
         started.append(proc)

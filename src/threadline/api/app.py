@@ -54,7 +54,8 @@ from threadline.webhooks.routes import router as webhooks_router
 log = logging.getLogger("threadline")
 
 
-def create_app(settings: Settings | None = None, *, db_schema: str | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, db_schema: str | None = None, migrate: bool = True) -> FastAPI:
+    """The app. `migrate=False` for the workers of `threadline serve`, whose supervisor migrated already."""
     settings = settings or Settings()
     # One registry per app: several apps in one process (tests, replicas) never mix their counts.
     metrics = Metrics() if settings.metrics_enabled else None
@@ -62,7 +63,8 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.resolved_database_url, schema=db_schema or settings.database_schema)
-        await upgrade_to_head(db)
+        if migrate:
+            await upgrade_to_head(db)
         backend, transport = build_backend(settings)
         # One pooled client for every agent-server call (no client, TLS context or pool per request); its
         # transport reaches isolated sandboxes through their Unix sockets.
