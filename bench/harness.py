@@ -212,9 +212,29 @@ def listening_pids_ok(pid: int, port: int) -> bool:
 
 
 def proc_cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process (all its threads) from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """user + system CPU time of a process (all its threads) and of its live children (the workers of
+    `threadline serve --workers N`) from /proc/<pid>/stat."""
+    total = 0.0
+    for stat in [Path(f"/proc/{pid}/stat"), *_children_stats(pid)]:
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def _children_stats(pid: int) -> list[Path]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or entry.name == str(pid):
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(entry / "stat")
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
 def settle(pid: int, timeout: float = 60.0) -> float:
@@ -497,6 +517,8 @@ def server_env(home: Path, url: str, secret: str) -> tuple[dict[str, str], dict[
         THREADLINE_DATABASE_URL=url,
         THREADLINE_SECRET_KEY=secret,
         THREADLINE_CREATE_ADMIN_ON_FIRST_START="false",
+        # One process unless a workload says otherwise (`serve` defaults to one worker per core).
+        THREADLINE_WORKERS="1",
     )
     # Generous rate limits wherever the settings have them (checked now, not hard-coded: they change).
     overrides = {}
@@ -750,6 +772,9 @@ def run_database(
 
         if server.poll() is not None:
             raise BenchError(f"the server died during the run; log:\n{tail(server_log)}")
+        if "w1" in args.workloads and args.workers_w1 > 1:
+            name = f"W1 PATCH, {args.workers_w1} workers"
+            work[name] = measure_workers(runner, args.workers_w1, env, patch_env, name, kind, log_dir)
     except BaseException:
         if server is not None and server.poll() is not None:
             log(f"the server exited with {server.returncode}; log tail ({kind}):\n{tail(log_dir / 'server.log')}")
@@ -762,6 +787,28 @@ def run_database(
                 if proc.pid == agent["pid"]:
                     stop(proc, grace=2)
         remove_data(args, home, schema)
+
+
+def measure_workers(
+    runner: Runner, workers: int, env: dict[str, str], patch_env: dict[str, str], name: str, kind: str, log_dir: Path
+) -> dict[str, Any]:
+    """W1 against `threadline serve --workers N` on the same data. Not pinned: the workers are to use every
+    core (wrk stays on its own CPU, so on 2 cores it shares one with a worker). CPU is the whole process tree's."""
+    port = free_port()
+    out = log_dir / f"server-{workers}-workers.log"
+    proc = spawn(
+        [str(VENV_BIN / "threadline"), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+        env=env,
+        out=out,
+    )
+    try:
+        wait_http(port, "/ready", proc, out, 120)
+        log(f"{kind}: threadline serve --workers {workers} ready on {port} (pid {proc.pid})")
+        result = runner.measure(f"{kind}-{name}", port, "patch.lua", patch_env, proc.pid, log_dir)
+        result["workers"] = workers
+        return result
+    finally:
+        stop(proc, grace=30)
 
 
 def remove_data(args: argparse.Namespace, home: Path, schema: str | None) -> None:
@@ -1140,6 +1187,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         default=None,
         help="update docs/performance.md (default: yes, except with --quick)",
+    )
+    parser.add_argument(
+        "--workers-w1",
+        type=int,
+        default=2,
+        help="also run W1 against `threadline serve --workers N` (default 2; 1: skip)",
     )
     parser.add_argument("--no-docs", dest="docs", action="store_false")
     parser.add_argument("--output", type=Path, help="results file (default bench/results/<date>[-quick].json)")

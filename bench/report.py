@@ -14,6 +14,7 @@ PROFILE_END = "<!-- bench:profile:end -->"
 DB_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 
 W1_GOAL = 0.60  # of the ceiling's throughput
+WORKERS_GOAL = 1.7  # W1 with 2 workers, times one worker's req/s (on 2 cores)
 W2_GOAL = 1.5  # deep page p99 / first page p99
 W3_GOAL_MS = 20.0  # p99
 W4_GOAL_S = 1.0  # warm start -> READY, p50
@@ -114,6 +115,15 @@ def add_ratios_and_goals(results: dict[str, Any]) -> None:
                     if ratio > 0
                     else "missed: no throughput",
                 )
+        multi = next((w for name, w in work.items() if name.startswith("W1 PATCH, ")), None)
+        if w1 and multi and w1["rps"] > 0:
+            factor = multi["rps"] / w1["rps"]
+            goals["W1 workers"] = _goal(
+                factor >= WORKERS_GOAL,
+                f"{'met' if factor >= WORKERS_GOAL else 'missed'}: {_fmt_rps(multi['rps'])} req/s with "
+                f"{multi.get('workers', 2)} workers = {factor:.2f}x one worker's {_fmt_rps(w1['rps'])} "
+                f"(goal >= {WORKERS_GOAL}x)",
+            )
         first, deep = work.get("W2 first page"), work.get("W2 deep page")
         if first and deep and first["p99_ms"] > 0:
             factor = deep["p99_ms"] / first["p99_ms"]
@@ -198,6 +208,7 @@ def _errors(w: dict[str, Any]) -> str:
 
 GOAL_ROWS = [
     ("W1", f"W1 PATCH >= {W1_GOAL:.0%} of the ceiling's req/s"),
+    ("W1 workers", f"W1 PATCH with 2 workers >= {WORKERS_GOAL}x one worker's req/s (2 cores)"),
     ("W2", f"W2 deep page p99 <= {W2_GOAL}x first page p99"),
     ("W3", f"W3 events search p99 < {W3_GOAL_MS:.0f} ms"),
     ("W4", "W4 start -> READY, warm pool < 1 s p50"),

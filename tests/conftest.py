@@ -305,6 +305,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float 
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last={last!r}")
 
 
+def refused_within(seconds: float, predicate: Callable[[], bool], what: str) -> float:
+    """Poll `predicate` until it holds, failing after `seconds`; returns how long it took. For "takes effect
+    within N s" guarantees: the clock starts when this is called, after the change committed."""
+    start = time.monotonic()
+    deadline = start + seconds
+    while True:
+        if predicate():
+            return time.monotonic() - start
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {seconds} s")
+        time.sleep(0.02)
+
+
 # -- Threadline as a separate process ---------------------------------------------------------------
 
 
@@ -319,9 +332,11 @@ def process_server_factory(database: Database, tmp_path: Path) -> Iterator[Calla
     started: list[ProcessServer] = []
     secret = "test-secret-" + uuid.uuid4().hex
 
-    def factory(*, port: int | None = None, start: bool = True, **settings: Any) -> ProcessServer:
+    def factory(
+        *, port: int | None = None, start: bool = True, args: list[str] | None = None, **settings: Any
+    ) -> ProcessServer:
         env = server_env(tmp_path / "home", database.url, database.schema, secret, port or free_port(), **settings)
-        proc = ProcessServer(env, tmp_path / f"threadline-{len(started)}.log")
+        proc = ProcessServer(env, tmp_path / f"threadline-{len(started)}.log", args=args or [])
         if started and started[0].admin_key:
             proc.admin_key = started[0].admin_key
         started.append(proc)

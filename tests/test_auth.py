@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Database, LiveServer
+from tests.conftest import Database, LiveServer, refused_within
 from tests.support.cli import run_cli
 from threadline.auth import service as auth
 
@@ -52,6 +52,59 @@ def test_revoked_key_is_401_and_other_keys_still_work(server: LiveServer) -> Non
     with server.client() as client:
         assert client.get(ME, headers={"X-Access-Token": key1}).status_code == 401
         assert client.get(ME, headers={"X-Access-Token": key2}).status_code == 200
+
+
+def test_a_key_revoked_over_http_is_refused_at_once_and_only_its_owner_may(server: LiveServer) -> None:
+    user, key1 = server.user("hana")
+    info2, key2 = server.run(auth.create_key(server.ctx.db, user.id, "second"))
+    _, other = server.user("ivan")
+    with server.client(key1) as client, server.client(key2) as second, server.client(other) as stranger:
+        assert client.get(ME).status_code == 200 and second.get(ME).status_code == 200
+        # Another user's key id is as missing as none; the key keeps working.
+        r = stranger.delete(f"{ME}/api-keys/{info2.id}")
+        assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
+        assert second.get(ME).status_code == 200
+        assert client.delete(f"{ME}/api-keys/{info2.id}").status_code == 204
+        assert client.delete(f"{ME}/api-keys/{info2.id}").status_code == 204  # again: still revoked
+        # The process that revoked it forgets it before it answers.
+        r = second.get(ME)
+        assert r.status_code == 401 and r.json()["status"] == 401
+        assert client.get(ME).status_code == 200
+
+
+def test_authentication_does_not_read_the_database_per_request(server: LiveServer) -> None:
+    """The hot path: a known key is answered from memory; a change to keys or users is seen within 0.75 s."""
+    from sqlalchemy import event
+
+    user, key = server.user("jona")
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "api_keys" in statement or "FROM users" in statement:
+            statements.append(statement)
+
+    engine = server.ctx.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        with server.client(key) as client:
+            assert client.get(ME).status_code == 200  # the first request reads the key
+            statements.clear()
+            for _ in range(50):
+                assert client.get(ME).status_code == 200
+            assert statements == []
+            # A key created now (another change) works at once: a miss reads the database.
+            _, fresh = server.run(auth.create_key(server.ctx.db, user.id, "fresh"))
+            assert client.get(ME, headers={"X-Access-Token": fresh}).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def test_unknown_keys_are_not_cached(server: LiveServer) -> None:
+    cache = server.app.state.auth_cache
+    with server.client() as client:
+        for i in range(200):
+            assert client.get(ME, headers={"X-Access-Token": f"tl_unknown{i}"}).status_code == 401
+    assert len(cache) == 0
 
 
 def test_keys_are_stored_only_as_hashes(server: LiveServer) -> None:
@@ -98,7 +151,8 @@ def test_cli_users_and_keys(server_factory: Any, database: Database, tmp_path: P
         revoked = run_cli(env, "keys", "revoke", key_id[:8] + "…")
         assert revoked.returncode == 0, revoked.stderr
         assert key_id in revoked.stderr
-        assert client.get(ME).status_code == 401
+        # Served from memory, forgotten within a second of the CLI's commit.
+        refused_within(1.0, lambda: client.get(ME).status_code == 401, "the CLI's revocation to bite")
     assert run_cli(env, "keys", "revoke", "0" * 32).returncode == 1
 
 

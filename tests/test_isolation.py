@@ -42,7 +42,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
-from threadline.auth.service import User
+from threadline.auth.service import User, authenticate_key
 from threadline.conversations.tables import start_tasks
 from threadline.core.ids import new_id
 
@@ -214,6 +214,7 @@ def world(server_factory: Callable[..., LiveServer], tmp_path: Path) -> Iterator
         "task": task_id,
         "event": private_event["id"],
         "public_event": public_event["id"],
+        "key": _key_id(server, alice_key),
     }
     world.private = {
         conv["id"],
@@ -246,6 +247,7 @@ def world(server_factory: Callable[..., LiveServer], tmp_path: Path) -> Iterator
         etag.strip('"'),
         page["next_page_id"],
     }
+    world.private.add(world.ids["key"])
     world.ids["etag"] = etag
     world.ids["page"] = page["next_page_id"]
     yield world
@@ -253,11 +255,17 @@ def world(server_factory: Callable[..., LiveServer], tmp_path: Path) -> Iterator
         client.close()
 
 
+def _key_id(server: LiveServer, key: str) -> str:
+    found = server.run(authenticate_key(server.ctx.db, key))
+    assert found is not None
+    return found[1]
+
+
 # -- probes ---------------------------------------------------------------------------------------
 
 # Placeholders in probe URLs, bodies and headers, replaced by A's ids (or, for the comparison with a
 # missing thing, by fresh ids of the same shape).
-ID_PLACEHOLDERS = ("conv", "public_conv", "sandbox", "task", "event")
+ID_PLACEHOLDERS = ("conv", "public_conv", "sandbox", "task", "event", "key")
 
 
 @dataclass(frozen=True)
@@ -372,6 +380,10 @@ MATRIX: dict[tuple[str, str], list[Probe]] = {
     ("GET", "/metrics"): [Probe("GET", "/metrics", 200, who="anonymous")],
     # -- users ------------------------------------------------------------------------------------
     ("GET", "/api/v1/users/me"): [Probe("GET", "/api/v1/users/me", 200)],
+    # A's key by its id: as missing as a key that does not exist (and A's key keeps working: the snapshot).
+    ("DELETE", "/api/v1/users/me/api-keys/{key_id}"): [
+        Probe("DELETE", "/api/v1/users/me/api-keys/{key}", 404, like_missing=True)
+    ],
     # -- starting ---------------------------------------------------------------------------------
     ("POST", API): [
         # Answered at once (WORKING); how the task ends is what the stream-start probes check.

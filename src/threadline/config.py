@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from functools import cached_property
 from pathlib import Path
@@ -9,6 +10,9 @@ from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# `threadline serve` without --workers or THREADLINE_WORKERS: one worker per core, but no more than this.
+MAX_DEFAULT_WORKERS = 8
 
 
 class Settings(BaseSettings):
@@ -93,8 +97,13 @@ class Settings(BaseSettings):
     # --forwarded-allow-ips; 127.0.0.1 by default).
     anonymous_rate_limit_per_second: float = Field(default=5.0, gt=0)
     anonymous_rate_limit_burst: int = Field(default=20, ge=1)
-    # Threadline processes sharing the load: each enforces its share of the limits above.
+    # Threadline servers sharing the load: each enforces its share of the limits above (and each server's
+    # workers a share of that).
     rate_limit_replicas: int = Field(default=1, ge=1)
+    # Worker processes of `threadline serve` (unset: one per core, at most MAX_DEFAULT_WORKERS). Each is a
+    # replica on this machine (its own lease, sandboxes and share of the rate limits); `serve` sets this
+    # for its workers, so unset inside a worker means one process.
+    workers: int | None = Field(default=None, ge=1, le=64)
 
     # Sandboxes a user may have STARTING or RUNNING at once (0: no limit).
     max_running_sandboxes_per_user: int = Field(default=10, ge=0)
@@ -111,6 +120,15 @@ class Settings(BaseSettings):
     metrics_enabled: bool = True
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def default_workers(self) -> int:
+        return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
+
+    @property
+    def rate_limit_share(self) -> int:
+        """Processes the configured rate limits are divided between: replicas times this server's workers."""
+        return self.rate_limit_replicas * (self.workers or 1)
 
     @property
     def resolved_database_url(self) -> str:

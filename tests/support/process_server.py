@@ -44,6 +44,8 @@ class ProcessServer:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     admin_key: str | None = None
+    # Arguments after `threadline serve`, e.g. ["--workers", "2"].
+    args: list[str] = field(default_factory=list)
     _log: Any = field(default=None, repr=False)
 
     @property
@@ -68,7 +70,7 @@ class ProcessServer:
         env.update(self.env)
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [*_threadline_command(), "serve"],
+            [*_threadline_command(), "serve", *self.args],
             env=env,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -137,6 +139,9 @@ def server_env(
         "THREADLINE_HOST": "127.0.0.1",
         "THREADLINE_RATE_LIMITS_ENABLED": "false",
         "THREADLINE_LOG_LEVEL": "info",
+        # One process, as the crash and shutdown tests mean it (a SIGKILL is the server's); tests of
+        # `--workers` say how many.
+        "THREADLINE_WORKERS": "1",
     }
     if schema:
         env["THREADLINE_DATABASE_SCHEMA"] = schema

@@ -18,6 +18,7 @@ from threadline.api import ops
 from threadline.api.errors import install_error_handlers
 from threadline.api.middleware import BodySizeLimit
 from threadline.api.openapi import install_problem_docs
+from threadline.auth.cache import KeyCache
 from threadline.auth.routes import router as users_router
 from threadline.auth.tables import users
 from threadline.config import Settings
@@ -55,7 +56,8 @@ from threadline.webhooks.sandbox_conversations import SandboxConversations
 log = logging.getLogger("threadline")
 
 
-def create_app(settings: Settings | None = None, *, db_schema: str | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, db_schema: str | None = None, migrate: bool = True) -> FastAPI:
+    """The app. `migrate=False` for the workers of `threadline serve`, whose supervisor migrated already."""
     settings = settings or Settings()
     # One registry per app: several apps in one process (tests, replicas) never mix their counts.
     metrics = Metrics() if settings.metrics_enabled else None
@@ -63,7 +65,8 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.resolved_database_url, schema=db_schema or settings.database_schema)
-        await upgrade_to_head(db)
+        if migrate:
+            await upgrade_to_head(db)
         backend, transport = build_backend(settings)
         # One pooled client for every agent-server call (no client, TLS context or pool per request); its
         # transport reaches isolated sandboxes through their Unix sockets.
@@ -86,6 +89,9 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         # What handlers reach through typed dependencies: the core's `Context`, each domain's own
         # (`sandboxes.dependencies`, `conversations.dependencies`, ...), read from here.
         app.state.ctx = AppContext(settings=settings, db=db, box=box)
+        auth_cache = KeyCache(db)
+        auth_cache.start()
+        app.state.auth_cache = auth_cache
         app.state.sandboxes = sandboxes
         app.state.pool = pool
         app.state.starts = starts
@@ -111,6 +117,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
             streams.close()
             await starts.shutdown()
             await pool.stop()
+            await auth_cache.stop()
             for task in (maintenance, watchdog):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -46,6 +47,9 @@ async def server_info(ctx: Context, sandboxes: Sandboxes, pool: Pool) -> dict[st
         "api": "openhands-app-conversations-v1",
         "database": "sqlite" if ctx.db.is_sqlite else "postgresql",
         "uptime_seconds": round(time.monotonic() - _STARTED, 3),
+        # `threadline serve --workers N`: the worker process that answered, and how many there are.
+        "worker_pid": os.getpid(),
+        "workers": ctx.settings.workers or 1,
         "warm_pool": await pool.stats(),
         "sandboxes": {
             "backend": ctx.settings.sandbox_backend,

@@ -21,3 +21,18 @@ class Server(uvicorn.Server):
         if hub is not None:
             hub.close()
         await super().shutdown(sockets)
+
+
+def end_streams_first_in_this_process(app: object) -> None:
+    """For a worker of `threadline serve --workers N`: uvicorn's supervisor makes each worker's server itself
+    (plain `uvicorn.Server`), so its shutdown is wrapped here, in the worker's own process, to end the app's
+    event streams first as `Server` does."""
+    original = uvicorn.Server.shutdown
+
+    async def shutdown(self: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
+        hub: StreamHub | None = getattr(getattr(app, "state", None), "streams", None)
+        if hub is not None:
+            hub.close()
+        await original(self, sockets)
+
+    uvicorn.Server.shutdown = shutdown  # type: ignore[method-assign]

@@ -1,12 +1,14 @@
 """Request authentication: `X-Access-Token: KEY` or `Authorization: Bearer KEY`, then the key's rate limit
-(and, for routes without credentials, the rate limit of the client's address)."""
+(and, for routes without credentials, the rate limit of the client's address). Keys are answered from
+memory (`auth.cache.KeyCache`), which forgets them within 0.75 s of any change by any process."""
 
 from __future__ import annotations
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from threadline.auth.service import User, authenticate_key
+from threadline.auth.cache import KeyCache
+from threadline.auth.service import User
 from threadline.core.context import AppContext, Context
 from threadline.core.errors import Problem, Unauthorized
 from threadline.ratelimit.service import ANONYMOUS, DEFAULT, START, STATE_KEY, RateLimiter
@@ -29,7 +31,8 @@ async def _authenticated(
             "an API key is required: send it as 'X-Access-Token: KEY' or 'Authorization: Bearer KEY'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    found = await authenticate_key(ctx.db, key)
+    cache: KeyCache = request.app.state.auth_cache
+    found = await cache.authenticate(key)
     if found is None:
         raise Unauthorized("the API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"})
     user, key_id = found

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
 
+from threadline.auth.cache import KeyCache
 from threadline.auth.dependencies import current_user
-from threadline.auth.service import User
+from threadline.auth.service import User, revoke_own_key
+from threadline.core.context import Context
 from threadline.core.wire import UTCTimestamp
 
 router = APIRouter(prefix="/api/v1/users", tags=["User"])
@@ -28,3 +30,13 @@ class UserInfo(BaseModel):
 async def get_current_user(user: User = Depends(current_user)) -> UserInfo:
     created: datetime = user.created_at
     return UserInfo(id=user.id, name=user.name, is_admin=user.is_admin, created_at=created)
+
+
+@router.delete("/me/api-keys/{key_id}", status_code=204, response_class=Response)
+async def revoke_my_key(key_id: str, ctx: Context, request: Request, user: User = Depends(current_user)) -> Response:
+    """Revoke one of the caller's own API keys (the one making the request too). Every Threadline process on
+    the database refuses it within a second; another user's key id is answered as a missing one."""
+    await revoke_own_key(ctx.db, user.id, key_id)
+    cache: KeyCache = request.app.state.auth_cache
+    cache.forget()
+    return Response(status_code=204)

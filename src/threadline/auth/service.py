@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from threadline.auth.tables import api_keys, users
+from threadline.auth.tables import api_keys, auth_epoch, users
 from threadline.core.errors import Conflict, NotFound, Problem
 from threadline.core.ids import new_id
 from threadline.db.engine import Database
@@ -158,6 +158,20 @@ async def revoke_key(db: Database, key_id: str) -> str:
     return key_id
 
 
+async def revoke_own_key(db: Database, user_id: str, key_id: str) -> None:
+    """Revoke one of the user's own keys by its whole id; another user's key is as missing as no key."""
+    async with db.write() as conn:
+        row = (
+            await conn.execute(
+                select(api_keys.c.revoked_at).where(api_keys.c.id == key_id.lower(), api_keys.c.user_id == user_id)
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"no API key with id {key_id!r}")
+        if row.revoked_at is None:
+            await conn.execute(update(api_keys).where(api_keys.c.id == key_id.lower()).values(revoked_at=utcnow()))
+
+
 async def authenticate(db: Database, key: str) -> User | None:
     """The user a live key belongs to, or None for an unknown or revoked key."""
     found = await authenticate_key(db, key)
@@ -165,20 +179,42 @@ async def authenticate(db: Database, key: str) -> User | None:
 
 
 async def authenticate_key(db: Database, key: str) -> tuple[User, str] | None:
-    """The user a live key belongs to and the key's id (rate limits are per key), or None."""
+    """The user a live key belongs to and the key's id (rate limits are per key), or None. Reads the
+    database; servers ask `auth.cache.KeyCache` instead, which calls `read_key` only on a miss."""
+    digest = key_digest(key)
+    if digest is None:
+        return None
+    found, _ = await read_key(db, digest)
+    return found
+
+
+def key_digest(key: str) -> str | None:
+    """The hash a key is looked up by; None for what cannot be a key at all."""
     if not key.startswith(KEY_PREFIX) or len(key) > 256:
         return None
-    digest = hash_key(key)
+    return hash_key(key)
+
+
+async def read_key(db: Database, digest: str) -> tuple[tuple[User, str] | None, int]:
+    """The live key with this hash (its user and id) or None, and the auth epoch, read in one transaction:
+    what was read is true as of that epoch."""
     query = (
         select(users, api_keys.c.id.label("key_id"), api_keys.c.key_hash, api_keys.c.revoked_at)
         .join(api_keys, api_keys.c.user_id == users.c.id)
         .where(api_keys.c.key_hash == digest)
     )
     async with db.read() as conn:
+        epoch = int((await conn.execute(select(auth_epoch.c.epoch).where(auth_epoch.c.id == 1))).scalar_one())
         row = (await conn.execute(query)).first()
     if row is None or row.revoked_at is not None:
-        return None
+        return None, epoch
     # The lookup went by hash; compare again in constant time so timing says nothing about the key.
     if not hmac.compare_digest(row.key_hash, digest):
-        return None
-    return _user(row), row.key_id
+        return None, epoch
+    return (_user(row), row.key_id), epoch
+
+
+async def read_epoch(db: Database) -> int:
+    """The auth epoch: it goes up with every change to users or API keys (migration 0011's triggers)."""
+    async with db.read() as conn:
+        return int((await conn.execute(select(auth_epoch.c.epoch).where(auth_epoch.c.id == 1))).scalar_one())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -72,8 +72,19 @@ def _run_db(action: Callable[[Database], Awaitable[T]]) -> T:
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind (default 8000).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Worker processes (default: THREADLINE_WORKERS, else one per core up to 8). Each is a replica "
+            "on this machine sharing the database; 1 serves from this process alone.",
+        ),
+    ] = None,
 ) -> None:
     """Run the API server (applies migrations; on first start creates an admin user and prints its key)."""
+    import os
+
     import uvicorn
 
     from threadline.api.app import create_app
@@ -88,6 +99,7 @@ def serve(
     if port is not None:
         overrides["port"] = port
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    count = workers or settings.workers or settings.default_workers
     if settings.sandbox_backend == "bwrap":
         from threadline.sandboxes.isolated import check_bwrap
 
@@ -111,22 +123,35 @@ def serve(
     # access line per request comes from Threadline's middleware (with its request id), not uvicorn.
     configure_logging(settings.log_format, settings.log_level)
     log = logging.getLogger("threadline")
+    # One-time work, here and once, before any worker starts: migrations, the first admin and its key, and
+    # the server secret (a file under home when not configured, which every worker must then read alike).
     admin_key = _run_db(first_start)
     if admin_key:
         log.warning("created user 'admin'; its API key is printed once on stdout, keep it safe")
         print(admin_key, flush=True)
-    log.info("Threadline on http://%s:%s (data in %s)", settings.host, settings.port, settings.home)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    settings.resolved_secret_key  # noqa: B018 (created now, not raced by the workers)
+    log.info(
+        "Threadline on http://%s:%s (data in %s, %d worker(s))", settings.host, settings.port, settings.home, count
     )
-    # uvicorn's server, but open event streams end at once on shutdown instead of holding it up.
-    Server(config).run()
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_seconds),
+    }
+    if count == 1:
+        settings.workers = 1  # this process is the whole server: it enforces the whole of its rate limits
+        # uvicorn's server, but open event streams end at once on shutdown instead of holding it up.
+        Server(uvicorn.Config(create_app(settings), **common)).run()
+        return
+    # Workers are separate processes (uvicorn's supervisor: it forwards SIGTERM/SIGINT to each, waits for
+    # all, and replaces one that dies). They read their settings from the environment, with what this
+    # command was told on its command line put there.
+    os.environ.update({"THREADLINE_HOST": settings.host, "THREADLINE_PORT": str(settings.port)})
+    os.environ["THREADLINE_WORKERS"] = str(count)
+    uvicorn.run("threadline.api.worker:create_worker_app", factory=True, workers=count, **common)
 
 
 @users_app.command("create")

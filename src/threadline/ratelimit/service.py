@@ -2,8 +2,9 @@
 
 Each bucket holds up to `burst` tokens and refills at `rate` tokens per second; a request takes one
 token or is refused with the time until the next one. The buckets live in memory: the hot path costs
-no database round trip. With several Threadline processes behind a load balancer, each enforces its
-share (`rate_limit_replicas`) of the configured limits; docs/rate-limits.md says why.
+no database round trip. With several Threadline processes (replicas behind a load balancer, and the
+workers of each), each enforces its share (`rate_limit_replicas` x `workers`) of the configured limits;
+docs/rate-limits.md says why.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class RateLimiter:
     def from_settings(cls, settings: Settings) -> RateLimiter | None:
         if not settings.rate_limits_enabled:
             return None
-        share = settings.rate_limit_replicas
+        share = settings.rate_limit_share
         return cls(
             {
                 DEFAULT: _policy(DEFAULT, settings.rate_limit_per_second, settings.rate_limit_burst, share),

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 from sqlalchemy import select, update
 
@@ -86,7 +90,12 @@ class WarmPool:
 
     async def refill(self) -> None:
         """Remove dead or stopped pool sandboxes and those of a version no longer the default, and start new
-        ones up to the pool size."""
+        ones up to the pool size. One process at a time on this machine (the workers of `threadline serve`
+        share the pool): each counts what the one before it started."""
+        async with _refill_lock(self.service.settings.home / "warm-pool.lock"):
+            await self._refill()
+
+    async def _refill(self) -> None:
         live = 0
         version = self.service.default_version()
         for row in await self._pool_rows():
@@ -130,3 +139,21 @@ class WarmPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
             self._runner = None
+
+
+@contextlib.asynccontextmanager
+async def _refill_lock(path: Path, poll: float = 0.1) -> AsyncIterator[None]:
+    """An exclusive lock on a file, between processes of this machine; waits without blocking the loop (and
+    can be cancelled while waiting). The kernel drops it when the holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(poll)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -3,7 +3,7 @@ the last one it sent, every poll; with it that is a short range read, not a walk
 events.
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0012"
-# 0011 is being written on another branch: when both are merged this becomes "0011".
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
