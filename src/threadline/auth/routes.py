@@ -36,7 +36,7 @@ async def get_current_user(user: User = Depends(current_user)) -> UserInfo:
 async def revoke_my_key(key_id: str, ctx: Context, request: Request, user: User = Depends(current_user)) -> Response:
     """Revoke one of the caller's own API keys (the one making the request too). Every Threadline process on
     the database refuses it within a second; another user's key id is answered as a missing one."""
-    await revoke_own_key(ctx.db, user.id, key_id)
+    await revoke_own_key(ctx.db, user_id=user.id, key_id=key_id)
     cache: KeyCache = request.app.state.auth_cache
     cache.forget()
     return Response(status_code=204)

@@ -158,7 +158,7 @@ async def revoke_key(db: Database, key_id: str) -> str:
     return key_id
 
 
-async def revoke_own_key(db: Database, user_id: str, key_id: str) -> None:
+async def revoke_own_key(db: Database, *, user_id: str, key_id: str) -> None:
     """Revoke one of the user's own keys by its whole id; another user's key is as missing as no key."""
     async with db.write() as conn:
         row = (

@@ -303,7 +303,7 @@ class Conversations(_Resource):
         conversation is deleted. `shared`: the public stream of a public conversation (no API key needed)."""
         while True:
             parser = SseParser()
-            call = calls.stream_events(conversation_id, last_event_id, shared=shared)
+            call = calls.stream_events(conversation_id, last_event_id=last_event_id, shared=shared)
             try:
                 async with self._client._stream(call) as response:
                     async for chunk in response.aiter_bytes():

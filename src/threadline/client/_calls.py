@@ -198,7 +198,7 @@ def _streamed(response: httpx.Response) -> None:
     return None
 
 
-def stream_events(conversation_id: str, last_event_id: str | None, *, shared: bool = False) -> Call[None]:
+def stream_events(conversation_id: str, *, last_event_id: str | None, shared: bool = False) -> Call[None]:
     base = "/api/v1/shared-conversations" if shared else "/api/v1/conversation"
     headers, params = {"Accept": "text/event-stream"}, []
     if last_event_id is not None:

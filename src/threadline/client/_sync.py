@@ -296,7 +296,7 @@ class Conversations(_Resource):
         conversation is deleted. `shared`: the public stream of a public conversation (no API key needed)."""
         while True:
             parser = SseParser()
-            call = calls.stream_events(conversation_id, last_event_id, shared=shared)
+            call = calls.stream_events(conversation_id, last_event_id=last_event_id, shared=shared)
             try:
                 with self._client._stream(call) as response:
                     for chunk in response.iter_bytes():

@@ -16,6 +16,7 @@ from threadline.conversations.service import require_owned
 from threadline.core.context import Context
 from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
 from threadline.events import service
+from threadline.events import stream as event_stream
 from threadline.events.models import (
     MAX_BATCH_IDS,
     MAX_EVENT_ID_LENGTH,
@@ -24,7 +25,7 @@ from threadline.events.models import (
     EventPayload,
     EventSortOrder,
 )
-from threadline.streams import event_stream, sse
+from threadline.streams import sse
 from threadline.streams.dependencies import Hub, last_event_id, open_stream
 
 router = APIRouter(prefix="/api/v1/conversation/{conversation_id}/events", tags=["Events"])
@@ -176,7 +177,7 @@ async def stream_events(
     was away. Ends when the conversation is deleted or the server shuts down."""
     async with ctx.db.read() as conn:
         await require_owned(conn, user_id=user.id, conversation_id=conversation_id)
-        position = await event_stream.find_position(conn, conversation_id, after)
+        position = await event_stream.find_position(conn, conversation_id, last_event_id=after)
 
     async def still_owned(conn: AsyncConnection) -> None:
         await require_owned(conn, user_id=user.id, conversation_id=conversation_id)

@@ -15,11 +15,12 @@ from threadline.core.context import Context
 from threadline.core.ids import id_list_schema
 from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE
 from threadline.events import service as events_service
+from threadline.events import stream as event_stream
 from threadline.events.models import EventPage, EventSortOrder
 from threadline.events.routes import EventQuery, event_filters
 from threadline.sharing import service
 from threadline.sharing.models import SharedConversation
-from threadline.streams import event_stream, sse
+from threadline.streams import sse
 from threadline.streams.dependencies import Hub, last_event_id, open_stream
 
 # No credentials here, so the rate limit is per client address.
@@ -100,7 +101,7 @@ async def stream_shared_events(
     events as the shared search shows them. It ends the moment the conversation stops being public."""
     async with ctx.db.read() as conn:
         await conversations_service.require_public(conn, conversation_id)
-        position = await event_stream.find_position(conn, conversation_id, after)
+        position = await event_stream.find_position(conn, conversation_id, last_event_id=after)
 
     async def still_public(conn: AsyncConnection) -> None:
         await conversations_service.require_public(conn, conversation_id)

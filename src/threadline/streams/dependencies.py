@@ -10,7 +10,6 @@ from fastapi import Depends, Header, Query
 from starlette.requests import HTTPConnection
 
 from threadline.core.errors import Problem
-from threadline.streams.event_stream import MAX_LAST_EVENT_ID
 from threadline.streams.hub import StreamHub
 from threadline.streams.sse import EventStreamResponse
 
@@ -36,8 +35,8 @@ async def last_event_id(
         str | None,
         Query(
             alias="last_event_id",
-            description=f"Resume after this event, for clients that cannot set headers (1-{MAX_LAST_EVENT_ID} "
-            "characters); the header wins when both are sent",
+            description="Resume after this event, for clients that cannot set headers; the header wins when "
+            "both are sent",
             max_length=1024,
         ),
     ] = None,

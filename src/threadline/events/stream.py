@@ -26,12 +26,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from threadline.core.errors import Invalid, NotFound
 from threadline.db.engine import Database
+from threadline.events.models import MAX_EVENT_ID_LENGTH
 from threadline.events.tables import events
 from threadline.streams import sse
 from threadline.streams.hub import StreamHub, events_topic
 
 PAGE = 200
-MAX_LAST_EVENT_ID = 64
+# A Last-Event-ID longer than any stored event id names no event.
+MAX_LAST_EVENT_ID = MAX_EVENT_ID_LENGTH
 
 # Raises NotFound once the stream's reader may no longer see the conversation (deleted, no longer public).
 AccessCheck = Callable[[AsyncConnection], Awaitable[None]]
@@ -52,7 +54,7 @@ def _payload_text() -> Any:
     return cast(events.c.payload, Text).label("payload_text")
 
 
-async def find_position(conn: AsyncConnection, conversation_id: str, last_event_id: str | None) -> Position | None:
+async def find_position(conn: AsyncConnection, conversation_id: str, *, last_event_id: str | None) -> Position | None:
     """The stored event `last_event_id` names; a 422 if the conversation has none by that id."""
     if last_event_id is None or last_event_id == "":
         return None
