@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     instance_heartbeat_seconds: float = 10.0
     instance_lease_ttl_seconds: float = 30.0
     agent_timeout: float = 5.0
+    # Live fields come from the records callbacks keep; an agent server is asked (in the background, at most
+    # this often per sandbox) only about conversations whose record may lag: no title or status yet, or
+    # `running` with no report for live_stale_seconds (see webhooks/live.py).
+    live_refresh_seconds: float = Field(default=5.0, gt=0)
+    live_stale_seconds: float = Field(default=30.0, gt=0)
     webhook_flush_delay: float = 1.0
     # GET .../download: a workspace with more bytes of files than this is a 413.
     download_max_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)

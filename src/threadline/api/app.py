@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -49,7 +48,7 @@ from threadline.secrets.routes import router as secrets_router
 from threadline.settings.routes import router as settings_router
 from threadline.sharing.routes import router as sharing_router
 from threadline.streams.hub import StreamHub, events_topic
-from threadline.webhooks.live import present as present_live
+from threadline.webhooks.live import LivePresenter
 from threadline.webhooks.routes import router as webhooks_router
 from threadline.webhooks.sandbox_conversations import SandboxConversations
 
@@ -96,7 +95,10 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         app.state.pool = pool
         app.state.starts = starts
         app.state.pending = pending
-        app.state.live_fields = functools.partial(present_live, db, sandboxes)
+        live = LivePresenter(
+            db, sandboxes, refresh_seconds=settings.live_refresh_seconds, stale_seconds=settings.live_stale_seconds
+        )
+        app.state.live_fields = live
         app.state.idempotency = IdempotencyService(db, settings, box)
         app.state.rate_limiter = RateLimiter.from_settings(settings)
         app.state.metrics = metrics
@@ -115,6 +117,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         finally:
             # Normally done already (api.server.Server ends streams before it waits for requests in flight).
             streams.close()
+            await live.close()
             await starts.shutdown()
             await pool.stop()
             await auth_cache.stop()

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
+from pydantic import TypeAdapter
 
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
@@ -26,7 +27,13 @@ from threadline.conversations.records import StoredConversation
 from threadline.core.context import Context
 from threadline.core.errors import Invalid, NotFound
 from threadline.core.ids import ID_PATTERN, MalformedId, id_list_schema, parse_id
-from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
+from threadline.core.wire import (
+    PAGE_ID_SCHEMA,
+    PAGE_ID_TITLE,
+    OptionalIsoDateTime,
+    json_list_response,
+    json_response,
+)
 from threadline.sandboxes.dependencies import Sandboxes
 from threadline.sandboxes.service import SandboxService
 
@@ -179,7 +186,7 @@ async def search_app_conversations(
     page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
     limit: Annotated[int, Query(gt=0, le=100)] = 100,
     user: User = Depends(current_user),
-) -> AppConversationPage:
+) -> Response:
     await settle_sandboxes(sandboxes, user, filters)
     page = await service.search(
         ctx.db,
@@ -190,7 +197,8 @@ async def search_app_conversations(
         limit=limit,
         page_id=page_id,
     )
-    return AppConversationPage(items=await present(live, user, page.items), next_page_id=page.next_page_id)
+    items = await present(live, user, page.items)
+    return json_response(AppConversationPage(items=items, next_page_id=page.next_page_id))
 
 
 @router.get("/count", response_model=int)
@@ -210,11 +218,14 @@ async def batch_get_app_conversations(
     ctx: Context,
     ids: Annotated[list[str], Query(json_schema_extra=id_list_schema(service.MAX_BATCH_IDS))],
     user: User = Depends(current_user),
-) -> list[AppConversation | None]:
+) -> Response:
     parsed = parse_id_list(ids, "ids", service.MAX_BATCH_IDS)
     found = await service.batch_get(ctx.db, user_id=user.id, ids=parsed)
     answered = iter(await present(live, user, [c for c in found if c is not None]))
-    return [next(answered) if c is not None else None for c in found]
+    return json_list_response(_BATCH, [next(answered) if c is not None else None for c in found])
+
+
+_BATCH = TypeAdapter(list[AppConversation | None])
 
 
 _IF_MATCH = Header(
@@ -231,18 +242,15 @@ _PRECONDITION: dict[int | str, dict[str, Any]] = {
 async def get_app_conversation(
     live: Live,
     ctx: Context,
-    response: Response,
     if_none_match: Annotated[str | None, Header(description="Answer 304 if the ETag is one of these")] = None,
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
-) -> AppConversation | Response:
+) -> Response:
     stored = await service.get(ctx.db, user_id=user.id, conversation_id=conversation_id)
-    # Live fields first: storing the agent's automatic title moves the version on.
     conversation = (await present(live, user, [stored]))[0]
     if if_none_match is not None and if_none_match_matches(if_none_match, conversation.etag):
         return Response(status_code=304, headers={"ETag": conversation.etag})
-    response.headers["ETag"] = conversation.etag
-    return conversation
+    return json_response(conversation, headers={"ETag": conversation.etag})
 
 
 @router.patch("/{conversation_id}", response_model=AppConversation, responses=_PRECONDITION)
@@ -250,11 +258,10 @@ async def update_app_conversation(
     live: Live,
     ctx: Context,
     request: Annotated[AppConversationUpdateRequest, Body()],
-    response: Response,
     if_match: Annotated[str | None, _IF_MATCH] = None,
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
-) -> AppConversation:
+) -> Response:
     s = ctx.settings
     limits = service.TagLimits(s.max_tags, s.max_tag_key_length, s.max_tag_value_length)
     stored = await service.update_conversation(
@@ -266,8 +273,7 @@ async def update_app_conversation(
         expected_etag=if_match,
     )
     conversation = (await present(live, user, [stored]))[0]
-    response.headers["ETag"] = conversation.etag
-    return conversation
+    return json_response(conversation, headers={"ETag": conversation.etag})
 
 
 @router.delete(

@@ -12,7 +12,8 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, StrictBool, ValidationError
+from pydantic import BaseModel, BeforeValidator, StrictBool, TypeAdapter, ValidationError
+from starlette.responses import Response
 
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 
@@ -61,3 +62,18 @@ class Success(BaseModel):
     """What an action without a result of its own answers (as upstream)."""
 
     success: bool = True
+
+
+def json_response(content: BaseModel, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """The model as JSON, serialised once. A handler that returns a model has FastAPI dump it to Python,
+    validate it again against the response model and encode that; the response model stays declared on
+    the route for the OpenAPI document, and what goes out is the same fields."""
+    return Response(content.model_dump_json(), status_code=status_code, headers=headers, media_type=_JSON)
+
+
+def json_list_response(adapter: TypeAdapter[Any], content: list[Any]) -> Response:
+    """A list of models as JSON, serialised once by `adapter` (a TypeAdapter of the list type, built once)."""
+    return Response(adapter.dump_json(content), media_type=_JSON)
+
+
+_JSON = "application/json"

@@ -75,6 +75,9 @@ def _user_lock_key(user_id: str) -> int:
     return int.from_bytes(hashlib.sha256(user_id.encode()).digest()[:4], "big", signed=True)
 
 
+_SESSION_KEY_CACHE = 4096
+
+
 class ConversationsOfSandboxes(Protocol):
     """What sandboxes need to know of the conversations they run. Conversations and events build on
     sandboxes, so the layer above both provides it (`webhooks.sandbox_conversations`, set by the app)."""
@@ -114,6 +117,7 @@ class SandboxService:
         # The instance this process is; sandboxes it launches or adopts carry it as their owner.
         self.owner = lease.id if lease is not None else None
         self._watchers: set[asyncio.Task[Any]] = set()
+        self._session_keys: dict[str, str] = {}  # encrypted -> plain
 
     # -- specs ----------------------------------------------------------------------------------
 
@@ -208,7 +212,13 @@ class SandboxService:
         await self.settle(rows)
 
     def session_key(self, row: SandboxRecord) -> str:
-        return self.box.decrypt(row.session_key_enc)
+        # A sandbox's key never changes: decrypted once, not on every response that shows it.
+        key = self._session_keys.get(row.session_key_enc)
+        if key is None:
+            if len(self._session_keys) >= _SESSION_KEY_CACHE:
+                self._session_keys.clear()
+            key = self._session_keys[row.session_key_enc] = self.box.decrypt(row.session_key_enc)
+        return key
 
     def client(self, row: SandboxRecord, timeout: float | None = None) -> AgentServerClient:
         if row.url is None:

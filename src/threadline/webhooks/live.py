@@ -1,25 +1,34 @@
 """Live fields of conversations: sandbox_status, execution_status, conversation_url, session_api_key.
 
-One batched agent call per RUNNING sandbox per response page, all sandboxes at once, with a short
-timeout; an agent server that is down or slow degrades only its own rows (they fall back to the stored
-execution status). What the agent reports is written back when it differs (the automatic title is only
-available this way: the agent server sends no callback when it sets it).
+Served from what Threadline already knows: the sandbox's record (its process checked against the process
+table, so a dead agent server reads MISSING from the first request after it died) and the execution status
+the agent server's callbacks keep in the conversation's record. A response never waits on an agent server.
+
+Agent servers are asked only where the record may lag behind them, and then in the background, at most
+once per sandbox every `live_refresh_seconds` (what they report is stored, so the next read has it):
+
+- a conversation that has no title yet (the agent's automatic title reaches Threadline no other way: the
+  agent server sends no callback when it sets it);
+- a conversation with no execution status reported yet;
+- a conversation whose agent was last reported `running` longer than `live_stale_seconds` ago (a callback
+  may have been lost).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from datetime import timedelta
 
 from threadline.auth.service import User
 from threadline.conversations.mapping import LiveState, to_app_conversation
 from threadline.conversations.models import AppConversation, ConversationExecutionStatus
-from threadline.conversations.records import StoredConversation
+from threadline.conversations.records import ConversationRecord, StoredConversation
 from threadline.core.errors import NotFound
+from threadline.core.time import utcnow
 from threadline.db.engine import Database
 from threadline.sandboxes.agent_client import AgentServerError
 from threadline.sandboxes.records import SandboxRecord
@@ -31,72 +40,102 @@ log = logging.getLogger("threadline.live")
 _STATUSES = ConversationExecutionStatus._value2member_map_
 
 
-async def _fetch(service: SandboxService, sandbox: SandboxRecord, ids: list[str]) -> dict[str, dict[str, Any]]:
-    try:
-        infos = await service.client(sandbox).get_conversations(ids)
-    except AgentServerError as exc:
-        log.info("agent server of sandbox %s did not answer: %s", sandbox.id, exc)
-        return {}
-    return {cid: info for cid, info in zip(ids, infos, strict=True) if info is not None}
+class LivePresenter:
+    """Stored conversations to wire models with their live fields (the conversations domain's `LiveFields`),
+    and the background refresh of records that may lag behind their agent servers."""
 
+    def __init__(
+        self,
+        db: Database,
+        sandboxes: SandboxService,
+        *,
+        refresh_seconds: float = 5.0,
+        stale_seconds: float = 30.0,
+    ) -> None:
+        self.db = db
+        self.sandboxes = sandboxes
+        self.refresh_seconds = refresh_seconds
+        self.stale_after = timedelta(seconds=stale_seconds)
+        self._asked: dict[str, float] = {}  # sandbox id -> monotonic time it was last asked
+        self._refreshing: set[asyncio.Task[None]] = set()
+        self._closed = False
 
-async def present(
-    db: Database, service: SandboxService, user: User, items: Sequence[StoredConversation]
-) -> list[AppConversation]:
-    """The wire models of `items`, live fields filled (bound to the app's database and sandboxes, it is the
-    conversations domain's `LiveFields`)."""
-    by_sandbox: dict[str, list[int]] = defaultdict(list)
-    for index, item in enumerate(items):
-        by_sandbox[item.record.sandbox_id].append(index)
-    boxes = {item.sandbox.id: item.sandbox for item in items if item.sandbox is not None}
-    # settle: a dead sandbox found here is recorded, so filters on stored statuses agree with this page.
-    statuses = await service.settle([box for box in boxes.values() if box.user_id == user.id])
-    running = [sid for sid, status in statuses.items() if status is SandboxStatus.RUNNING]
-    fetched = await asyncio.gather(
-        *(_fetch(service, boxes[sid], [items[i].record.id for i in by_sandbox[sid]]) for sid in running)
-    )
-    agent_infos = {cid: info for result in fetched for cid, info in result.items()}
-
-    answered: list[AppConversation | None] = [None] * len(items)
-    for sid, indexes in by_sandbox.items():
-        status = statuses.get(sid, SandboxStatus.MISSING)
-        box = boxes.get(sid)
-        if status is not SandboxStatus.RUNNING or box is None:
-            for i in indexes:
-                answered[i] = to_app_conversation(items[i], LiveState(sandbox_status=status))
-            continue
-        url, key = service.agent_url(box), service.session_key(box)  # decrypted once per sandbox
-        for i in indexes:
-            stored = items[i]
-            info = agent_infos.get(stored.record.id)
-            execution_status = stored.record.execution_status  # the copy callbacks keep: the fallback
-            if info is not None:
-                reported = info.get("execution_status")
-                if isinstance(reported, str) and reported in _STATUSES:
-                    execution_status = reported
-                stored = await _sync(db, sid, stored, info)
+    async def __call__(self, user: User, items: Sequence[StoredConversation]) -> list[AppConversation]:
+        boxes = {item.sandbox.id: item.sandbox for item in items if item.sandbox is not None}
+        # settle: a dead sandbox found here is recorded, so filters on stored statuses agree with this page.
+        statuses = await self.sandboxes.settle([box for box in boxes.values() if box.user_id == user.id])
+        lagging: dict[str, list[str]] = defaultdict(list)
+        keys: dict[str, tuple[str, str]] = {}  # sandbox id -> (agent URL, session key), once per sandbox
+        answered = []
+        for item in items:
+            record = item.record
+            status = statuses.get(record.sandbox_id, SandboxStatus.MISSING)
+            box = boxes.get(record.sandbox_id)
+            if status is not SandboxStatus.RUNNING or box is None:
+                answered.append(to_app_conversation(item, LiveState(sandbox_status=status)))
+                continue
+            if self._may_lag(record):
+                lagging[box.id].append(record.id)
+            if box.id not in keys:
+                keys[box.id] = (self.sandboxes.agent_url(box), self.sandboxes.session_key(box))
+            url, key = keys[box.id]
             live = LiveState(
                 sandbox_status=status,
-                execution_status=ConversationExecutionStatus(execution_status)
-                if execution_status is not None and execution_status in _STATUSES
-                else None,
-                conversation_url=f"{url}/api/conversations/{stored.record.id}",
+                execution_status=_status_of(record),
+                conversation_url=f"{url}/api/conversations/{record.id}",
                 session_api_key=key,
             )
-            answered[i] = to_app_conversation(stored, live)
-    return [a for a in answered if a is not None]
+            answered.append(to_app_conversation(item, live))
+        for sandbox_id, conversation_ids in lagging.items():
+            self._refresh_later(boxes[sandbox_id], conversation_ids)
+        return answered
+
+    def _may_lag(self, record: ConversationRecord) -> bool:
+        if record.title is None and not record.title_set_by_user:
+            return True
+        if record.execution_status is None or record.execution_status_at is None:
+            return True
+        return record.execution_status == "running" and utcnow() - record.execution_status_at > self.stale_after
+
+    def _refresh_later(self, sandbox: SandboxRecord, conversation_ids: list[str]) -> None:
+        now = time.monotonic()
+        if self._closed or now - self._asked.get(sandbox.id, -self.refresh_seconds) < self.refresh_seconds:
+            return
+        self._asked[sandbox.id] = now
+        task = asyncio.create_task(self._refresh(sandbox, conversation_ids))
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    async def _refresh(self, sandbox: SandboxRecord, conversation_ids: list[str]) -> None:
+        """Ask the agent server about these conversations and store what it knows that the records lack."""
+        try:
+            infos = await self.sandboxes.client(sandbox).get_conversations(conversation_ids)
+        except AgentServerError as exc:
+            log.info("agent server of sandbox %s did not answer: %s", sandbox.id, exc)
+            return
+        for info in infos:
+            if info is None:
+                continue
+            try:
+                await webhooks.on_conversation_update(self.db, sandbox_id=sandbox.id, info=info)
+            except NotFound:
+                continue  # deleted meanwhile
+            except Exception:
+                log.exception("storing what the agent server of sandbox %s reported failed", sandbox.id)
+
+    async def refresh_now(self) -> None:
+        """Wait for the refreshes in flight (tests, shutdown)."""
+        while self._refreshing:
+            await asyncio.gather(*list(self._refreshing), return_exceptions=True)
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._refreshing):
+            task.cancel()
+        await asyncio.gather(*list(self._refreshing), return_exceptions=True)
 
 
-async def _sync(db: Database, sandbox_id: str, stored: StoredConversation, info: dict[str, Any]) -> StoredConversation:
-    """Store what the agent knows and the record lacks (the automatic title); the record as it now is."""
-    record = stored.record
-    title = info.get("title")
-    wants_title = isinstance(title, str) and title.strip() and record.title != title and not record.title_set_by_user
-    if not wants_title:
-        return stored
-    try:
-        updated = await webhooks.on_conversation_update(db, sandbox_id=sandbox_id, info=info)
-    except NotFound:
-        return stored
-    # A callback may have moved other stored fields too; the response must match its new ETag.
-    return dataclasses.replace(stored, record=updated)
+def _status_of(record: ConversationRecord) -> ConversationExecutionStatus | None:
+    """The execution status the agent last reported (the callbacks' copy)."""
+    stored = record.execution_status
+    return ConversationExecutionStatus(stored) if stored is not None and stored in _STATUSES else None
