@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -154,6 +155,41 @@ async def _stored(conn: AsyncConnection, *, user_id: str, rows: Sequence[Row[Any
     return [StoredConversation(r, tuple(subs.get(r.id, ())), boxes.get(r.sandbox_id)) for r in records]
 
 
+# One conversation with its sandbox in one statement (a single GET and PATCH): the sandbox's columns are
+# labelled apart from the conversation's.
+_SANDBOX_COLUMNS = [column.label(f"sandbox__{column.name}") for column in sandboxes.c]
+
+
+def _with_sandbox(user_id: str, conversation_id: str) -> Select[Any]:
+    c = conversations.c
+    return (
+        select(conversations, *_SANDBOX_COLUMNS)
+        .select_from(conversations.outerjoin(sandboxes, sandboxes.c.id == c.sandbox_id))
+        .where(c.id == conversation_id, c.user_id == user_id)
+    )
+
+
+def _split(row: Row[Any]) -> tuple[ConversationRecord, SandboxRecord | None]:
+    values = row._mapping
+    record = ConversationRecord(**{column.name: values[column.name] for column in conversations.c})
+    if values["sandbox__id"] is None:
+        return record, None
+    return record, SandboxRecord(**{column.name: values[f"sandbox__{column.name}"] for column in sandboxes.c})
+
+
+async def _one_stored(
+    conn: AsyncConnection, *, user_id: str, conversation_id: str, lock: bool = False
+) -> StoredConversation:
+    """The user's conversation with its sub-conversations and sandbox (404 when missing or another user's)."""
+    query = _with_sandbox(user_id, conversation_id)
+    row = (await conn.execute(query.with_for_update(of=conversations) if lock else query)).first()
+    if row is None:
+        raise NotFound(f"conversation {conversation_id} not found")
+    record, sandbox = _split(row)
+    subs = await _sub_ids(conn, user_id=user_id, parent_ids=[record.id])
+    return StoredConversation(record, tuple(subs.get(record.id, ())), sandbox)
+
+
 async def create_record(
     db: Database,
     *,
@@ -249,8 +285,7 @@ async def require_owned(conn: AsyncConnection, *, user_id: str, conversation_id:
 
 async def get(db: Database, *, user_id: str, conversation_id: str) -> StoredConversation:
     async with db.read() as conn:
-        row = await _owned_row(conn, user_id=user_id, conversation_id=conversation_id)
-        return (await _stored(conn, user_id=user_id, rows=[row]))[0]
+        return await _one_stored(conn, user_id=user_id, conversation_id=conversation_id)
 
 
 async def batch_get(db: Database, *, user_id: str, ids: Sequence[str]) -> list[StoredConversation | None]:
@@ -371,20 +406,22 @@ async def update_conversation(
 ) -> StoredConversation:
     """Apply a PATCH. `expected_etag` is the If-Match value: checked under the row lock, 412 if stale."""
     async with db.write() as conn:
-        row = await _owned_row(conn, user_id=user_id, conversation_id=conversation_id, lock=True)
-        record = ConversationRecord.of(row)
+        stored = await _one_stored(conn, user_id=user_id, conversation_id=conversation_id, lock=True)
+        record = stored.record
         check_if_match(expected_etag, conversation_id, record.etag)
         changes = _changes(record, request, limits)
-        if changes:
-            changes["updated_at"] = max(utcnow(), record.updated_at + _ONE_TICK)
-            changes["version"] = record.version + 1
-            await conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(**changes))
-            if "tags" in changes:
-                await _store_tags(
-                    conn, conversation_id=conversation_id, user_id=user_id, tags=changes["tags"], replace=True
-                )
-            row = await _owned_row(conn, user_id=user_id, conversation_id=conversation_id)
-        return (await _stored(conn, user_id=user_id, rows=[row]))[0]
+        if not changes:
+            return stored
+        changes["updated_at"] = max(utcnow(), record.updated_at + _ONE_TICK)
+        changes["version"] = record.version + 1
+        # The row as updated comes back with the UPDATE: no second read.
+        statement = update(conversations).where(conversations.c.id == conversation_id).values(**changes)
+        updated = (await conn.execute(statement.returning(*conversations.c))).one()
+        if "tags" in changes:
+            await _store_tags(
+                conn, conversation_id=conversation_id, user_id=user_id, tags=changes["tags"], replace=True
+            )
+        return dataclasses.replace(stored, record=ConversationRecord.of(updated))
 
 
 async def get_record_for_any_user(

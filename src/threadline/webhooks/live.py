@@ -4,19 +4,23 @@ Served from what Threadline already knows: the sandbox's record (its process che
 table, so a dead agent server reads MISSING from the first request after it died) and the execution status
 the agent server's callbacks keep in the conversation's record. A response never waits on an agent server.
 
-Agent servers are asked only where the record may lag behind them, and then in the background, at most
-once per sandbox every `live_refresh_seconds` (what they report is stored, so the next read has it):
+Agent servers are asked only where the record may lag behind them:
 
-- a conversation that has no title yet (the agent's automatic title reaches Threadline no other way: the
-  agent server sends no callback when it sets it);
-- a conversation with no execution status reported yet;
-- a conversation whose agent was last reported `running` longer than `live_stale_seconds` ago (a callback
-  may have been lost).
+- a conversation on a RUNNING sandbox with no execution status reported yet (just started, before its first
+  callback) is asked about before answering, all such conversations of a page at once, one call per
+  sandbox, with the agent timeout: a down agent server degrades only its own rows;
+- in the background, at most once per sandbox every `live_refresh_seconds`: a conversation that has no title
+  yet (the agent's automatic title reaches Threadline no other way: the agent server sends no callback when
+  it sets it), and one whose agent was last reported `running` longer than `live_stale_seconds` ago (a
+  callback may have been lost).
+
+What an agent server reports is stored, so the next read has it without asking.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -64,6 +68,18 @@ class LivePresenter:
         boxes = {item.sandbox.id: item.sandbox for item in items if item.sandbox is not None}
         # settle: a dead sandbox found here is recorded, so filters on stored statuses agree with this page.
         statuses = await self.sandboxes.settle([box for box in boxes.values() if box.user_id == user.id])
+        unreported: dict[str, list[str]] = defaultdict(list)
+        for item in items:
+            sandbox_id = item.record.sandbox_id
+            if statuses.get(sandbox_id) is SandboxStatus.RUNNING and item.record.execution_status_at is None:
+                unreported[sandbox_id].append(item.record.id)
+        if unreported:
+            asked = await asyncio.gather(*(self._ask(boxes[sid], ids) for sid, ids in unreported.items()))
+            fresh = {record.id: record for found in asked for record in found}
+            items = [
+                dataclasses.replace(item, record=fresh[item.record.id]) if item.record.id in fresh else item
+                for item in items
+            ]
         lagging: dict[str, list[str]] = defaultdict(list)
         keys: dict[str, tuple[str, str]] = {}  # sandbox id -> (agent URL, session key), once per sandbox
         answered = []
@@ -93,8 +109,8 @@ class LivePresenter:
     def _may_lag(self, record: ConversationRecord) -> bool:
         if record.title is None and not record.title_set_by_user:
             return True
-        if record.execution_status is None or record.execution_status_at is None:
-            return True
+        if record.execution_status_at is None:
+            return False  # asked before answering, and asked again at the next read until a report comes
         return record.execution_status == "running" and utcnow() - record.execution_status_at > self.stale_after
 
     def _refresh_later(self, sandbox: SandboxRecord, conversation_ids: list[str]) -> None:
@@ -107,21 +123,27 @@ class LivePresenter:
         task.add_done_callback(self._refreshing.discard)
 
     async def _refresh(self, sandbox: SandboxRecord, conversation_ids: list[str]) -> None:
-        """Ask the agent server about these conversations and store what it knows that the records lack."""
+        await self._ask(sandbox, conversation_ids)
+
+    async def _ask(self, sandbox: SandboxRecord, conversation_ids: list[str]) -> list[ConversationRecord]:
+        """Ask the agent server about these conversations and store what it knows that the records lack;
+        the records as they now are (none when it does not answer)."""
         try:
             infos = await self.sandboxes.client(sandbox).get_conversations(conversation_ids)
         except AgentServerError as exc:
             log.info("agent server of sandbox %s did not answer: %s", sandbox.id, exc)
-            return
+            return []
+        records = []
         for info in infos:
             if info is None:
                 continue
             try:
-                await webhooks.on_conversation_update(self.db, sandbox_id=sandbox.id, info=info)
+                records.append(await webhooks.on_conversation_update(self.db, sandbox_id=sandbox.id, info=info))
             except NotFound:
                 continue  # deleted meanwhile
             except Exception:
                 log.exception("storing what the agent server of sandbox %s reported failed", sandbox.id)
+        return records
 
     async def refresh_now(self) -> None:
         """Wait for the refreshes in flight (tests, shutdown)."""

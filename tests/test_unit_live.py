@@ -1,0 +1,114 @@
+"""Which conversations' records may lag behind their agent servers (webhooks.live.LivePresenter): only those
+make a background question to an agent server; every other response is served from the records (a
+conversation with no status report yet is asked about before answering: tests/test_agent_e2e.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from threadline.conversations.records import ConversationRecord
+from threadline.webhooks.live import LivePresenter
+
+NOW = datetime.now(UTC)
+
+
+def record(**values: Any) -> ConversationRecord:
+    fields: dict[str, Any] = {
+        "id": "c" * 32,
+        "user_id": "u" * 32,
+        "sandbox_id": "s" * 32,
+        "selected_repository": None,
+        "selected_branch": None,
+        "git_provider": None,
+        "title": "A title",
+        "title_set_by_user": False,
+        "trigger": None,
+        "pr_number": [],
+        "llm_model": None,
+        "agent_kind": "openhands",
+        "parent_conversation_id": None,
+        "public": None,
+        "tags": {},
+        "execution_status": "finished",
+        "execution_status_at": NOW - timedelta(hours=1),
+        "metrics_model_name": "default",
+        "accumulated_cost": 0.0,
+        "max_budget_per_task": None,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "context_window": 0,
+        "per_turn_token": 0,
+        "response_id": "",
+        "has_metrics": False,
+        "version": 1,
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+    fields.update(values)
+    return ConversationRecord(**fields)
+
+
+@pytest.fixture
+def live() -> LivePresenter:
+    return LivePresenter(None, None, refresh_seconds=5, stale_seconds=30)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},  # finished an hour ago, titled: nothing can have changed without a callback
+        {"execution_status": "idle"},
+        {"execution_status": "running", "execution_status_at": NOW - timedelta(seconds=5)},  # fresh report
+        {"title": None, "title_set_by_user": True},  # the user cleared the title: no automatic one wanted
+        {"execution_status": "error"},
+        # No report yet: asked before answering (not in the background), until a report is stored.
+        {"execution_status": None, "execution_status_at": None},
+        {"execution_status_at": None},
+    ],
+)
+def test_records_callbacks_keep_fresh_are_served_as_they_are(live: LivePresenter, values: dict[str, Any]) -> None:
+    assert not live._may_lag(record(**values))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"title": None},  # the automatic title arrives only by asking
+        {"execution_status": "running", "execution_status_at": NOW - timedelta(seconds=31)},  # a lost callback?
+    ],
+)
+def test_records_that_may_lag_are_refreshed(live: LivePresenter, values: dict[str, Any]) -> None:
+    assert live._may_lag(record(**values))
+
+
+def test_a_sandbox_is_asked_at_most_once_per_refresh_interval(live: LivePresenter) -> None:
+    import asyncio
+
+    asked: list[list[str]] = []
+
+    async def fake_refresh(sandbox: Any, conversation_ids: list[str]) -> None:
+        asked.append(conversation_ids)
+
+    live._refresh = fake_refresh  # type: ignore[method-assign]
+
+    class Box:
+        id = "s" * 32
+
+    async def run() -> None:
+        live._refresh_later(Box(), ["a"])  # type: ignore[arg-type]
+        live._refresh_later(Box(), ["b"])  # type: ignore[arg-type]
+        await live.refresh_now()
+        live._asked[Box.id] -= 5  # the interval has passed
+        live._refresh_later(Box(), ["c"])  # type: ignore[arg-type]
+        await live.refresh_now()
+        await live.close()
+        live._refresh_later(Box(), ["d"])  # type: ignore[arg-type]  # closed: no more questions
+
+    asyncio.run(run())
+    assert asked == [["a"], ["c"]]
