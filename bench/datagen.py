@@ -28,6 +28,7 @@ from threadline.auth import service as auth
 from threadline.conversations.tables import conversation_tags, conversations
 from threadline.db.engine import Database
 from threadline.db.migrate import upgrade_to_head
+from threadline.events.tables import events as events_table
 from threadline.sandboxes.tables import sandboxes
 
 CHUNK = 5_000
@@ -398,13 +399,13 @@ async def load(
         data.w3_conversation_id = target["id"]
         events = 0
         for chunk in event_rows(rng, target["id"], sizes.w3, target["created_at"]):
-            await _insert(db, events, chunk)
+            await _insert(db, events_table, chunk)
             events += len(chunk)
         others = [c for c in rng.sample(w1, min(50, len(w1))) if c["id"] != target["id"]]
         per_other = sizes.background_events // max(len(others), 1)
         for conv in others:
             for chunk in event_rows(rng, conv["id"], per_other, conv["created_at"]):
-                await _insert(db, events, chunk)
+                await _insert(db, events_table, chunk)
                 events += len(chunk)
         data.seconds["events"] = time.monotonic() - t0
         log(f"  {events} events ({sizes.w3} in the W3 conversation) in {data.seconds['events']:.1f}s")
