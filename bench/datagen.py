@@ -7,7 +7,8 @@ with create_key; conversations, their tag rows, events and sandboxes are inserte
 Who owns what:
   bench-w1  `w1` conversations (PATCHed at random by W1); one of them has `w3` events (W3)
   bench-w2  `w2` conversations, listed by W2 (first page and the page after `deep` items)
-  bench-w5  `w5_sandboxes` * 5 conversations, spread over that many RUNNING sandboxes (W5)
+  bench-w5  `w5_sandboxes` * 5 conversations, spread over that many RUNNING sandboxes (W5 lists them,
+            W1-live PATCHes them at random: `Dataset.w5_ids`)
   bench-w4  no data: W4 runs on a database of its own with only this user (`user_only`)
 Every conversation's tags also have their rows in conversation_tags (with user_id), as the server keeps them.
 """
@@ -111,6 +112,7 @@ class Dataset:
     w1_ids: list[str] = field(default_factory=list)
     w3_conversation_id: str = ""
     w5_sandbox_ids: list[str] = field(default_factory=list)
+    w5_ids: list[str] = field(default_factory=list)  # conversations on the RUNNING sandboxes (W5, W1-live)
     counts: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -437,7 +439,8 @@ async def load(
                     convs.append(conversation_row(rng, data.users["w5"], created, now, sandbox_id=agent["sandbox_id"]))
             await _insert(db, sandboxes, sandbox_rows)
             convs.sort(key=lambda r: r["created_at"])
-            await _insert_conversations(db, iter([convs]))
+            w5 = await _insert_conversations(db, iter([convs]))
+            data.w5_ids = [c["id"] for c in w5]
             data.w5_sandbox_ids = [a["sandbox_id"] for a in w5_agents]
 
         t0 = time.monotonic()
