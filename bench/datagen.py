@@ -7,7 +7,8 @@ with create_key; conversations, their tag rows, events and sandboxes are inserte
 Who owns what:
   bench-w1  `w1` conversations (PATCHed at random by W1); one of them has `w3` events (W3)
   bench-w2  `w2` conversations, listed by W2 (first page and the page after `deep` items)
-  bench-w5  `w5_sandboxes` * 5 conversations, spread over that many RUNNING sandboxes (W5)
+  bench-w5  `w5_sandboxes` * 5 conversations, spread over that many RUNNING sandboxes (W5 lists them,
+            W1-live PATCHes them at random: `Dataset.w5_ids`)
   bench-w4  no data: W4 runs on a database of its own with only this user (`user_only`)
 Every conversation's tags also have their rows in conversation_tags (with user_id), as the server keeps them.
 """
@@ -28,6 +29,7 @@ from threadline.auth import service as auth
 from threadline.conversations.tables import conversation_tags, conversations
 from threadline.db.engine import Database
 from threadline.db.migrate import upgrade_to_head
+from threadline.events.tables import events as events_table
 from threadline.sandboxes.tables import sandboxes
 
 CHUNK = 5_000
@@ -110,6 +112,7 @@ class Dataset:
     w1_ids: list[str] = field(default_factory=list)
     w3_conversation_id: str = ""
     w5_sandbox_ids: list[str] = field(default_factory=list)
+    w5_ids: list[str] = field(default_factory=list)  # conversations on the RUNNING sandboxes (W5, W1-live)
     counts: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -398,13 +401,13 @@ async def load(
         data.w3_conversation_id = target["id"]
         events = 0
         for chunk in event_rows(rng, target["id"], sizes.w3, target["created_at"]):
-            await _insert(db, events, chunk)
+            await _insert(db, events_table, chunk)
             events += len(chunk)
         others = [c for c in rng.sample(w1, min(50, len(w1))) if c["id"] != target["id"]]
         per_other = sizes.background_events // max(len(others), 1)
         for conv in others:
             for chunk in event_rows(rng, conv["id"], per_other, conv["created_at"]):
-                await _insert(db, events, chunk)
+                await _insert(db, events_table, chunk)
                 events += len(chunk)
         data.seconds["events"] = time.monotonic() - t0
         log(f"  {events} events ({sizes.w3} in the W3 conversation) in {data.seconds['events']:.1f}s")
@@ -436,7 +439,8 @@ async def load(
                     convs.append(conversation_row(rng, data.users["w5"], created, now, sandbox_id=agent["sandbox_id"]))
             await _insert(db, sandboxes, sandbox_rows)
             convs.sort(key=lambda r: r["created_at"])
-            await _insert_conversations(db, iter([convs]))
+            w5 = await _insert_conversations(db, iter([convs]))
+            data.w5_ids = [c["id"] for c in w5]
             data.w5_sandbox_ids = [a["sandbox_id"] for a in w5_agents]
 
         t0 = time.monotonic()

@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -77,6 +78,8 @@ WRK_WORKLOADS = ("w1", "w2", "w3", "w5")
 WORKLOADS = ("w1", "w2", "w3", "w4", "w5")
 LIMIT = 100
 W3_KIND = "ActionEvent"
+FLOOR = report.FLOOR  # workload names the report looks up
+W1_LIVE = report.W1_LIVE
 
 
 class BenchError(Exception):
@@ -589,6 +592,14 @@ def agent_calls(agents: list[dict[str, Any]]) -> int:
     return sum(Path(a["log"]).read_text(errors="replace").count("GET /api/conversations?ids=") for a in agents)
 
 
+AGENT_API_REQUEST = re.compile(r"\b(?:GET|POST|PUT|PATCH|DELETE) /api/")
+
+
+def agent_requests(agents: list[dict[str, Any]]) -> int:
+    """Every API request the agent servers answered (batch reads and anything else), from their access logs."""
+    return sum(len(AGENT_API_REQUEST.findall(Path(a["log"]).read_text(errors="replace"))) for a in agents)
+
+
 def fresh_database(kind: str, pg_url: str, home: Path) -> tuple[str, str | None]:
     """The URL of a new, empty database of `kind` (SQLite: a file under `home`) and its PostgreSQL schema."""
     if kind == "sqlite":
@@ -643,6 +654,11 @@ def run_database(
         log(f"{kind}: loaded {data.counts} in {result['load_seconds']}s")
         ids_file = home / "w1-ids.txt"
         ids_file.write_text("\n".join(data.w1_ids) + "\n")
+        live_ids_file = home / "w1-live-ids.txt"
+        if agents:
+            if not data.w5_ids:
+                raise BenchError("datagen made no W5 conversations, so W1-live has nothing to PATCH")
+            live_ids_file.write_text("\n".join(data.w5_ids) + "\n")
 
         env, overrides = server_env(home, url, secret)
         result["rate_limit_overrides"] = sorted(overrides)
@@ -717,6 +733,29 @@ def run_database(
                 "agent_calls_one_page": calls,
             }
             log(f"{kind}: W5 page of {len(page['items'])} ({running} RUNNING) made {calls} agent calls")
+            # W1-live: W1's PATCH on a conversation whose sandbox is RUNNING (after the W5 check, which
+            # must see the records as datagen wrote them).
+            live_body = {"title": "Watch the agent", "tags": {"team": "web", "priority": "p2"}}
+            before, before_any = agent_calls(agents), agent_requests(agents)
+            status, patched = w5.request("PATCH", f"/api/v1/app-conversations/{data.w5_ids[0]}", live_body)
+            calls, requests = agent_calls(agents) - before, agent_requests(agents) - before_any
+            conv = json.loads(patched) if status == 200 else None
+            if (
+                conv is None
+                or conv.get("title") != live_body["title"]
+                or conv.get("tags", {}).get("team") != "web"
+                or conv.get("sandbox_status") != "RUNNING"
+            ):
+                raise BenchError(
+                    f"sanity W1-live PATCH failed (200 with sandbox_status RUNNING expected): {status} "
+                    f"{patched[:500]!r}; server log tail:\n{tail(server_log, 15)}"
+                )
+            result["w1_live_check"] = {
+                "sandbox_status": conv["sandbox_status"],
+                "agent_calls_one_patch": calls,
+                "agent_requests_one_patch": requests,
+            }
+            log(f"{kind}: W1-live PATCH answered 200, sandbox RUNNING, {calls} agent calls ({requests} requests)")
             w5.close()
         w1.close()
         w2.close()
@@ -724,16 +763,16 @@ def run_database(
         # -- ceiling: the first time a real response body is known --------------------------------
         if "ceiling" not in state:
             state["ceiling"] = [measure_ceiling(runner, state["ceiling_body"], ids_file, log_dir)]
-        if "floor" not in state:
-            # The framework's floor: Threadline's cheapest route (no auth, no database), same wrk settings.
-            state["floor"] = runner.measure(
-                f"{kind}-floor GET /alive", port, "get.lua", {"BENCH_PATH": "/alive"}, server.pid, log_dir
-            )
-            state["floor"]["db"] = kind
-
         # -- the workloads --------------------------------------------------------------------------
         work = result["workloads"]
+        # The framework's floor: Threadline's cheapest route (no auth, no database), same wrk settings, on
+        # each database's server (issue 14 has a target for it per database); the first is also the run's.
+        work[FLOOR] = floor = runner.measure(
+            f"{kind}-floor GET /alive", port, "get.lua", {"BENCH_PATH": "/alive"}, server.pid, log_dir
+        )
+        state.setdefault("floor", {**floor, "db": kind})
         patch_env = {"BENCH_TOKEN": data.keys["w1"], "BENCH_IDS_FILE": str(ids_file)}
+        live_env = {"BENCH_TOKEN": data.keys["w5"], "BENCH_IDS_FILE": str(live_ids_file)}
 
         def get_env(key: str, path: str) -> dict[str, str]:
             return {"BENCH_TOKEN": data.keys[key], "BENCH_PATH": path}
@@ -759,14 +798,23 @@ def run_database(
             # Warm-up and measured requests both reached the agents; in-flight requests at the end of
             # a run make this approximate, the single-request check above is exact.
             r["agent_calls_per_page"] = result["w5_check"]["agent_calls_one_page"]
+            # W1-live: W1's PATCH on the W5 conversations, whose sandboxes are RUNNING (after W5, so that
+            # W5 measures the records as datagen wrote them).
+            before, before_any = agent_calls(agents), agent_requests(agents)
+            work[W1_LIVE] = r = runner.measure(f"{kind}-{W1_LIVE}", port, "patch.lua", live_env, server.pid, log_dir)
+            # As for W5: warm-up included. agent_requests also counts anything other than batch reads.
+            r["agent_calls"] = agent_calls(agents) - before
+            r["agent_requests"] = agent_requests(agents) - before_any
+            r["agent_calls_one_patch"] = result["w1_live_check"]["agent_calls_one_patch"]
 
         if args.profile:
             prof = result.setdefault("profiles", {})
             stamp = state["stamp"]
             if agents:
                 plan.append(("W5 live page", "get.lua", get_env("w5", w5_path)))
+                plan.append((W1_LIVE, "patch.lua", live_env))
             for name, script, wenv in plan:
-                if name.startswith(("W1", "W2")) or (name.startswith("W5") and args.profile_w5):
+                if name.startswith(("W1 ", "W2")) or (name.startswith(("W5", "W1-live")) and args.profile_w5):
                     slug = f"{kind}-{name.lower().replace(' ', '-')}"
                     prof[name] = runner.profile(slug, port, script, wenv, server.pid, log_dir, stamp)
 
@@ -1145,10 +1193,11 @@ def preflight(args: argparse.Namespace, dbs: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench/run",
-        description="Threadline benchmarks (issue 6): W1 PATCH, W2 search pages, W3 events, W5 live page, "
-        "each against the ceiling of a bare ASGI app; W4 start -> READY with real agent servers and the "
-        "fake LLM, cold (warm pool off) and warm (from the pool). Writes bench/results/<date>.json and the "
-        "tables in docs/performance.md.",
+        description="Threadline benchmarks (issues 6 and 14): W1 PATCH, W2 search pages, W3 events, W5 live page "
+        "and W1-live (W1's PATCH on W5's conversations, whose sandboxes are RUNNING: runs with w5), each "
+        "against the ceiling of a bare ASGI app and the floor GET /alive; W4 start -> READY with real agent "
+        "servers and the fake LLM, cold (warm pool off) and warm (from the pool). Writes "
+        "bench/results/<date>.json and the tables in docs/performance.md.",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes and short runs (CI; under 3 minutes)")
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
@@ -1159,7 +1208,9 @@ def main(argv: list[str] | None = None) -> int:
         "w4.cold / w4.warm (W4 starts timed without / with the warm pool), w4.pool (warm pool size); "
         f"defaults {FULL}, with --quick {QUICK}",
     )
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="which of w1,w2,w3,w4,w5 (default all)")
+    parser.add_argument(
+        "--workloads", default=",".join(WORKLOADS), help="which of w1,w2,w3,w4,w5 (default all; w5 also runs W1-live)"
+    )
     parser.add_argument(
         "--w4-db",
         choices=["sqlite", "postgresql", "both"],
@@ -1177,8 +1228,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, help="seconds of warm-up before each run (default 3, --quick 1)")
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections (default 16)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: wrk has one core)")
-    parser.add_argument("--profile", action="store_true", help="also profile W1 and W2 (and W5) with py-spy")
-    parser.add_argument("--no-profile-w5", dest="profile_w5", action="store_false", help="with --profile: skip W5")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile W1 and W2 (and W5 and W1-live) with py-spy"
+    )
+    parser.add_argument(
+        "--no-profile-w5", dest="profile_w5", action="store_false", help="with --profile: skip W5 and W1-live"
+    )
     parser.add_argument("--pg-url", default=os.environ.get("THREADLINE_BENCH_PG_URL", DEFAULT_PG_URL))
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument(
