@@ -234,6 +234,19 @@ def test_a_session_sees_only_its_own_user_s_conversations(server: LiveServer) ->
     bob.close()
 
 
+def test_every_console_file_ships_in_the_package() -> None:
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["threadline"]
+    package = root / "src" / "threadline"
+    files = [p.relative_to(package).as_posix() for p in (package / "console").rglob("*") if p.is_file()]
+    shipped = [f for f in files if f.endswith(".py") or any(fnmatch.fnmatch(f, pattern) for pattern in patterns)]
+    assert (package / "console" / "__init__.py").exists()
+    assert sorted(shipped) == sorted(f for f in files if "__pycache__" not in f)
+
+
 # -- in the browser ----------------------------------------------------------------------------------
 
 
@@ -310,11 +323,13 @@ def watch(page: Any) -> Any:
 @pytest.mark.agent
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 def test_the_life_of_a_conversation_in_the_browser(
-    agent_server_factory: Callable[..., LiveServer], browser: Any, shots: Callable[[Any, str], None]
+    agent_server_factory: Callable[..., LiveServer], fake_llm: Any, browser: Any, shots: Callable[[Any, str], None]
 ) -> None:
     from playwright.sync_api import expect
 
     server = agent_server_factory(stream_poll_seconds=0.2)
+    # The agent's first step runs a command (then it finishes): the timeline shows the command and its output.
+    fake_llm.enqueue_tool_call("terminal", {"command": "echo hello-from-the-console"})
     _, key = server.user("ada")
     context = browser.new_context(viewport=DESKTOP, color_scheme="light")
     context.set_default_timeout(30_000)
@@ -348,8 +363,11 @@ def test_the_life_of_a_conversation_in_the_browser(
     # Its events arrive: the first message, the agent's action and output, and the finished status.
     timeline = page.locator("#timeline")
     expect(timeline.locator(".ev.msg.user")).to_contain_text("Say hello and finish.", timeout=60_000)
-    expect(timeline.locator(".ev.action").first).to_be_visible(timeout=90_000)
-    expect(timeline.locator(".ev.output").first).to_be_visible(timeout=90_000)
+    command = timeline.locator(".ev.action pre.cmd").filter(has_text="$ echo hello-from-the-console")
+    expect(command).to_be_visible(timeout=90_000)
+    expect(timeline.locator(".ev.output pre.out").filter(has_text="hello-from-the-console").first).to_be_visible(
+        timeout=90_000
+    )
     expect(page.locator("#status")).to_have_text("finished", timeout=90_000)
     expect(page.locator("#cost")).not_to_have_text("$0", timeout=60_000)
 
