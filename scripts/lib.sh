@@ -46,3 +46,19 @@ ensure_sandbox_tools() {
         return 1
     fi
 }
+
+# ensure_browser: the console's browser tests (tests/test_console.py) drive Debian's Chromium. Install it with
+# apt-get when we may (root); otherwise those tests skip and say why. Playwright's own browser downloads are
+# never used.
+ensure_browser() {
+    [ -n "${THREADLINE_SKIP_BROWSER:-}" ] && return 0
+    [ "$(uname -s)" = "Linux" ] || return 0
+    command -v chromium >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "Installing chromium (for the console's browser tests) with apt-get ..." >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } \
+            || echo "warning: chromium could not be installed; the console's browser tests will be skipped" >&2
+    fi
+    return 0
+}

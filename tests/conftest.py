@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,7 +57,9 @@ def _pg_admin_exec(sql: str) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(run())
+    # In a thread of its own: the calling thread may already run a loop (Playwright's sync API does).
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -473,7 +473,7 @@ def test_sdk_streams_events_and_reconnects_after_the_server_went_away(
 
     async def store(db: Any) -> None:
         async with db.write() as conn:
-            await store_events(conn, cid, while_down)
+            await store_events(conn, conversation_id=cid, items=while_down)
 
     with_database(database.url, database.schema, store)
     server_factory(port=server.settings.port, **FAST)

@@ -43,12 +43,14 @@ import pytest
 
 from tests.conftest import LiveServer
 from threadline.auth.service import User, authenticate_key
+from threadline.console import pages
 from threadline.conversations.tables import start_tasks
 from threadline.core.ids import new_id
 
 API = "/api/v1/app-conversations"
 EVENTS = "/api/v1/conversation/{conv}/events"
 SHARED = "/api/v1/shared-conversations"
+STATIC_PREFIX = pages.STATIC_PREFIX
 HOOKS = "/api/v1/webhooks"
 
 # -- the routes of the app ------------------------------------------------------------------------
@@ -610,10 +612,49 @@ MATRIX: dict[tuple[str, str], list[Probe]] = {
         Probe("GET", f"{SHARED}/{{conv}}/events/search", 404, like_missing=True),
         Probe("GET", f"{SHARED}/{{public_conv}}/events/search", 200, who="anonymous", check=_public_events),
     ],
+    # -- live streams: only their refusals are probed (an accepted stream never ends by itself) -------
+    ("GET", f"{API}/stream"): [Probe("GET", f"{API}/stream", 401, who="anonymous")],
+    ("GET", "/api/v1/conversation/{conversation_id}/events/stream"): [
+        Probe("GET", "/api/v1/conversation/{conv}/events/stream", 404, like_missing=True),
+        Probe("GET", "/api/v1/conversation/{public_conv}/events/stream", 404, like_missing=True),
+    ],
+    ("GET", f"{SHARED}/{{conversation_id}}/events/stream"): [
+        Probe("GET", f"{SHARED}/{{conv}}/events/stream", 404, who="anonymous", like_missing=True),
+        Probe("GET", f"{SHARED}/{{conv}}/events/stream", 404, like_missing=True),
+    ],
+    # -- the web console: pages take the session cookie only (an API key header signs no page in) --------
+    ("GET", "/"): [Probe("GET", "/", 303, who="anonymous"), Probe("GET", "/", 303)],
+    ("GET", "/conversations"): [Probe("GET", "/conversations", 303, who="anonymous")],
+    ("GET", "/conversations/new"): [Probe("GET", "/conversations/new", 303, who="anonymous")],
+    ("GET", "/costs"): [Probe("GET", "/costs", 303, who="anonymous")],
+    ("GET", "/conversations/{conversation_id}"): [
+        Probe("GET", "/conversations/{conv}", 303, who="anonymous", like_missing=True),
+        Probe("GET", "/conversations/{conv}", 303, like_missing=True),
+    ],
+    # A shell that asks the shared API (which says 404 for a private conversation), the same for any id.
+    ("GET", "/shared/{conversation_id}"): [Probe("GET", "/shared/{conv}", 200, who="anonymous", like_missing=True)],
+    ("GET", "/console/static/{build}/{name}"): [Probe("GET", f"{STATIC_PREFIX}/api.js", 200, who="anonymous")],
+    ("GET", "/sign-in"): [Probe("GET", "/sign-in", 200, who="anonymous", view=lambda r: r.status_code)],
+    # No sign-in form of this browser (its cookie): refused.
+    ("POST", "/sign-in"): [Probe("POST", "/sign-in", 400, who="anonymous", view=lambda r: r.status_code)],
+    ("POST", "/sign-out"): [Probe("POST", "/sign-out", 303, who="anonymous")],
 }
+
+# The console's forms answer a person: their refusals are HTML pages, not problems.
+HTML_FORMS = {"/sign-in"}
 
 # Routes that answer without credentials whoever asks (everything else must answer nobody 401).
 PUBLIC = {
+    "/",
+    "/conversations",
+    "/conversations/new",
+    "/costs",
+    "/conversations/{conversation_id}",
+    "/shared/{conversation_id}",
+    "/console/static/{build}/{name}",
+    "/sign-in",
+    "/sign-out",
+    f"{SHARED}/{{conversation_id}}/events/stream",
     "/openapi.json",
     "/docs",
     "/docs/oauth2-redirect",
@@ -678,7 +719,7 @@ def _check_probe(world: World, probe: Probe) -> None:
     label = f"{probe.who}: {probe.method} {_fill(probe.url, ids)} {probe.params or ''}"
     assert r.status_code != 403, f"{label}: 403 tells that something is there"
     assert r.status_code == probe.expect, f"{label}: {r.status_code} {r.text[:500]}"
-    if r.status_code >= 400:
+    if r.status_code >= 400 and probe.url not in HTML_FORMS:
         assert r.headers["content-type"].startswith("application/problem+json"), label
     # B's own records echo what B sent before (its start tasks keep the ids it asked for).
     world.sent += _sent(probe, ids)

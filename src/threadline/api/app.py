@@ -19,8 +19,10 @@ from threadline.api.middleware import BodySizeLimit
 from threadline.api.openapi import install_problem_docs
 from threadline.auth.cache import KeyCache
 from threadline.auth.routes import router as users_router
+from threadline.auth.sessions import ConsoleSessions
 from threadline.auth.tables import users
 from threadline.config import Settings
+from threadline.console.routes import router as console_router
 from threadline.conversations.pending import PendingMessages
 from threadline.conversations.pending_routes import router as pending_router
 from threadline.conversations.routes import router as conversations_router
@@ -91,6 +93,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
         auth_cache = KeyCache(db)
         auth_cache.start()
         app.state.auth_cache = auth_cache
+        app.state.console_sessions = ConsoleSessions(settings.resolved_secret_key)
         app.state.sandboxes = sandboxes
         app.state.pool = pool
         app.state.starts = starts
@@ -158,6 +161,9 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
     app.include_router(webhooks_router)
     app.include_router(sharing_router)
     app.include_router(agent_proxy_router)
+    # Last: the console's pages (/, /conversations, /shared/..., /sign-in, /console/static/...) take no path
+    # of the API's.
+    app.include_router(console_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RateLimitHeaders)
     # Added last, so outermost: it sees (and ids, logs and counts) every answer, 413 and 429 included.

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
+from threadline.console.pages import is_console_request, not_found
 from threadline.core.errors import Problem, finite, problem_response
 
 # PostgreSQL refusing text: "invalid byte sequence" (NUL in text), "untranslatable character" (\u0000 in
@@ -103,6 +104,9 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
         elif exc.status_code == 404 and detail == "Not Found":
             path = request.url.path
+            if is_console_request(request.method, path, request.headers.get("accept", "")):
+                # A browser on a path outside the API: the console's 404 page, not problem+json.
+                return not_found(path)
             if path.endswith("/") and path != "/" and _allowed_methods(request, path.rstrip("/")):
                 detail = f"no such path: {path} (without the trailing slash: {path.rstrip('/')})"
             else:

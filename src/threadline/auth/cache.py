@@ -76,6 +76,11 @@ class KeyCache:
         digest = key_digest(key)
         if digest is None:
             return None
+        return await self.authenticate_digest(digest)
+
+    async def authenticate_digest(self, digest: str) -> tuple[User, str] | None:
+        """`authenticate` for a key known by its digest only (a console session holds the digest, never the
+        key): the same cache, the same freshness rule, so revoking the key ends the session as fast."""
         if self.fresh:
             found = self._entries.get(digest)
             if found is not None:

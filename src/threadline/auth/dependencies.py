@@ -1,6 +1,12 @@
-"""Request authentication: `X-Access-Token: KEY` or `Authorization: Bearer KEY`, then the key's rate limit
-(and, for routes without credentials, the rate limit of the client's address). Keys are answered from
-memory (`auth.cache.KeyCache`), which forgets them within 0.75 s of any change by any process."""
+"""Request authentication: `X-Access-Token: KEY` or `Authorization: Bearer KEY`, or else the web console's
+session cookie (`auth.sessions`), then the key's rate limit (and, for routes without credentials, the rate
+limit of the client's address). Keys are answered from memory (`auth.cache.KeyCache`), which forgets them
+within 0.75 s of any change by any process; a session is looked up by its key's digest the same way.
+
+A request authenticated by the cookie alone that may change something (any method but GET, HEAD, OPTIONS)
+must carry the session's CSRF token in `X-CSRF-Token`, or it is refused with 403: a page elsewhere cannot
+make a signed-in browser act (SameSite=Strict keeps the cookie off cross-site requests too). A header key
+needs no CSRF token: no browser sends one by itself."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from threadline.auth.cache import KeyCache
 from threadline.auth.service import User
+from threadline.auth.sessions import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, ConsoleSessions
 from threadline.core.context import AppContext, Context
 from threadline.core.errors import Problem, Unauthorized
 from threadline.ratelimit.service import ANONYMOUS, DEFAULT, START, STATE_KEY, RateLimiter
@@ -26,20 +33,76 @@ async def _authenticated(
     policy: str,
 ) -> User:
     key = access_token or (bearer.credentials if bearer else None)
-    if not key:
+    cache: KeyCache = request.app.state.auth_cache
+    session = None if key else request.cookies.get(SESSION_COOKIE)
+    found: tuple[User, str] | None
+    if session:
+        found = await _session_key(request, cache, session)
+    elif key:
+        found = await cache.authenticate(key)
+        if found is None:
+            raise Unauthorized("the API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"})
+    else:
         raise Unauthorized(
             "an API key is required: send it as 'X-Access-Token: KEY' or 'Authorization: Bearer KEY'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    cache: KeyCache = request.app.state.auth_cache
-    found = await cache.authenticate(key)
-    if found is None:
-        raise Unauthorized("the API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"})
     user, key_id = found
     request.state.user = user
     request.state.api_key_id = key_id
     _charge(request, ctx, policy, key_id, "this API key")
     return user
+
+
+def console_sessions(request: Request) -> ConsoleSessions | None:
+    sessions: ConsoleSessions | None = getattr(request.app.state, "console_sessions", None)
+    return sessions
+
+
+async def _session_key(request: Request, cache: KeyCache, token: str) -> tuple[User, str]:
+    """The live key behind a console session cookie; 401 for an expired or ended session, 403 for a request
+    that may change something without the session's CSRF token."""
+    sessions = console_sessions(request)
+    digest = sessions.digest_of(token) if sessions is not None else None
+    if sessions is None or digest is None:
+        raise Unauthorized(
+            "the console session is invalid or expired: sign in again, or send an API key as 'X-Access-Token: KEY'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if request.method not in SAFE_METHODS and not sessions.csrf_ok(token, request.headers.get(CSRF_HEADER)):
+        raise Problem(
+            f"a request authenticated by the console's session cookie must carry the session's CSRF token in "
+            f"the {CSRF_HEADER} header",
+            status=403,
+            type_slug="csrf-token-missing",
+        )
+    found = await cache.authenticate_digest(digest)
+    if found is None:
+        raise Unauthorized(
+            "the API key of this console session is revoked: sign in again", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return found
+
+
+async def session_user(request: Request, ctx: AppContext) -> tuple[User, str] | None:
+    """For the console's pages: the signed-in user and the session token, or None (no cookie, an expired
+    session, a revoked key). Charged to the key's rate limit like an API request."""
+    token = request.cookies.get(SESSION_COOKIE)
+    sessions = console_sessions(request)
+    if not token or sessions is None:
+        return None
+    digest = sessions.digest_of(token)
+    if digest is None:
+        return None
+    cache: KeyCache = request.app.state.auth_cache
+    found = await cache.authenticate_digest(digest)
+    if found is None:
+        return None
+    user, key_id = found
+    request.state.user = user
+    request.state.api_key_id = key_id
+    _charge(request, ctx, DEFAULT, key_id, "this API key")
+    return user, token
 
 
 def _charge(request: Request, ctx: AppContext, policy: str, bucket: str, whose: str) -> None:
