@@ -160,7 +160,7 @@ async def _stored(conn: AsyncConnection, *, user_id: str, rows: Sequence[Row[Any
 _SANDBOX_COLUMNS = [column.label(f"sandbox__{column.name}") for column in sandboxes.c]
 
 
-def _with_sandbox(user_id: str, conversation_id: str) -> Select[Any]:
+def _with_sandbox(*, user_id: str, conversation_id: str) -> Select[Any]:
     c = conversations.c
     return (
         select(conversations, *_SANDBOX_COLUMNS)
@@ -181,7 +181,7 @@ async def _one_stored(
     conn: AsyncConnection, *, user_id: str, conversation_id: str, lock: bool = False
 ) -> StoredConversation:
     """The user's conversation with its sub-conversations and sandbox (404 when missing or another user's)."""
-    query = _with_sandbox(user_id, conversation_id)
+    query = _with_sandbox(user_id=user_id, conversation_id=conversation_id)
     row = (await conn.execute(query.with_for_update(of=conversations) if lock else query)).first()
     if row is None:
         raise NotFound(f"conversation {conversation_id} not found")
