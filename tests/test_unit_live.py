@@ -12,10 +12,11 @@ import pytest
 from threadline.conversations.records import ConversationRecord
 from threadline.webhooks.live import LivePresenter
 
-NOW = datetime.now(UTC)
 
-
-def record(**values: Any) -> ConversationRecord:
+def record(*, reported_seconds_ago: float | None = 3600, **values: Any) -> ConversationRecord:
+    """A record whose last status report came `reported_seconds_ago` before now (None: never), now being the
+    moment the test runs (parameters are made when the module is imported, minutes earlier under xdist)."""
+    now = datetime.now(UTC)
     fields: dict[str, Any] = {
         "id": "c" * 32,
         "user_id": "u" * 32,
@@ -33,7 +34,7 @@ def record(**values: Any) -> ConversationRecord:
         "public": None,
         "tags": {},
         "execution_status": "finished",
-        "execution_status_at": NOW - timedelta(hours=1),
+        "execution_status_at": None if reported_seconds_ago is None else now - timedelta(seconds=reported_seconds_ago),
         "metrics_model_name": "default",
         "accumulated_cost": 0.0,
         "max_budget_per_task": None,
@@ -47,8 +48,8 @@ def record(**values: Any) -> ConversationRecord:
         "response_id": "",
         "has_metrics": False,
         "version": 1,
-        "created_at": NOW,
-        "updated_at": NOW,
+        "created_at": now,
+        "updated_at": now,
     }
     fields.update(values)
     return ConversationRecord(**fields)
@@ -64,12 +65,12 @@ def live() -> LivePresenter:
     [
         {},  # finished an hour ago, titled: nothing can have changed without a callback
         {"execution_status": "idle"},
-        {"execution_status": "running", "execution_status_at": NOW - timedelta(seconds=5)},  # fresh report
+        {"execution_status": "running", "reported_seconds_ago": 5},  # fresh report
         {"title": None, "title_set_by_user": True},  # the user cleared the title: no automatic one wanted
         {"execution_status": "error"},
         # No report yet: asked before answering (not in the background), until a report is stored.
-        {"execution_status": None, "execution_status_at": None},
-        {"execution_status_at": None},
+        {"execution_status": None, "reported_seconds_ago": None},
+        {"reported_seconds_ago": None},
     ],
 )
 def test_records_callbacks_keep_fresh_are_served_as_they_are(live: LivePresenter, values: dict[str, Any]) -> None:
@@ -80,7 +81,7 @@ def test_records_callbacks_keep_fresh_are_served_as_they_are(live: LivePresenter
     "values",
     [
         {"title": None},  # the automatic title arrives only by asking
-        {"execution_status": "running", "execution_status_at": NOW - timedelta(seconds=31)},  # a lost callback?
+        {"execution_status": "running", "reported_seconds_ago": 31},  # a lost callback?
     ],
 )
 def test_records_that_may_lag_are_refreshed(live: LivePresenter, values: dict[str, Any]) -> None:
