@@ -31,7 +31,7 @@ from sqlalchemy import select
 
 from tests.conftest import LiveServer, wait_for
 from tests.test_agent_e2e import API, conversation, start_and_wait
-from tests.test_isolation import MATRIX, _fill, _insert_sandbox
+from tests.test_isolation import MATRIX, SHARED, _fill, _insert_sandbox
 from threadline.conversations.start import REDACTED
 from threadline.observability.logging import make_handler
 from threadline.schema import metadata
@@ -221,6 +221,8 @@ def test_no_secret_in_logs_error_details_or_what_others_read(
         for probe in probes:
             if (method, probe.url) == ("POST", "/api/v1/sandboxes"):
                 continue  # would boot another agent server, about nothing of the owner's
+            if probe.url.startswith(SHARED) and probe.url.endswith("/events/stream"):
+                continue  # the conversation is public here: an open stream never ends (read below instead)
             who = {"bob": other, "anonymous": anonymous}.get(probe.who)
             if who is None:  # "bob_sandbox": the other user's sandbox calling back
                 who = httpx.Client(base_url=server.base_url, headers={"X-Session-API-Key": other_session_key})
@@ -250,6 +252,16 @@ def test_no_secret_in_logs_error_details_or_what_others_read(
         if not page_id:
             break
     assert len(answers) > 60
+    # The public event stream, as anyone gets it: its stored events, then it stays open (read up to them).
+    stored = client.get(f"/api/v1/conversation/{conv_id}/events/count").json()
+    streamed: list[str] = []
+    with anonymous.stream("GET", f"{SHARED}/{conv_id}/events/stream", timeout=30) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            streamed.append(line)
+            if sum(1 for seen in streamed if seen.startswith("id:")) >= stored:
+                break
+    assert _found(secrets, "\n".join(streamed)) == [], _found(secrets, "\n".join(streamed))
     for r in answers:
         text = r.text + "\n" + "\n".join(f"{k}: {v}" for k, v in r.headers.items())
         assert _found(secrets, text) == [], f"{r.request.method} {r.request.url}: {_found(secrets, text)}"
