@@ -93,10 +93,11 @@ def test_a_sandbox_is_asked_at_most_once_per_refresh_interval(live: LivePresente
 
     asked: list[list[str]] = []
 
-    async def fake_refresh(sandbox: Any, conversation_ids: list[str]) -> None:
+    async def fake_ask(sandbox: Any, conversation_ids: list[str]) -> list[Any]:
         asked.append(conversation_ids)
+        return []
 
-    live._refresh = fake_refresh  # type: ignore[method-assign]
+    live._ask = fake_ask  # type: ignore[method-assign]
 
     class Box:
         id = "s" * 32

@@ -14,12 +14,15 @@ import uvicorn
 from threadline.streams.hub import StreamHub
 
 
+def _end_streams(app: object) -> None:
+    hub: StreamHub | None = getattr(getattr(app, "state", None), "streams", None)
+    if hub is not None:
+        hub.close()
+
+
 class Server(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        state = getattr(self.config.app, "state", None)
-        hub: StreamHub | None = getattr(state, "streams", None)
-        if hub is not None:
-            hub.close()
+        _end_streams(self.config.app)
         await super().shutdown(sockets)
 
 
@@ -30,9 +33,7 @@ def end_streams_first_in_this_process(app: object) -> None:
     original = uvicorn.Server.shutdown
 
     async def shutdown(self: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
-        hub: StreamHub | None = getattr(getattr(app, "state", None), "streams", None)
-        if hub is not None:
-            hub.close()
+        _end_streams(app)
         await original(self, sockets)
 
     uvicorn.Server.shutdown = shutdown  # type: ignore[method-assign]

@@ -61,7 +61,7 @@ class LivePresenter:
         self.refresh_seconds = refresh_seconds
         self.stale_after = timedelta(seconds=stale_seconds)
         self._asked: dict[str, float] = {}  # sandbox id -> monotonic time it was last asked
-        self._refreshing: set[asyncio.Task[None]] = set()
+        self._refreshing: set[asyncio.Task[list[ConversationRecord]]] = set()
         self._closed = False
 
     async def __call__(self, user: User, items: Sequence[StoredConversation]) -> list[AppConversation]:
@@ -118,12 +118,9 @@ class LivePresenter:
         if self._closed or now - self._asked.get(sandbox.id, -self.refresh_seconds) < self.refresh_seconds:
             return
         self._asked[sandbox.id] = now
-        task = asyncio.create_task(self._refresh(sandbox, conversation_ids))
+        task = asyncio.create_task(self._ask(sandbox, conversation_ids))
         self._refreshing.add(task)
         task.add_done_callback(self._refreshing.discard)
-
-    async def _refresh(self, sandbox: SandboxRecord, conversation_ids: list[str]) -> None:
-        await self._ask(sandbox, conversation_ids)
 
     async def _ask(self, sandbox: SandboxRecord, conversation_ids: list[str]) -> list[ConversationRecord]:
         """Ask the agent server about these conversations and store what it knows that the records lack;
