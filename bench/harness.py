@@ -208,9 +208,15 @@ def listening_pids_ok(pid: int, port: int) -> bool:
                     inodes.add(fields[9])
     fd_dir = Path(f"/proc/{pid}/fd")
     try:
-        links = {os.readlink(fd_dir / fd) for fd in os.listdir(fd_dir)}
+        fds = os.listdir(fd_dir)
     except OSError:
         return False
+    links = set()
+    for fd in fds:
+        # A descriptor the (busy, starting) server closes between the listing and the readlink is not its
+        # listening socket; skipping it is right, and failing on it was a flaky "not our process".
+        with contextlib.suppress(OSError):
+            links.add(os.readlink(fd_dir / fd))
     return any(f"socket:[{inode}]" in links for inode in inodes)
 
 

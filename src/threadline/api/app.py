@@ -145,20 +145,22 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
     )
     install_error_handlers(app)
     install_problem_docs(app, (settings.max_tags, settings.max_tag_key_length, settings.max_tag_value_length))
+    # A request is matched against the routes in this order, so the hot ones come first (conversations,
+    # events, agent callbacks); a route whose path another's pattern would also match comes before it.
     app.include_router(ops.router)
-    app.include_router(observability_metrics.router)
-    app.include_router(users_router)
+    # Before the conversations' routes: "start-tasks" and "stream" must not be taken for a conversation id.
     app.include_router(start_router)
-    # Before the conversations' routes: "stream" must not be taken for a conversation id.
     app.include_router(conversation_stream_router)
     app.include_router(conversations_router)
+    app.include_router(events_router)
+    app.include_router(webhooks_router)
+    app.include_router(observability_metrics.router)
+    app.include_router(users_router)
     app.include_router(workspace_router)
     app.include_router(pending_router)
-    app.include_router(events_router)
     app.include_router(sandboxes_router)
     app.include_router(settings_router)
     app.include_router(secrets_router)
-    app.include_router(webhooks_router)
     app.include_router(sharing_router)
     app.include_router(agent_proxy_router)
     # Last: the console's pages (/, /conversations, /shared/..., /sign-in, /console/static/...) take no path

@@ -23,17 +23,17 @@ class LiveFields(Protocol):
     async def __call__(self, user: User, items: Sequence[StoredConversation]) -> list[AppConversation]: ...
 
 
-def start_service(connection: HTTPConnection) -> StartService:
+async def start_service(connection: HTTPConnection) -> StartService:
     service: StartService = connection.app.state.starts
     return service
 
 
-def pending_messages(connection: HTTPConnection) -> PendingMessages:
+async def pending_messages(connection: HTTPConnection) -> PendingMessages:
     pending: PendingMessages = connection.app.state.pending
     return pending
 
 
-def live_fields(connection: HTTPConnection) -> LiveFields:
+async def live_fields(connection: HTTPConnection) -> LiveFields:
     fill: LiveFields = connection.app.state.live_fields
     return fill
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Select, and_, or_
+from sqlalchemy import Column, ColumnElement, Integer, Select, and_, bindparam, or_
 
 from threadline.core.errors import Problem
 
@@ -105,6 +105,32 @@ class Pager:
         and filters), and limited to one row more than a page (to tell whether another page follows)."""
         after = decode_page_token(self.secret, page_id, self.kind, self.sort, self.fingerprint).key if page_id else None
         return keyset(query, self.column, self.id_column, descending=self.descending, after=after).limit(limit + 1)
+
+    def after(self, page_id: str | None) -> dict[str, Any]:
+        """The parameters of a statement from `statement()` that start it after `page_id` (empty for the first
+        page); BadPageToken for a token not of this listing, order and filters."""
+        if not page_id:
+            return {}
+        key = decode_page_token(self.secret, page_id, self.kind, self.sort, self.fingerprint).key
+        try:
+            return {"after_value": datetime.fromisoformat(key[0]), "after_id": key[1]}
+        except (TypeError, ValueError, IndexError) as exc:
+            raise BadPageToken("page_id is not a token this server issued") from exc
+
+    def statement(self, query: Select[Any], *, after: bool) -> Select[Any]:
+        """What `query()` builds, with the position as the bound parameters `after_value` and `after_id`
+        (see `after()`) and the number of rows as `rows` (`limit + 1`) instead of values: built once per
+        shape and kept, such a statement is not built again nor its compiled form looked up by walking it,
+        per request."""
+        c, i = self.column, self.id_column
+        if after:
+            value, last_id = bindparam("after_value", type_=c.type), bindparam("after_id", type_=i.type)
+            if self.descending:
+                query = query.where(or_(c < value, and_(c == value, i < last_id)))
+            else:
+                query = query.where(or_(c > value, and_(c == value, i > last_id)))
+        ordered = query.order_by(c.desc(), i.desc()) if self.descending else query.order_by(c.asc(), i.asc())
+        return ordered.limit(bindparam("rows", type_=Integer))
 
     def split(self, rows: Sequence[Any], limit: int) -> tuple[list[Any], str | None]:
         """The page (at most `limit` rows) and the token of the next one (None when this is the last)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, cast, func, select
+from sqlalchemy import Text, bindparam, cast, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement
@@ -171,15 +171,30 @@ class EventFilters:
             }
         )
 
-    def where(self, conversation_id: str) -> list[ColumnElement[bool]]:
-        c = events.c
-        clauses: list[ColumnElement[bool]] = [c.conversation_id == conversation_id]
+    def shape(self) -> tuple[bool, bool, bool]:
+        return (self.kind is not None, self.timestamp_gte is not None, self.timestamp_lt is not None)
+
+    def parameters(self, conversation_id: str) -> dict[str, Any]:
+        """The values of the statement `bound_where()` writes (only those of the filters given)."""
+        values: dict[str, Any] = {"conversation_id": conversation_id}
         if self.kind is not None:
-            clauses.append(c.kind == self.kind)
+            values["kind"] = self.kind
         if self.timestamp_gte is not None:
-            clauses.append(c.timestamp >= self.timestamp_gte)
+            values["timestamp_gte"] = self.timestamp_gte
         if self.timestamp_lt is not None:
-            clauses.append(c.timestamp < self.timestamp_lt)
+            values["timestamp_lt"] = self.timestamp_lt
+        return values
+
+    def bound_where(self) -> list[ColumnElement[bool]]:
+        """`where()` with bound parameters in place of values: the same for every request of this shape."""
+        c = events.c
+        clauses: list[ColumnElement[bool]] = [c.conversation_id == bindparam("conversation_id")]
+        if self.kind is not None:
+            clauses.append(c.kind == bindparam("kind"))
+        if self.timestamp_gte is not None:
+            clauses.append(c.timestamp >= bindparam("timestamp_gte"))
+        if self.timestamp_lt is not None:
+            clauses.append(c.timestamp < bindparam("timestamp_lt"))
         return clauses
 
 
@@ -222,14 +237,22 @@ async def search_events(
     fingerprint = filters.fingerprint(conversation_id)
     descending = order is EventSortOrder.TIMESTAMP_DESC
     pager = Pager(secret, PAGE_KIND, order.value, fingerprint, events.c.timestamp, events.c.event_id, descending)
-    payload_text = cast(events.c.payload, Text).label("payload_text")
+    parameters = {**filters.parameters(conversation_id), **pager.after(page_id), "rows": limit + 1}
+    shape = (filters.shape(), order, "after_id" in parameters)
+    query = _PAGE_STATEMENTS.get(shape)
+    if query is None:
+        base = select(events.c.timestamp, events.c.event_id, _PAYLOAD_TEXT).where(*filters.bound_where())
+        query = _PAGE_STATEMENTS[shape] = pager.statement(base, after="after_id" in parameters)
     async with db.read() as conn:
         if owner_id is not None:
             await conversations_service.require_owned(conn, user_id=owner_id, conversation_id=conversation_id)
-        query = select(events.c.timestamp, events.c.event_id, payload_text).where(*filters.where(conversation_id))
-        query = pager.query(query, page_id, limit)
-        page, next_page_id = pager.split((await conn.execute(query)).all(), limit)
+        page, next_page_id = pager.split((await conn.execute(query, parameters)).all(), limit)
     return RawEventPage(items=[r.payload_text for r in page], next_page_id=next_page_id)
+
+
+_PAYLOAD_TEXT = cast(events.c.payload, Text).label("payload_text")
+# One page statement per shape (which filters, order, first page or not): at most 2^3 * 2 * 2.
+_PAGE_STATEMENTS: dict[tuple[Any, ...], Any] = {}
 
 
 async def count_events(
@@ -241,9 +264,9 @@ async def count_events(
     timestamp_lt: datetime | None = None,
 ) -> int:
     filters = EventFilters(kind, timestamp_gte, timestamp_lt).normalised()
-    query = select(func.count()).select_from(events).where(*filters.where(conversation_id))
+    query = select(func.count()).select_from(events).where(*filters.bound_where())
     async with db.read() as conn:
-        return int((await conn.execute(query)).scalar_one())
+        return int((await conn.execute(query, filters.parameters(conversation_id))).scalar_one())
 
 
 def _check_ids(ids: Sequence[str]) -> None:

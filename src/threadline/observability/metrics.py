@@ -109,7 +109,7 @@ class Metrics:
 router = APIRouter(tags=["Server"])
 
 
-def metrics_of(connection: HTTPConnection) -> Metrics | None:
+async def metrics_of(connection: HTTPConnection) -> Metrics | None:
     """This app's metrics registry; None when THREADLINE_METRICS_ENABLED=false."""
     metrics: Metrics | None = connection.app.state.metrics
     return metrics

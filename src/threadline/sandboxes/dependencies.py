@@ -11,12 +11,12 @@ from threadline.sandboxes.pool import WarmPool
 from threadline.sandboxes.service import SandboxService
 
 
-def sandbox_service(connection: HTTPConnection) -> SandboxService:
+async def sandbox_service(connection: HTTPConnection) -> SandboxService:
     service: SandboxService = connection.app.state.sandboxes
     return service
 
 
-def warm_pool(connection: HTTPConnection) -> WarmPool:
+async def warm_pool(connection: HTTPConnection) -> WarmPool:
     pool: WarmPool = connection.app.state.pool
     return pool
 

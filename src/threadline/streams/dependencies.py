@@ -14,7 +14,7 @@ from threadline.streams.hub import StreamHub
 from threadline.streams.sse import EventStreamResponse
 
 
-def stream_hub(connection: HTTPConnection) -> StreamHub:
+async def stream_hub(connection: HTTPConnection) -> StreamHub:
     hub: StreamHub = connection.app.state.streams
     return hub
 
