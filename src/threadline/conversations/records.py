@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,6 +49,13 @@ class ConversationRecord:
     version: int
     created_at: datetime
     updated_at: datetime
+
+    @classmethod
+    def all_of(cls, rows: Sequence[Row[Any]]) -> list[ConversationRecord]:
+        """`of()` for the rows of one result (they have the same columns: looked at once, not per row)."""
+        if rows and rows[0]._fields == _CONVERSATIONRECORD_FIELDS:
+            return [cls(*row) for row in rows]  # type: ignore[call-arg]
+        return [cls(**row._mapping) for row in rows]
 
     @classmethod
     def of(cls, row: Row[Any]) -> ConversationRecord:

@@ -28,6 +28,7 @@ from threadline.core.ids import new_id
 from threadline.core.pagination import Pager, filters_fingerprint, keyset
 from threadline.core.time import as_utc
 from threadline.db.engine import Database
+from threadline.db.lists import in_list, list_value
 from threadline.db.types import utcnow
 from threadline.sandboxes.records import SandboxRecord
 from threadline.sandboxes.tables import sandboxes
@@ -131,16 +132,22 @@ def _where(user_id: str, f: ConversationFilters) -> list[ColumnElement[bool]]:
 
 # Children are looked up by parent only (ix_conversations_parent) and owner and order checked in Python:
 # with the user in the WHERE clause, SQLite's planner walks all of the user's conversations instead.
-_CHILDREN = select(
-    conversations.c.parent_conversation_id, conversations.c.id, conversations.c.user_id, conversations.c.created_at
-).where(conversations.c.parent_conversation_id.in_(bindparam("parent_ids", expanding=True)))
-_SANDBOXES_BY_ID = select(sandboxes).where(sandboxes.c.id.in_(bindparam("sandbox_ids", expanding=True)))
+_CHILDREN = {
+    dialect: select(
+        conversations.c.parent_conversation_id, conversations.c.id, conversations.c.user_id, conversations.c.created_at
+    ).where(condition)
+    for dialect, condition in in_list(conversations.c.parent_conversation_id, "parent_ids").items()
+}
+_SANDBOXES_BY_ID = {
+    dialect: select(sandboxes).where(condition) for dialect, condition in in_list(sandboxes.c.id, "sandbox_ids").items()
+}
 
 
 async def _sub_ids(conn: AsyncConnection, *, user_id: str, parent_ids: Sequence[str]) -> dict[str, list[str]]:
     if not parent_ids:
         return {}
-    rows = (await conn.execute(_CHILDREN, {"parent_ids": list(parent_ids)})).all()
+    dialect = conn.dialect.name
+    rows = (await conn.execute(_CHILDREN[dialect], {"parent_ids": list_value(dialect, parent_ids)})).all()
     result: dict[str, list[str]] = {}
     for row in sorted((r for r in rows if r.user_id == user_id), key=lambda r: (r.created_at, r.id)):
         result.setdefault(row.parent_conversation_id, []).append(row.id)
@@ -148,13 +155,15 @@ async def _sub_ids(conn: AsyncConnection, *, user_id: str, parent_ids: Sequence[
 
 
 async def _stored(conn: AsyncConnection, *, user_id: str, rows: Sequence[Row[Any]]) -> list[StoredConversation]:
-    records = [ConversationRecord.of(r) for r in rows]
+    records = ConversationRecord.all_of(rows)
     subs = await _sub_ids(conn, user_id=user_id, parent_ids=[r.id for r in records])
     # The sandbox records too, now: the live fields need them, and a transaction of their own would cost
     # more than the page's query.
     sandbox_ids = list({r.sandbox_id for r in records})
-    rows = (await conn.execute(_SANDBOXES_BY_ID, {"sandbox_ids": sandbox_ids})).all() if sandbox_ids else []
-    boxes = {b.id: SandboxRecord.of(b) for b in rows}
+    dialect = conn.dialect.name
+    statement, ids = _SANDBOXES_BY_ID[dialect], list_value(dialect, sandbox_ids)
+    rows = (await conn.execute(statement, {"sandbox_ids": ids})).all() if sandbox_ids else []
+    boxes = {b.id: b for b in SandboxRecord.all_of(rows)}
     return [StoredConversation(r, tuple(subs.get(r.id, ())), boxes.get(r.sandbox_id)) for r in records]
 
 
@@ -529,7 +538,7 @@ async def get_public(db: Database, ids: Sequence[str]) -> dict[str, PublicConver
     c = conversations.c
     async with db.read() as conn:
         rows = (await conn.execute(select(conversations).where(c.id.in_(set(ids)), _is_public()))).all()
-        records = [ConversationRecord.of(r) for r in rows]
+        records = ConversationRecord.all_of(rows)
         if not records:
             return {}
         owner = {r.id: r.user_id for r in records}

@@ -46,7 +46,7 @@ class WarmPool:
     async def _pool_rows(self) -> list[SandboxRecord]:
         async with self.service.db.read() as conn:
             query = select(sandboxes).where(sandboxes.c.user_id.is_(None)).order_by(sandboxes.c.created_at)
-            return [SandboxRecord.of(r) for r in (await conn.execute(query)).all()]
+            return SandboxRecord.all_of((await conn.execute(query)).all())
 
     async def stats(self) -> dict[str, int]:
         rows = await self._pool_rows()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +30,13 @@ class SandboxRecord:
     created_at: datetime
     updated_at: datetime
     owner_instance: str | None
+
+    @classmethod
+    def all_of(cls, rows: Sequence[Row[Any]]) -> list[SandboxRecord]:
+        """`of()` for the rows of one result (they have the same columns: looked at once, not per row)."""
+        if rows and rows[0]._fields == _SANDBOXRECORD_FIELDS:
+            return [cls(*row) for row in rows]  # type: ignore[call-arg]
+        return [cls(**row._mapping) for row in rows]
 
     @classmethod
     def of(cls, row: Row[Any]) -> SandboxRecord:

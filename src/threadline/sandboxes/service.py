@@ -208,7 +208,7 @@ class SandboxService:
         """Record the user's dead RUNNING/STARTING sandboxes (before a query on stored statuses)."""
         async with self.db.read() as conn:
             query = select(sandboxes).where(sandboxes.c.user_id == user_id, sandboxes.c.status.in_(list(_LIVE)))
-            rows = [SandboxRecord.of(r) for r in (await conn.execute(query)).all()]
+            rows = SandboxRecord.all_of((await conn.execute(query)).all())
         await self.settle(rows)
 
     def session_key(self, row: SandboxRecord) -> str:
@@ -280,7 +280,7 @@ class SandboxService:
             return {}
         async with self.db.read() as conn:
             rows = (await conn.execute(select(sandboxes).where(sandboxes.c.id.in_(list(set(ids)))))).all()
-        return {r.id: SandboxRecord.of(r) for r in rows}
+        return {r.id: r for r in SandboxRecord.all_of(rows)}
 
     async def search(self, *, user_id: str, limit: int = 100, page_id: str | None = None) -> SandboxPage:
         fingerprint = filters_fingerprint({"user": user_id})
@@ -665,7 +665,7 @@ class SandboxService:
             if self.owner is not None:
                 # Only this process's sandboxes: a replica's keep running with their own Threadline.
                 query = query.where(sandboxes.c.owner_instance == self.owner)
-            rows = [SandboxRecord.of(r) for r in (await conn.execute(query)).all()]
+            rows = SandboxRecord.all_of((await conn.execute(query)).all())
         # Stop them all at once; each is recorded PAUSED so a later start can resume it.
         await asyncio.gather(*(self._stop_for_shutdown(r) for r in rows if r.backend == self.backend.name))
 
