@@ -16,7 +16,6 @@ from sqlalchemy import text
 
 from threadline.db.engine import Database
 
-
 _HOLDER = """
 import fcntl, os, sys
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)

@@ -11,14 +11,15 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, bindparam, func, literal_column, select
+from sqlalchemy import ColumnElement, Select, String, bindparam, func, literal_column, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 
 def in_list(column: ColumnElement[str], name: str) -> dict[str, ColumnElement[bool]]:
     """`column IN (:name)` for each dialect; pass the values with `list_value()`."""
+    values: Select[Any] = select(literal_column("value")).select_from(func.json_each(bindparam(name, type_=String)))
     return {
-        "sqlite": column.in_(select(literal_column("value")).select_from(func.json_each(bindparam(name, type_=String)))),
+        "sqlite": column.in_(values),
         "postgresql": column == func.any(bindparam(name, type_=ARRAY(String))),
     }
 
