@@ -9,6 +9,7 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from threadline.auth.service import User
+from threadline.conversations.mapping import LiveState
 from threadline.conversations.models import AppConversation
 from threadline.conversations.pending import PendingMessages
 from threadline.conversations.records import StoredConversation
@@ -21,6 +22,13 @@ class LiveFields(Protocol):
     (`webhooks.live.present`), above this one."""
 
     async def __call__(self, user: User, items: Sequence[StoredConversation]) -> list[AppConversation]: ...
+
+    async def resolve(
+        self, user: User, items: Sequence[StoredConversation]
+    ) -> list[tuple[StoredConversation, LiveState]]:
+        """The same, as each conversation (as it now is) with its live fields, for the pages serialised
+        without models (`conversations.mapping.to_wire`)."""
+        ...
 
 
 async def start_service(connection: HTTPConnection) -> StartService:

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
-from pydantic import TypeAdapter
 
 from threadline.auth.dependencies import current_user
 from threadline.auth.service import User
 from threadline.conversations import service
 from threadline.conversations.dependencies import Live, LiveFields
 from threadline.conversations.etag import if_none_match_matches
+from threadline.conversations.mapping import BATCH_JSON, PAGE_JSON, to_wire
 from threadline.conversations.models import (
     AppConversation,
     AppConversationPage,
@@ -31,7 +31,6 @@ from threadline.core.wire import (
     PAGE_ID_SCHEMA,
     PAGE_ID_TITLE,
     OptionalIsoDateTime,
-    json_list_response,
     json_response,
 )
 from threadline.sandboxes.dependencies import Sandboxes
@@ -197,8 +196,8 @@ async def search_app_conversations(
         limit=limit,
         page_id=page_id,
     )
-    items = await present(live, user, page.items)
-    return json_response(AppConversationPage(items=items, next_page_id=page.next_page_id))
+    items = [to_wire(item, state) for item, state in await live.resolve(user, page.items)] if page.items else []
+    return Response(PAGE_JSON.dump_json({"items": items, "next_page_id": page.next_page_id}), media_type=_JSON)
 
 
 @router.get("/count", response_model=int)
@@ -221,11 +220,13 @@ async def batch_get_app_conversations(
 ) -> Response:
     parsed = parse_id_list(ids, "ids", service.MAX_BATCH_IDS)
     found = await service.batch_get(ctx.db, user_id=user.id, ids=parsed)
-    answered = iter(await present(live, user, [c for c in found if c is not None]))
-    return json_list_response(_BATCH, [next(answered) if c is not None else None for c in found])
+    present_ones = [c for c in found if c is not None]
+    answered = iter(await live.resolve(user, present_ones) if present_ones else [])
+    items = [to_wire(*next(answered)) if c is not None else None for c in found]
+    return Response(BATCH_JSON.dump_json(items), media_type=_JSON)
 
 
-_BATCH = TypeAdapter(list[AppConversation | None])
+_JSON = "application/json"
 
 
 _IF_MATCH = Header(

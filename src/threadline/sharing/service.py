@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from threadline.conversations import service as conversations_service
-from threadline.conversations.mapping import metrics_of
+from threadline.conversations.mapping import metrics_snapshot
 from threadline.conversations.models import ConversationExecutionStatus, ConversationTrigger, ProviderType
 from threadline.conversations.records import PublicConversation
 from threadline.db.engine import Database
@@ -51,7 +51,7 @@ def to_shared(public: PublicConversation) -> SharedConversation:
         pr_number=list(record.pr_number or []),
         llm_model=record.llm_model,
         agent_kind=record.agent_kind,
-        metrics=metrics_of(record),
+        metrics=metrics_snapshot(record),
         parent_conversation_id=record.parent_conversation_id if public.parent_visible else None,
         sub_conversation_ids=list(public.public_sub_conversation_ids),
         execution_status=(

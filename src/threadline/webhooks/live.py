@@ -42,6 +42,8 @@ from threadline.webhooks import service as webhooks
 
 log = logging.getLogger("threadline.live")
 _STATUSES = ConversationExecutionStatus._value2member_map_
+# The live fields of a conversation whose sandbox is not running: one (immutable) value per status.
+_NOT_RUNNING = {status: LiveState(sandbox_status=status) for status in SandboxStatus}
 
 
 class LivePresenter:
@@ -65,6 +67,12 @@ class LivePresenter:
         self._closed = False
 
     async def __call__(self, user: User, items: Sequence[StoredConversation]) -> list[AppConversation]:
+        return [to_app_conversation(item, live) for item, live in await self.resolve(user, items)]
+
+    async def resolve(
+        self, user: User, items: Sequence[StoredConversation]
+    ) -> list[tuple[StoredConversation, LiveState]]:
+        """Each conversation (as it now is, where an agent server was asked) with its live fields."""
         boxes = {item.sandbox.id: item.sandbox for item in items if item.sandbox is not None}
         # settle: a dead sandbox found here is recorded, so filters on stored statuses agree with this page.
         statuses = await self.sandboxes.settle([box for box in boxes.values() if box.user_id == user.id])
@@ -82,13 +90,13 @@ class LivePresenter:
             ]
         lagging: dict[str, list[str]] = defaultdict(list)
         keys: dict[str, tuple[str, str]] = {}  # sandbox id -> (agent URL, session key), once per sandbox
-        answered = []
+        answered: list[tuple[StoredConversation, LiveState]] = []
         for item in items:
             record = item.record
             status = statuses.get(record.sandbox_id, SandboxStatus.MISSING)
             box = boxes.get(record.sandbox_id)
             if status is not SandboxStatus.RUNNING or box is None:
-                answered.append(to_app_conversation(item, LiveState(sandbox_status=status)))
+                answered.append((item, _NOT_RUNNING.get(status) or LiveState(sandbox_status=status)))
                 continue
             if self._may_lag(record):
                 lagging[box.id].append(record.id)
@@ -101,7 +109,7 @@ class LivePresenter:
                 conversation_url=f"{url}/api/conversations/{record.id}",
                 session_api_key=key,
             )
-            answered.append(to_app_conversation(item, live))
+            answered.append((item, live))
         for sandbox_id, conversation_ids in lagging.items():
             self._refresh_later(boxes[sandbox_id], conversation_ids)
         return answered
