@@ -59,38 +59,45 @@ async def _until(predicate: object, what: str, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def _database_with_a_table(path: Path) -> Database:
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    async with db.write() as conn:
+        await conn.execute(text("CREATE TABLE t (n INTEGER)"))
+    return db
+
+
+async def _insert(db: Database, n: int) -> None:
+    async with db.write() as conn:
+        await conn.execute(text("INSERT INTO t VALUES (:n)"), {"n": n})
+
+
+async def _rows(db: Database) -> list[int]:
+    async with db.read() as conn:
+        return list((await conn.execute(text("SELECT n FROM t ORDER BY n"))).scalars())
+
+
 def test_a_writer_waits_for_another_process_without_blocking_its_loop(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
     lock_path = Path(f"{path}.writer-lock")
 
     async def scenario() -> None:
-        db = Database(f"sqlite+aiosqlite:///{path}")
+        db = await _database_with_a_table(path)
         try:
-            async with db.write() as conn:
-                await conn.execute(text("CREATE TABLE t (n INTEGER)"))
             holder = _hold_in_another_process(lock_path)
             try:
-                done = asyncio.Event()
-
-                async def write() -> None:
-                    async with db.write() as conn:
-                        await conn.execute(text("INSERT INTO t VALUES (1)"))
-                    done.set()
-
-                writer = asyncio.create_task(write())
+                writer = asyncio.create_task(_insert(db, 1))
                 # The loop keeps running while the writer waits: these ticks happen, the write does not.
                 ticks = 0
                 for _ in range(20):
                     await asyncio.sleep(0.01)
                     ticks += 1
-                assert ticks == 20 and not done.is_set(), "the write went ahead of the other process's writer"
+                assert ticks == 20 and not writer.done(), "the write went ahead of the other process's writer"
                 _let_go(holder)
                 await asyncio.wait_for(writer, 10)
             finally:
                 holder.kill()
                 holder.wait()
-            async with db.read() as conn:
-                assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 1
+            assert await _rows(db) == [1]
             await _until(lambda: _free(lock_path), "the lock is free after the write")
         finally:
             await db.dispose()
@@ -103,19 +110,13 @@ def test_a_wait_given_up_leaves_the_lock_free(tmp_path: Path) -> None:
     lock_path = Path(f"{path}.writer-lock")
 
     async def scenario() -> None:
-        db = Database(f"sqlite+aiosqlite:///{path}")
+        db = await _database_with_a_table(path)
         try:
-            async with db.write() as conn:
-                await conn.execute(text("CREATE TABLE t (n INTEGER)"))
             holder = _hold_in_another_process(lock_path)
             try:
-
-                async def write() -> None:
-                    async with db.write() as conn:
-                        await conn.execute(text("INSERT INTO t VALUES (1)"))
-
-                waiting = asyncio.create_task(write())
-                await asyncio.sleep(0.1)
+                waiting = asyncio.create_task(_insert(db, 1))
+                # In this process's queue first (the asyncio lock), then waiting for the other process.
+                await _until(lambda: db._write_lock is not None and db._write_lock.locked(), "the writer waits")
                 waiting.cancel()
                 await asyncio.gather(waiting, return_exceptions=True)
                 assert waiting.cancelled()
@@ -124,11 +125,8 @@ def test_a_wait_given_up_leaves_the_lock_free(tmp_path: Path) -> None:
                 holder.kill()
                 holder.wait()
             await _until(lambda: _free(lock_path), "the lock the cancelled wait got is given back")
-            # And this process can write again.
-            async with db.write() as conn:
-                await conn.execute(text("INSERT INTO t VALUES (2)"))
-            async with db.read() as conn:
-                assert (await conn.execute(text("SELECT n FROM t"))).scalars().all() == [2]
+            await _insert(db, 2)  # and this process can write again
+            assert await _rows(db) == [2]
         finally:
             await db.dispose()
 
