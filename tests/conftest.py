@@ -24,6 +24,7 @@ import pytest
 import uvicorn
 
 from threadline.api.app import create_app
+from threadline.api.http_protocol import http_protocol
 from threadline.api.server import Server
 from threadline.auth import service as auth
 from threadline.config import Settings
@@ -134,7 +135,9 @@ def free_port() -> int:
 
 def start_server(settings: Settings, schema: str | None = None) -> tuple[uvicorn.Server, threading.Thread, Any]:
     app = create_app(settings, db_schema=schema)
-    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=settings.port, log_level="warning", lifespan="on", http=http_protocol()
+    )
     server = Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import uuid
 from typing import Any
 
@@ -70,3 +72,34 @@ def test_ready_fails_cleanly_when_the_database_is_gone(server: LiveServer) -> No
             _is_problem(client.get("/ready"), 503)
     finally:
         server.ctx.db.engine = original
+
+
+def _raw_exchange(server: LiveServer, request: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Send bytes as they are (no client library would send these) and read the answer to the end."""
+    host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in header_lines)}
+    return status_line, headers, body
+
+
+def test_a_request_the_http_parser_refuses_is_a_problem_and_the_server_goes_on(server: LiveServer) -> None:
+    """A method the HTTP parser does not know, a broken request line, a header with a control character: 400
+    problem+json (not the HTTP server's own text/plain answer), the connection closed, and nothing else hurt."""
+    for request in (
+        b"BREW /api/v1/app-conversations/search HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /alive HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+        b"GET /alive HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n",
+    ):
+        status_line, headers, body = _raw_exchange(server, request)
+        assert status_line.startswith("HTTP/1.1 400"), (request, status_line)
+        assert headers["content-type"] == "application/problem+json" and headers["connection"] == "close"
+        problem = json.loads(body)
+        assert problem["status"] == 400 and problem["type"].endswith("/bad-http-request"), problem
+        assert "could not be parsed" in problem["detail"]
+    assert httpx.get(f"{server.base_url}/alive").status_code == 200

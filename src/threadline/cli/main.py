@@ -88,6 +88,7 @@ def serve(
     import uvicorn
 
     from threadline.api.app import create_app
+    from threadline.api.http_protocol import http_protocol
     from threadline.api.server import Server
     from threadline.auth import service as auth
     from threadline.config import Settings
@@ -140,6 +141,8 @@ def serve(
         "log_config": None,
         "access_log": False,
         "timeout_graceful_shutdown": int(settings.shutdown_grace_seconds),
+        # A request the HTTP parser refuses is answered with problem+json too.
+        "http": http_protocol(),
     }
     if count == 1:
         settings.workers = 1  # this process is the whole server: it enforces the whole of its rate limits
