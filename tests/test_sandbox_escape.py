@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.conftest import LiveServer, wait_for
 from tests.support.cli import run_cli
 from tests.test_agent_e2e import API, start_and_wait
 from threadline.config import Settings
+from threadline.sandboxes import runtime
 
 pytestmark = pytest.mark.agent
 
@@ -162,6 +164,63 @@ def test_nothing_of_the_server_or_another_user_is_reachable_from_a_sandbox(
         allowed.shutdown()
 
 
+# One line of Python for the agent's bash tool: clone with CLONE_NEWUSER (a child that got through exits at
+# once), then clone3, which must answer ENOSYS so that C libraries fall back to the clone that is checked.
+CLONE_PROBE = (
+    "import ctypes, errno, os; libc = ctypes.CDLL(None, use_errno=True); "
+    "clone = {'x86_64': 56, 'aarch64': 220}[os.uname().machine]; "
+    "pid = libc.syscall(clone, 0x10000000 | 17, 0, 0, 0, 0); "
+    "pid == 0 and os._exit(0); "
+    "print('clone:', 'made a child' if pid > 0 else errno.errorcode[ctypes.get_errno()]); "
+    "print('clone3:', 'ok' if libc.syscall(435, 0, 0) >= 0 else errno.errorcode[ctypes.get_errno()])"
+)
+PROCESSES_PROBE = (
+    "import subprocess, threading; t = threading.Thread(target=print, args=('thread ran',)); t.start(); t.join(); "
+    "print(subprocess.run(['sh', '-c', 'echo child ran'], capture_output=True, text=True, check=True).stdout.strip())"
+)
+
+
+def test_a_sandbox_cannot_create_user_namespaces_but_still_runs_processes(agent_server_factory: Any) -> None:
+    """Issue 13: a user namespace would re-open the kernel's attack surface and let the sandbox make mount
+    and network namespaces of its own. Run as root (as here) each sandbox has a uid of its own and no user
+    namespace, so the seccomp filter is what refuses them."""
+    server: LiveServer = agent_server_factory()
+    _, key = server.user("mallory")
+    _, sandbox_id = started(server, server.client(key))
+    # The agent runtime's Python (3.13: os.unshare exists), at its place inside the sandbox.
+    python = runtime.python_of(Path(server.app.state.sandboxes.backend.inside_runtime_dir))
+
+    def refused(command: str) -> str:
+        code, out = sh(server, sandbox_id, command)
+        assert code != 0 and "Operation not permitted" in out, f"{command!r} inside the sandbox: {code} {out}"
+        return out
+
+    code, out = sh(server, sandbox_id, "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status")
+    assert code == 0 and "Seccomp:\t2" in out and "NoNewPrivs:\t1" in out, out  # 2: a filter
+    unshare_inside = sh(server, sandbox_id, "command -v unshare")[0] == 0
+    assert unshare_inside or shutil.which("unshare") is None  # the host's /usr is the sandbox's
+    if unshare_inside:
+        refused("unshare -U true")
+        refused("unshare -Ur id")
+        refused("unshare -Urnm true")  # with network and mount namespaces of its own
+    out = refused(f"{python} -c 'import os; os.unshare(os.CLONE_NEWUSER)'")
+    assert "PermissionError" in out
+    code, out = sh(server, sandbox_id, f'{python} -c "{CLONE_PROBE}"')
+    assert code == 0 and "clone: EPERM" in out and "clone3: ENOSYS" in out, out
+    # Nor any other namespace: without a user namespace those need capabilities the sandbox does not have.
+    refused(f"{python} -c 'import os; os.unshare(os.CLONE_NEWNET)'")
+    refused(f"{python} -c 'import os; os.unshare(os.CLONE_NEWNS)'")
+
+    # Ordinary process creation works: threads, subprocesses (posix_spawn tries clone3 first, then clone),
+    # a shell's pipelines and background jobs, and the agent server's own tools (this very bash session).
+    code, out = sh(server, sandbox_id, f'{python} -c "{PROCESSES_PROBE}"')
+    assert code == 0 and out.split() == ["thread", "ran", "child", "ran"], out
+    code, out = sh(server, sandbox_id, "echo piped | tr a-z A-Z; (echo in-background) & wait")
+    assert code == 0 and out.split() == ["PIPED", "in-background"], out
+    code, out = sh(server, sandbox_id, "git init -q /tmp/repo && git -C /tmp/repo status --short && echo git ran")
+    assert code == 0 and "git ran" in out, out
+
+
 def test_clients_reach_an_isolated_agent_server_only_through_threadline(agent_server_factory: Any) -> None:
     server: LiveServer = agent_server_factory()
     _, alice_key = server.user("alice")
@@ -252,6 +311,8 @@ def test_server_info_shows_the_isolation_and_the_limits(server: LiveServer) -> N
     info = httpx.get(f"{server.base_url}/server_info").json()["sandboxes"]
     assert info["backend"] == "bwrap" and "namespaces" in info["isolation"]
     assert info["memory_mb"] == 4096 and info["pids"] == 1024 and info["pids_enforced_by"].startswith("rlimit")
+    assert "seccomp" in info["isolation"] and info["user_namespaces"].startswith("refused (seccomp")
+    assert "clone3" in info["user_namespaces"] and "ENOSYS" in info["user_namespaces"]
 
 
 def test_a_users_own_llm_url_cannot_point_a_sandbox_at_the_hosts_services(
@@ -300,5 +361,6 @@ def test_runtime_status_shows_the_isolation_and_what_is_enforced(agent_runtime: 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sandbox backend: bwrap" in result.stdout and "bubblewrap: works here" in result.stdout
     assert "memory_mb: 900" in result.stdout and "pids_enforced_by: rlimit" in result.stdout
+    assert "user_namespaces: refused (seccomp" in result.stdout
     unsafe = run_cli(dict(env, THREADLINE_SANDBOX_BACKEND="process"), "runtime", "status")
     assert unsafe.returncode == 0 and "no isolation" in unsafe.stdout

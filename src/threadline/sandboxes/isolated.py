@@ -11,6 +11,9 @@ What one sandbox sees and can do (docs/security.md has the threat model):
   derived from the sandbox id), so everything it creates is owned by that user and nothing outside
   can be touched through it; otherwise the server's own user, mapped in a user namespace that cannot
   create further ones. No capabilities, no-new-privileges.
+- **System calls:** a seccomp filter (`seccomp.py`) on every process of the sandbox, in both modes:
+  creating a user namespace fails (EPERM; `clone3`, whose flags seccomp cannot read, answers ENOSYS so
+  C libraries fall back to `clone`). When Threadline runs as root it is the only guard against them.
 - **Processes:** its own pid namespace (it sees and can signal only itself); when its first process
   ends, the kernel ends every process of the sandbox.
 - **Network:** its own network namespace with only loopback. Threadline reaches the agent server
@@ -42,7 +45,7 @@ from pathlib import Path
 import httpx
 
 from threadline.config import Settings
-from threadline.sandboxes import launcher, runtime
+from threadline.sandboxes import launcher, runtime, seccomp
 from threadline.sandboxes.backend import (
     SANDBOX_ENV,
     SANDBOX_ROOT_ENV,
@@ -124,7 +127,16 @@ class SandboxLimits:
             "cpus": self.cpus,
             "cpus_enforced_by": None,
             "cpus_note": "not enforced: needs a delegated cgroup v2, which this backend does not use yet",
+            "user_namespaces": user_namespaces_enforcement(),
         }
+
+
+def user_namespaces_enforcement() -> str:
+    """How a sandbox is kept from creating user namespaces (the seccomp filter always; when Threadline is
+    not root, bubblewrap's --disable-userns too)."""
+    if os.geteuid() == 0:
+        return seccomp.enforcement()
+    return f"{seccomp.enforcement()}; and bubblewrap's --disable-userns"
 
 
 def bwrap_path() -> str | None:
@@ -132,16 +144,20 @@ def bwrap_path() -> str | None:
 
 
 def check_bwrap() -> str | None:
-    """None when bubblewrap can make a sandbox here, else why not (with what to do)."""
+    """None when bubblewrap can make a sandbox here (namespaces and the seccomp filter), else why not
+    (with what to do)."""
     path = bwrap_path()
     if path is None:
         return "bubblewrap is not installed: run `apt-get install bubblewrap` (as root) or your system's equivalent"
-    probe = [path, "--unshare-pid", "--unshare-net", "--ro-bind", "/", "/", "--", "true"]
-    if os.geteuid() != 0:
-        probe[1:1] = ["--unshare-user"]
-    result = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
+    with seccomp.filter_fd() as seccomp_fd:
+        probe = [path, "--unshare-pid", "--unshare-net", "--seccomp", str(seccomp_fd), "--ro-bind", "/", "/"]
+        if os.geteuid() != 0:
+            probe[1:1] = ["--unshare-user"]
+        result = subprocess.run(
+            [*probe, "--", "true"], capture_output=True, text=True, timeout=30, check=False, pass_fds=(seccomp_fd,)
+        )
     if result.returncode != 0:
-        return f"bubblewrap cannot create namespaces here: {result.stderr.strip()[:300]}"
+        return f"bubblewrap cannot create a sandbox here: {result.stderr.strip()[:300]}"
     return None
 
 
@@ -337,6 +353,7 @@ class IsolatedBackend(ProcessBackend):
         session_key: str,
         agent_fd: int,
         info_fd: int,
+        seccomp_fd: int,
         runtime_dir: Path | None = None,
     ) -> list[str]:
         bwrap = bwrap_path()
@@ -350,6 +367,8 @@ class IsolatedBackend(ProcessBackend):
         args += [
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--hostname", "sandbox", "--new-session", "--clearenv", "--info-fd", str(info_fd),
+            # Loaded just before the first process starts: every process of the sandbox runs under it.
+            "--seccomp", str(seccomp_fd),
         ]  # fmt: skip
         for key, value in self.environment_inside(sandbox_id, session_key).items():
             args += ["--setenv", key, value]
@@ -415,9 +434,12 @@ class IsolatedBackend(ProcessBackend):
             listener.bind(str(agent_path))
             os.chmod(agent_path, 0o600)
             listener.listen(256)
-            command = self.bwrap_command(sandbox_id, work_dir, session_key, listener.fileno(), info_write, runtime_dir)
             env = {SANDBOX_ENV: sandbox_id, SANDBOX_ROOT_ENV: str(self.root), "PATH": os.environ.get("PATH", "")}
-            proc = spawn(command, work_dir, env, pass_fds=(listener.fileno(), info_write))
+            with seccomp.filter_fd() as seccomp_fd:
+                command = self.bwrap_command(
+                    sandbox_id, work_dir, session_key, listener.fileno(), info_write, seccomp_fd, runtime_dir
+                )
+                proc = spawn(command, work_dir, env, pass_fds=(listener.fileno(), info_write, seccomp_fd))
         except BaseException:
             os.close(info_read)
             await self.egress.close(sandbox_id)
@@ -529,7 +551,8 @@ class IsolatedBackend(ProcessBackend):
     def limits_info(self) -> dict[str, object]:
         return {
             "isolation": "bubblewrap: own mount, pid, network, ipc and uts namespaces"
-            + ("; a user of its own per sandbox" if os.geteuid() == 0 else "; a user namespace"),
+            + ("; a user of its own per sandbox" if os.geteuid() == 0 else "; a user namespace")
+            + "; a seccomp filter (no user namespaces)",
             "egress": "only through Threadline's egress proxy (allowlist)",
             **self.limits.enforcement(),
         }

@@ -1,6 +1,7 @@
 """The first process inside an isolated sandbox (standard library only: it runs on the agent runtime's Python).
 
-Started by bubblewrap in the sandbox's own mount, pid and network namespaces. It
+Started by bubblewrap in the sandbox's own mount, pid and network namespaces, already under the sandbox's
+seccomp filter (`seccomp.py`: no user namespaces, for it and everything it starts). It
 1. drops to the sandbox's own user when started as root (`--uid/--gid`), sets no-new-privileges and the
    sandbox's resource limits, so nothing it starts can gain privileges;
 2. starts the agent server on 127.0.0.1 of the sandbox's private network;
