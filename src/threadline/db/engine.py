@@ -94,7 +94,7 @@ class Database:
         if threads is None:
             async with self.engine.connect() as conn, conn.begin():
                 return await conn.run_sync(fn, *args, **kwargs)
-        return await asyncio.wrap_future(threads.pool.submit(_transaction, threads.engine, fn, args, kwargs))
+        return await asyncio.wrap_future(threads.executor.submit(_transaction, threads.engine, fn, args, kwargs))
 
     async def run_write(self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(connection, *args, **kwargs)` in a write transaction, committed when it returns and rolled back
@@ -104,14 +104,15 @@ class Database:
             async with self.write() as conn:
                 return await conn.run_sync(fn, *args, **kwargs)
         async with self._write_lock, self._other_processes():
-            work = threads.pool.submit(_transaction, threads.writer, fn, args, kwargs)
+            work = threads.executor.submit(_transaction, threads.writer, fn, args, kwargs)
             done = asyncio.wrap_future(work)
             try:
                 return await asyncio.shield(done)
             except asyncio.CancelledError:
+                # Not started yet: it never will. Under way: a thread cannot be interrupted, so the transaction
+                # ends (commits or fails) in its thread, and the locks stay held until it has (the next writer
+                # would only wait in SQLite's busy handler).
                 if not work.cancel():
-                    # Under way: a thread cannot be interrupted, so the transaction ends (commits or fails) in
-                    # its thread. The locks stay held until it has: the next writer would only wait in SQLite.
                     await _wait_out(done)
                 raise
 
@@ -150,11 +151,11 @@ class _SqliteThreads:
         _install_sqlite_hooks(self.engine)
         # Built once: the same pool and hooks, transactions opened with BEGIN IMMEDIATE.
         self.writer: Engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
-        self.pool = ThreadPoolExecutor(SQLITE_THREADS, thread_name_prefix="threadline-sqlite")
+        self.executor = ThreadPoolExecutor(SQLITE_THREADS, thread_name_prefix="threadline-sqlite")
 
     async def close(self) -> None:
         # Transactions under way end first; waited for in a thread, not on the event loop.
-        await asyncio.to_thread(self.pool.shutdown)
+        await asyncio.to_thread(self.executor.shutdown)
         self.engine.dispose()
 
 
