@@ -5,15 +5,13 @@ cancelled) never leaves the lock taken."""
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from sqlalchemy import text
 
+from tests.support.writer_locks import lock_free, until
 from threadline.db.engine import Database
 
 _HOLDER = """
@@ -38,25 +36,6 @@ def _let_go(holder: subprocess.Popen[str]) -> None:
     assert holder.stdin is not None
     holder.stdin.close()
     holder.wait(10)
-
-
-def _free(lock_path: Path) -> bool:
-    fd = os.open(lock_path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)  # closing drops a lock taken here
-    return True
-
-
-async def _until(predicate: object, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.01)
 
 
 async def _database_with_a_table(path: Path) -> Database:
@@ -98,7 +77,7 @@ def test_a_writer_waits_for_another_process_without_blocking_its_loop(tmp_path: 
                 holder.kill()
                 holder.wait()
             assert await _rows(db) == [1]
-            await _until(lambda: _free(lock_path), "the lock is free after the write")
+            await until(lambda: lock_free(lock_path), "the lock is free after the write")
         finally:
             await db.dispose()
 
@@ -116,7 +95,7 @@ def test_a_wait_given_up_leaves_the_lock_free(tmp_path: Path) -> None:
             try:
                 waiting = asyncio.create_task(_insert(db, 1))
                 # In this process's queue first (the asyncio lock), then waiting for the other process.
-                await _until(lambda: db._write_lock is not None and db._write_lock.locked(), "the writer waits")
+                await until(lambda: db._write_lock is not None and db._write_lock.locked(), "the writer waits")
                 waiting.cancel()
                 await asyncio.gather(waiting, return_exceptions=True)
                 assert waiting.cancelled()
@@ -124,7 +103,7 @@ def test_a_wait_given_up_leaves_the_lock_free(tmp_path: Path) -> None:
             finally:
                 holder.kill()
                 holder.wait()
-            await _until(lambda: _free(lock_path), "the lock the cancelled wait got is given back")
+            await until(lambda: lock_free(lock_path), "the lock the cancelled wait got is given back")
             await _insert(db, 2)  # and this process can write again
             assert await _rows(db) == [2]
         finally:

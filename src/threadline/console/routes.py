@@ -185,8 +185,7 @@ async def conversation_page(request: Request, ctx: Context, conversation_id: str
     user, viewer = signed_in
     try:
         cid = parse_id(conversation_id)
-        async with ctx.db.read() as conn:
-            await require_owned(conn, user_id=user.id, conversation_id=cid)
+        await ctx.db.run_read(require_owned, user_id=user.id, conversation_id=cid)
     except (MalformedId, NotFound):
         return not_found(request.url.path, viewer, f"You have no conversation {conversation_id}.")
     return render(

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, delete, false, func, or_, select, true, update
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -143,26 +143,31 @@ _SANDBOXES_BY_ID = {
 }
 
 
-async def _sub_ids(conn: AsyncConnection, *, user_id: str, parent_ids: Sequence[str]) -> dict[str, list[str]]:
+# The storage helpers of the hot paths are synchronous functions over a `Connection`: a whole transaction
+# runs as one function (`Database.run_read`/`run_write`: on SQLite one hop to a thread, not one per statement),
+# and async callers inside `db.read()`/`db.write()` call them with `await conn.run_sync(helper, ...)`.
+
+
+def _sub_ids(conn: Connection, *, user_id: str, parent_ids: Sequence[str]) -> dict[str, list[str]]:
     if not parent_ids:
         return {}
     dialect = conn.dialect.name
-    rows = (await conn.execute(_CHILDREN[dialect], {"parent_ids": list_value(dialect, parent_ids)})).all()
+    rows = conn.execute(_CHILDREN[dialect], {"parent_ids": list_value(dialect, parent_ids)}).all()
     result: dict[str, list[str]] = {}
     for row in sorted((r for r in rows if r.user_id == user_id), key=lambda r: (r.created_at, r.id)):
         result.setdefault(row.parent_conversation_id, []).append(row.id)
     return result
 
 
-async def _stored(conn: AsyncConnection, *, user_id: str, rows: Sequence[Row[Any]]) -> list[StoredConversation]:
+def _stored(conn: Connection, *, user_id: str, rows: Sequence[Row[Any]]) -> list[StoredConversation]:
     records = ConversationRecord.all_of(rows)
-    subs = await _sub_ids(conn, user_id=user_id, parent_ids=[r.id for r in records])
+    subs = _sub_ids(conn, user_id=user_id, parent_ids=[r.id for r in records])
     # The sandbox records too, now: the live fields need them, and a transaction of their own would cost
     # more than the page's query.
     sandbox_ids = list({r.sandbox_id for r in records})
     dialect = conn.dialect.name
     statement, ids = _SANDBOXES_BY_ID[dialect], list_value(dialect, sandbox_ids)
-    rows = (await conn.execute(statement, {"sandbox_ids": ids})).all() if sandbox_ids else []
+    rows = conn.execute(statement, {"sandbox_ids": ids}).all() if sandbox_ids else []
     boxes = {b.id: b for b in SandboxRecord.all_of(rows)}
     return [StoredConversation(r, tuple(subs.get(r.id, ())), boxes.get(r.sandbox_id)) for r in records]
 
@@ -188,16 +193,14 @@ def _split(row: Row[Any]) -> tuple[ConversationRecord, SandboxRecord | None]:
     return record, SandboxRecord(**{column.name: values[f"sandbox__{column.name}"] for column in sandboxes.c})
 
 
-async def _one_stored(
-    conn: AsyncConnection, *, user_id: str, conversation_id: str, lock: bool = False
-) -> StoredConversation:
+def _one_stored(conn: Connection, *, user_id: str, conversation_id: str, lock: bool = False) -> StoredConversation:
     """The user's conversation with its sub-conversations and sandbox (404 when missing or another user's)."""
     query = _WITH_SANDBOX_LOCKED if lock else _WITH_SANDBOX
-    row = (await conn.execute(query, {"conversation_id": conversation_id, "user_id": user_id})).first()
+    row = conn.execute(query, {"conversation_id": conversation_id, "user_id": user_id}).first()
     if row is None:
         raise NotFound(f"conversation {conversation_id} not found")
     record, sandbox = _split(row)
-    subs = await _sub_ids(conn, user_id=user_id, parent_ids=[record.id])
+    subs = _sub_ids(conn, user_id=user_id, parent_ids=[record.id])
     return StoredConversation(record, tuple(subs.get(record.id, ())), sandbox)
 
 
@@ -250,27 +253,30 @@ async def create_record(
     if unknown:
         raise TypeError(f"unknown conversation fields: {sorted(unknown)}")
     values.update({k: (v.value if hasattr(v, "value") else v) for k, v in fields.items()})
-    async with db.write() as conn:
-        await conn.execute(conversations.insert().values(**values))
-        await _store_tags(conn, conversation_id=values["id"], user_id=user_id, tags=values["tags"])
-        if values["parent_conversation_id"] is not None:
-            await _bump_version(conn, user_id=user_id, conversation_id=values["parent_conversation_id"])
-        row = (await conn.execute(select(conversations).where(conversations.c.id == values["id"]))).one()
-        return (await _stored(conn, user_id=user_id, rows=[row]))[0]
+    return await db.run_write(_insert_record, user_id=user_id, values=values)
+
+
+def _insert_record(conn: Connection, *, user_id: str, values: dict[str, Any]) -> StoredConversation:
+    conn.execute(conversations.insert().values(**values))
+    _store_tags(conn, conversation_id=values["id"], user_id=user_id, tags=values["tags"])
+    if values["parent_conversation_id"] is not None:
+        _bump_version(conn, user_id=user_id, conversation_id=values["parent_conversation_id"])
+    row = conn.execute(select(conversations).where(conversations.c.id == values["id"])).one()
+    return _stored(conn, user_id=user_id, rows=[row])[0]
 
 
 _DELETE_TAGS = delete(conversation_tags).where(conversation_tags.c.conversation_id == bindparam("of_conversation"))
 _INSERT_TAGS = conversation_tags.insert()
 
 
-async def _store_tags(
-    conn: AsyncConnection, *, conversation_id: str, user_id: str, tags: dict[str, str], replace: bool = False
+def _store_tags(
+    conn: Connection, *, conversation_id: str, user_id: str, tags: dict[str, str], replace: bool = False
 ) -> None:
     """Keep the tag index table in step with the conversation's tags (same transaction)."""
     if replace:
-        await conn.execute(_DELETE_TAGS, {"of_conversation": conversation_id})
+        conn.execute(_DELETE_TAGS, {"of_conversation": conversation_id})
     if tags:
-        await conn.execute(
+        conn.execute(
             _INSERT_TAGS,
             [{"conversation_id": conversation_id, "key": k, "value": v, "user_id": user_id} for k, v in tags.items()],
         )
@@ -295,29 +301,28 @@ _OWNED = select(conversations.c.id).where(
 )
 
 
-async def require_owned(conn: AsyncConnection, *, user_id: str, conversation_id: str) -> None:
-    """404 unless the conversation exists and is the user's; reads only its key."""
-    found = (await conn.execute(_OWNED, {"conversation_id": conversation_id, "user_id": user_id})).first()
+def require_owned(conn: Connection, *, user_id: str, conversation_id: str) -> None:
+    """404 unless the conversation exists and is the user's; reads only its key. Synchronous: in an async
+    transaction, `await conn.run_sync(require_owned, user_id=..., conversation_id=...)`."""
+    found = conn.execute(_OWNED, {"conversation_id": conversation_id, "user_id": user_id}).first()
     if found is None:
         raise NotFound(f"conversation {conversation_id} not found")
 
 
 async def get(db: Database, *, user_id: str, conversation_id: str) -> StoredConversation:
-    async with db.read() as conn:
-        return await _one_stored(conn, user_id=user_id, conversation_id=conversation_id)
+    return await db.run_read(_one_stored, user_id=user_id, conversation_id=conversation_id)
 
 
 async def batch_get(db: Database, *, user_id: str, ids: Sequence[str]) -> list[StoredConversation | None]:
     if not ids:
         return []
-    async with db.read() as conn:
-        rows = (
-            await conn.execute(
-                select(conversations).where(conversations.c.id.in_(list(set(ids))), conversations.c.user_id == user_id)
-            )
-        ).all()
-        found = {s.record.id: s for s in await _stored(conn, user_id=user_id, rows=rows)}
+    found = {s.record.id: s for s in await db.run_read(_batch, user_id=user_id, ids=list(set(ids)))}
     return [found.get(i) for i in ids]
+
+
+def _batch(conn: Connection, *, user_id: str, ids: list[str]) -> list[StoredConversation]:
+    query = select(conversations).where(conversations.c.id.in_(ids), conversations.c.user_id == user_id)
+    return _stored(conn, user_id=user_id, rows=conn.execute(query).all())
 
 
 _SORT_COLUMNS = {
@@ -361,10 +366,12 @@ async def search(
         descending,
     )  # fmt: skip
     query = pager.query(select(conversations).where(*_where(user_id, filters)), page_id, limit)
-    async with db.read() as conn:
-        rows, next_page_id = pager.split((await conn.execute(query)).all(), limit)
-        items = await _stored(conn, user_id=user_id, rows=rows)
-    return StoredPage(items=items, next_page_id=next_page_id)
+    return await db.run_read(_page, user_id=user_id, query=query, pager=pager, limit=limit)
+
+
+def _page(conn: Connection, *, user_id: str, query: Select[Any], pager: Pager, limit: int) -> StoredPage:
+    rows, next_page_id = pager.split(conn.execute(query).all(), limit)
+    return StoredPage(items=_stored(conn, user_id=user_id, rows=rows), next_page_id=next_page_id)
 
 
 async def count(db: Database, *, user_id: str, filters: ConversationFilters) -> int:
@@ -429,23 +436,39 @@ async def update_conversation(
     expected_etag: str | None = None,
 ) -> StoredConversation:
     """Apply a PATCH. `expected_etag` is the If-Match value: checked under the row lock, 412 if stale."""
-    async with db.write() as conn:
-        stored = await _one_stored(conn, user_id=user_id, conversation_id=conversation_id, lock=True)
-        record = stored.record
-        check_if_match(expected_etag, conversation_id, record.etag)
-        changes = _changes(record, request, limits)
-        if not changes:
-            return stored
-        changes["updated_at"] = max(utcnow(), record.updated_at + _ONE_TICK)
-        changes["version"] = record.version + 1
-        # The row as updated comes back with the UPDATE: no second read. The columns set are the
-        # parameters' keys (one compiled form per set of changed columns, cached).
-        updated = (await conn.execute(_UPDATE_RETURNING, {**changes, "of_conversation": conversation_id})).one()
-        if "tags" in changes:
-            await _store_tags(
-                conn, conversation_id=conversation_id, user_id=user_id, tags=changes["tags"], replace=True
-            )
-        return dataclasses.replace(stored, record=ConversationRecord.of(updated))
+    return await db.run_write(
+        _update,
+        user_id=user_id,
+        conversation_id=conversation_id,
+        request=request,
+        limits=limits,
+        expected_etag=expected_etag,
+    )
+
+
+def _update(
+    conn: Connection,
+    *,
+    user_id: str,
+    conversation_id: str,
+    request: AppConversationUpdateRequest,
+    limits: TagLimits,
+    expected_etag: str | None,
+) -> StoredConversation:
+    stored = _one_stored(conn, user_id=user_id, conversation_id=conversation_id, lock=True)
+    record = stored.record
+    check_if_match(expected_etag, conversation_id, record.etag)
+    changes = _changes(record, request, limits)
+    if not changes:
+        return stored
+    changes["updated_at"] = max(utcnow(), record.updated_at + _ONE_TICK)
+    changes["version"] = record.version + 1
+    # The row as updated comes back with the UPDATE: no second read. The columns set are the
+    # parameters' keys (one compiled form per set of changed columns, cached).
+    updated = conn.execute(_UPDATE_RETURNING, {**changes, "of_conversation": conversation_id}).one()
+    if "tags" in changes:
+        _store_tags(conn, conversation_id=conversation_id, user_id=user_id, tags=changes["tags"], replace=True)
+    return dataclasses.replace(stored, record=ConversationRecord.of(updated))
 
 
 async def get_record_for_any_user(
@@ -465,10 +488,10 @@ async def ids_on_sandbox(conn: AsyncConnection, sandbox_id: str, *, limit: int |
     return list((await conn.execute(query.limit(limit))).scalars())
 
 
-async def _bump_version(conn: AsyncConnection, *, user_id: str, conversation_id: str) -> None:
+def _bump_version(conn: Connection, *, user_id: str, conversation_id: str) -> None:
     """A change others see (its sub_conversation_ids) without a change of stored fields: a new ETag."""
     c = conversations.c
-    await conn.execute(
+    conn.execute(
         update(conversations).where(c.id == conversation_id, c.user_id == user_id).values(version=c.version + 1)
     )
 
@@ -486,7 +509,7 @@ async def delete_conversation(
         if parent_id is not None:
             # The parent's sub_conversation_ids change. Its row is locked before this one, the order
             # deleting a parent takes (parent, then its children), so the two can never deadlock.
-            await _bump_version(conn, user_id=user_id, conversation_id=parent_id)
+            await conn.run_sync(_bump_version, user_id=user_id, conversation_id=parent_id)
         record = ConversationRecord.of(
             await _owned_row(conn, user_id=user_id, conversation_id=conversation_id, lock=True)
         )

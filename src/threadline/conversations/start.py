@@ -409,8 +409,10 @@ class StartService:
                 await conn.execute(select(conversations.c.id).where(conversations.c.id == run.conversation_id))
             ).first()
             if request.parent_conversation_id is not None:  # the parent must be the user's (NotFound)
-                await conversations_service.require_owned(
-                    conn, user_id=run.user_id, conversation_id=request.parent_conversation_id.hex
+                await conn.run_sync(
+                    conversations_service.require_owned,
+                    user_id=run.user_id,
+                    conversation_id=request.parent_conversation_id.hex,
                 )
         if taken is not None:
             raise StartStepFailed(f"conversation {run.conversation_id} already exists")

@@ -6,20 +6,28 @@ import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy import QueuePool, create_engine, event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Threads running whole SQLite transactions (`run_read`/`run_write`), each with a pooled connection of its own
+# while it runs one. Reads of a WAL database go on side by side; writes take turns anyway.
+SQLITE_THREADS = 8
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class Database:
-    """One engine plus the two ways to use it: `read()` and `write()` transactions.
+    """One engine plus the ways to use it: `read()` and `write()` transactions over an `AsyncConnection`, and
+    `run_read(fn)` / `run_write(fn)`, a whole transaction as one synchronous function over a `Connection`.
 
     SQLite allows one writer at a time. Writes in this process queue on an asyncio lock and open
     with BEGIN IMMEDIATE, so a transaction never has to upgrade a read lock (which fails at once
@@ -28,14 +36,22 @@ class Database:
     database: the kernel wakes the next writer the moment the last one commits, where SQLite's own busy
     handler would sleep 1 to 100 ms between tries (measured: two workers made 0.66x the PATCHes of one,
     p99 1.1 s). busy_timeout stays as the backstop for writers that do not take that lock.
+
+    On SQLite, aiosqlite runs every DBAPI call (execute, fetch, cursor close, commit...) in its connection's
+    thread, a round trip of the event loop each (about 20 for a PATCH), under greenlet switches and a lock per
+    execute. `run_read`/`run_write` run the whole function in one of this Database's own threads on a second,
+    synchronous engine on the same file instead: one round trip per transaction. On PostgreSQL (asyncpg has no
+    threads to save) and on SQLite databases a second engine would not see (`:memory:`, URI file names) they
+    are `AsyncConnection.run_sync` in a `read()`/`write()` transaction.
     """
 
     def __init__(self, url: str, *, echo: bool = False, schema: str | None = None) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        parsed = make_url(url)
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
-            path = make_url(url).database
+            path = parsed.database
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
@@ -48,11 +64,13 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._file_lock: _WriterFileLock | None = None
+        self._threads: _SqliteThreads | None = None
         if self.is_sqlite:
-            _install_sqlite_hooks(self.engine)
-            path = make_url(url).database
+            _install_sqlite_hooks(self.engine.sync_engine)
+            path = parsed.database
             if path and path != ":memory:" and not path.startswith("file:"):
                 self._file_lock = _WriterFileLock(f"{path}.writer-lock")
+                self._threads = _SqliteThreads(parsed, echo=echo)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -70,6 +88,34 @@ class Database:
             async with conn.begin():
                 yield conn
 
+    async def run_read(self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn(connection, *args, **kwargs)` in a read transaction: what it returns, or raises."""
+        threads = self._threads
+        if threads is None:
+            async with self.engine.connect() as conn, conn.begin():
+                return await conn.run_sync(fn, *args, **kwargs)
+        return await asyncio.wrap_future(threads.executor.submit(_transaction, threads.engine, fn, args, kwargs))
+
+    async def run_write(self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn(connection, *args, **kwargs)` in a write transaction, committed when it returns and rolled back
+        when it raises (the exception propagates as raised)."""
+        threads = self._threads
+        if threads is None or self._write_lock is None:
+            async with self.write() as conn:
+                return await conn.run_sync(fn, *args, **kwargs)
+        async with self._write_lock, self._other_processes():
+            work = threads.executor.submit(_transaction, threads.writer, fn, args, kwargs)
+            done = asyncio.wrap_future(work)
+            try:
+                return await asyncio.shield(done)
+            except asyncio.CancelledError:
+                # Not started yet: it never will. Under way: a thread cannot be interrupted, so the transaction
+                # ends (commits or fails) in its thread, and the locks stay held until it has (the next writer
+                # would only wait in SQLite's busy handler).
+                if not work.cancel():
+                    await _wait_out(done)
+                raise
+
     @asynccontextmanager
     async def _other_processes(self) -> AsyncIterator[None]:
         if self._file_lock is None:
@@ -83,8 +129,47 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._threads is not None:
+            await self._threads.close()
         if self._file_lock is not None:
             self._file_lock.close()
+
+
+class _SqliteThreads:
+    """A synchronous engine on the database's file and the threads that run its transactions."""
+
+    def __init__(self, url: URL, *, echo: bool) -> None:
+        self.engine: Engine = create_engine(
+            url.set(drivername="sqlite+pysqlite"),
+            echo=echo,
+            # A pooled connection serves whichever thread runs the next transaction (one at a time).
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            poolclass=QueuePool,
+            pool_size=SQLITE_THREADS,
+            max_overflow=0,
+        )
+        _install_sqlite_hooks(self.engine)
+        # Built once: the same pool and hooks, transactions opened with BEGIN IMMEDIATE.
+        self.writer: Engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
+        self.executor = ThreadPoolExecutor(SQLITE_THREADS, thread_name_prefix="threadline-sqlite")
+
+    async def close(self) -> None:
+        # Transactions under way end first; waited for in a thread, not on the event loop.
+        await asyncio.to_thread(self.executor.shutdown)
+        self.engine.dispose()
+
+
+def _transaction(engine: Engine, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    """One transaction in the calling thread: committed when `fn` returns, rolled back when it raises."""
+    with engine.connect() as conn, conn.begin():
+        return fn(conn, *args, **kwargs)
+
+
+async def _wait_out(future: asyncio.Future[Any]) -> None:
+    """Until the future is done, whatever cancellations come meanwhile (its outcome is not wanted)."""
+    while not future.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([future])
 
 
 class _WriterFileLock:
@@ -128,10 +213,8 @@ class _WriterFileLock:
             self._fd = None
 
 
-def _install_sqlite_hooks(engine: AsyncEngine) -> None:
-    sync_engine = engine.sync_engine
-
-    @event.listens_for(sync_engine, "connect")
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from the driver so BEGIN can be IMMEDIATE when we write.
         dbapi_connection.isolation_level = None
@@ -142,7 +225,7 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
-    @event.listens_for(sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")

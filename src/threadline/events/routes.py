@@ -43,8 +43,7 @@ async def owned_conversation_id(
     conversation_id: str = Depends(conversation_id_path),
 ) -> str:
     """The normalised conversation id, once it is known to be the caller's (404 otherwise, never 403)."""
-    async with ctx.db.read() as conn:
-        await require_owned(conn, user_id=user.id, conversation_id=conversation_id)
+    await ctx.db.run_read(require_owned, user_id=user.id, conversation_id=conversation_id)
     return conversation_id
 
 
@@ -176,11 +175,11 @@ async def stream_events(
     (or `last_event_id`): a reconnect gets exactly the events it has not had, including those stored while it
     was away. Ends when the conversation is deleted or the server shuts down."""
     async with ctx.db.read() as conn:
-        await require_owned(conn, user_id=user.id, conversation_id=conversation_id)
+        await conn.run_sync(require_owned, user_id=user.id, conversation_id=conversation_id)
         position = await event_stream.find_position(conn, conversation_id, last_event_id=after)
 
     async def still_owned(conn: AsyncConnection) -> None:
-        await require_owned(conn, user_id=user.id, conversation_id=conversation_id)
+        await conn.run_sync(require_owned, user_id=user.id, conversation_id=conversation_id)
 
     body = event_stream.stream(
         ctx.db, hub, conversation_id, position=position, may_read=still_owned, render=lambda text: text

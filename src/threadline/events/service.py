@@ -15,8 +15,9 @@ from typing import Any
 
 from sqlalchemy import Text, bindparam, cast, func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import ColumnElement
+from sqlalchemy.sql import ColumnElement, Select
 
 from threadline.conversations import service as conversations_service
 from threadline.core.errors import Invalid
@@ -243,11 +244,19 @@ async def search_events(
     if query is None:
         base = select(events.c.timestamp, events.c.event_id, _PAYLOAD_TEXT).where(*filters.bound_where())
         query = _PAGE_STATEMENTS[shape] = pager.statement(base, after="after_id" in parameters)
-    async with db.read() as conn:
-        if owner_id is not None:
-            await conversations_service.require_owned(conn, user_id=owner_id, conversation_id=conversation_id)
-        page, next_page_id = pager.split((await conn.execute(query, parameters)).all(), limit)
+    rows = await db.run_read(
+        _page_rows, conversation_id=conversation_id, owner_id=owner_id, query=query, parameters=parameters
+    )
+    page, next_page_id = pager.split(rows, limit)
     return RawEventPage(items=[r.payload_text for r in page], next_page_id=next_page_id)
+
+
+def _page_rows(
+    conn: Connection, *, conversation_id: str, owner_id: str | None, query: Select[Any], parameters: dict[str, Any]
+) -> Sequence[Row[Any]]:
+    if owner_id is not None:
+        conversations_service.require_owned(conn, user_id=owner_id, conversation_id=conversation_id)
+    return conn.execute(query, parameters).all()
 
 
 _PAYLOAD_TEXT = cast(events.c.payload, Text).label("payload_text")
