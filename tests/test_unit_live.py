@@ -114,3 +114,54 @@ def test_a_sandbox_is_asked_at_most_once_per_refresh_interval(live: LivePresente
 
     asyncio.run(run())
     assert asked == [["a"], ["c"]]
+
+
+def test_a_conversation_without_a_report_makes_a_page_wait_once_then_is_asked_in_the_background() -> None:
+    """An agent server that does not know a conversation (or does not answer) leaves it without a report:
+    the first page with it waits for the question, later pages do not (they ask in the background, once
+    per sandbox per interval). Measured before: a page of 100 over 20 such sandboxes waited ~1 s, always."""
+    import asyncio
+
+    from threadline.conversations.records import StoredConversation
+    from threadline.sandboxes.status import SandboxStatus
+
+    class Box:
+        id = "s" * 32
+        user_id = "u" * 32
+
+    class RunningSandboxes:
+        """The three things LivePresenter reads of the sandboxes service, for one RUNNING sandbox."""
+
+        async def settle(self, boxes: list[Any]) -> dict[str, SandboxStatus]:
+            return {box.id: SandboxStatus.RUNNING for box in boxes}
+
+        def agent_url(self, box: Any) -> str:
+            return "http://127.0.0.1:1"
+
+        def session_key(self, box: Any) -> str:
+            return "key"
+
+    presenter = LivePresenter(None, RunningSandboxes(), refresh_seconds=5, stale_seconds=30)  # type: ignore[arg-type]
+    waited: list[list[str]] = []
+    in_background: list[list[str]] = []
+
+    async def ask_knowing_nothing(sandbox: Any, conversation_ids: list[str]) -> list[Any]:
+        # Called directly by a page (it waits) or from a background task (it does not).
+        (in_background if asyncio.current_task() in presenter._refreshing else waited).append(conversation_ids)
+        return []
+
+    presenter._ask = ask_knowing_nothing  # type: ignore[method-assign]
+    item = StoredConversation(record(execution_status=None, reported_seconds_ago=None), (), Box())  # type: ignore[arg-type]
+    user = type("User", (), {"id": Box.user_id})()
+
+    async def run() -> None:
+        first = await presenter.resolve(user, [item])  # type: ignore[arg-type]
+        assert first[0][1].sandbox_status is SandboxStatus.RUNNING and first[0][1].execution_status is None
+        for _ in range(3):
+            await presenter.resolve(user, [item])  # type: ignore[arg-type]
+        await presenter.refresh_now()
+        await presenter.close()
+
+    asyncio.run(run())
+    assert waited == [[item.record.id]], "only the first page waits for the agent server"
+    assert in_background == [[item.record.id]], "then asked in the background, once per interval"

@@ -8,7 +8,9 @@ Agent servers are asked only where the record may lag behind them:
 
 - a conversation on a RUNNING sandbox with no execution status reported yet (just started, before its first
   callback) is asked about before answering, all such conversations of a page at once, one call per
-  sandbox, with the agent timeout: a down agent server degrades only its own rows;
+  sandbox, with the agent timeout: a down agent server degrades only its own rows. Once only: when that
+  brought no report (the agent server did not answer, or does not know the conversation), later reads
+  ask in the background instead, like for the two cases below;
 - in the background, at most once per sandbox every `live_refresh_seconds`: a conversation that has no title
   yet (the agent's automatic title reaches Threadline no other way: the agent server sends no callback when
   it sets it), and one whose agent was last reported `running` longer than `live_stale_seconds` ago (a
@@ -43,6 +45,7 @@ from threadline.webhooks import service as webhooks
 log = logging.getLogger("threadline.live")
 _STATUSES = ConversationExecutionStatus._value2member_map_
 # The live fields of a conversation whose sandbox is not running: one (immutable) value per status.
+_MAX_REMEMBERED = 100_000
 _NOT_RUNNING = {status: LiveState(sandbox_status=status) for status in SandboxStatus}
 
 
@@ -63,6 +66,8 @@ class LivePresenter:
         self.refresh_seconds = refresh_seconds
         self.stale_after = timedelta(seconds=stale_seconds)
         self._asked: dict[str, float] = {}  # sandbox id -> monotonic time it was last asked
+        # Conversations asked about before answering (no status report yet), oldest first.
+        self._asked_before_answering: dict[str, None] = {}
         self._refreshing: set[asyncio.Task[list[ConversationRecord]]] = set()
         self._closed = False
 
@@ -77,18 +82,22 @@ class LivePresenter:
         # settle: a dead sandbox found here is recorded, so filters on stored statuses agree with this page.
         statuses = await self.sandboxes.settle([box for box in boxes.values() if box.user_id == user.id])
         unreported: dict[str, list[str]] = defaultdict(list)
+        lagging: dict[str, list[str]] = defaultdict(list)
         for item in items:
             sandbox_id = item.record.sandbox_id
             if statuses.get(sandbox_id) is SandboxStatus.RUNNING and item.record.execution_status_at is None:
-                unreported[sandbox_id].append(item.record.id)
+                # Asked before answering once; an agent server that did not know the conversation then (or
+                # did not answer) is asked again in the background only, or every page would wait on it.
+                waits = item.record.id not in self._asked_before_answering
+                (unreported if waits else lagging)[sandbox_id].append(item.record.id)
         if unreported:
+            self._remember_asked([cid for ids in unreported.values() for cid in ids])
             asked = await asyncio.gather(*(self._ask(boxes[sid], ids) for sid, ids in unreported.items()))
             fresh = {record.id: record for found in asked for record in found}
             items = [
                 dataclasses.replace(item, record=fresh[item.record.id]) if item.record.id in fresh else item
                 for item in items
             ]
-        lagging: dict[str, list[str]] = defaultdict(list)
         keys: dict[str, tuple[str, str]] = {}  # sandbox id -> (agent URL, session key), once per sandbox
         answered: list[tuple[StoredConversation, LiveState]] = []
         for item in items:
@@ -114,11 +123,19 @@ class LivePresenter:
             self._refresh_later(boxes[sandbox_id], conversation_ids)
         return answered
 
+    def _remember_asked(self, conversation_ids: list[str]) -> None:
+        if len(self._asked_before_answering) + len(conversation_ids) > _MAX_REMEMBERED:
+            # The oldest half goes: such a conversation may be asked before answering once more, no harm.
+            for old in list(self._asked_before_answering)[: _MAX_REMEMBERED // 2]:
+                del self._asked_before_answering[old]
+        for conversation_id in conversation_ids:
+            self._asked_before_answering[conversation_id] = None
+
     def _may_lag(self, record: ConversationRecord) -> bool:
+        if record.execution_status_at is None:
+            return False  # no report yet: asked before answering once, then in the background (`resolve`)
         if record.title is None and not record.title_set_by_user:
             return True
-        if record.execution_status_at is None:
-            return False  # asked before answering, and asked again at the next read until a report comes
         return record.execution_status == "running" and utcnow() - record.execution_status_at > self.stale_after
 
     def _refresh_later(self, sandbox: SandboxRecord, conversation_ids: list[str]) -> None:
