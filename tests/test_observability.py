@@ -264,7 +264,8 @@ def _serve(tmp_path: Path, log_format: str) -> list[str]:
     env = dict(os.environ, THREADLINE_HOME=str(tmp_path / f"home-{log_format}"), THREADLINE_LOG_FORMAT=log_format)
     env.pop("THREADLINE_DATABASE_URL", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "threadline.cli.main", "serve", "--port", str(port)],
+        # Two workers: their logging is set up after uvicorn's, the case that once doubled the access lines.
+        [sys.executable, "-m", "threadline.cli.main", "serve", "--port", str(port), "--workers", "2"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -291,6 +292,8 @@ def test_serve_writes_json_lines_by_default_and_text_on_request(tmp_path: Path) 
     records = [json.loads(line) for line in lines]  # every line of stderr is one JSON object
     loggers = {r["logger"] for r in records}
     assert {"threadline", "uvicorn.error", "threadline.access"} <= loggers
+    # One access line per request, Threadline's (uvicorn's own would repeat it without the request id).
+    assert "uvicorn.access" not in loggers
     [access] = [r for r in records if r["logger"] == "threadline.access"]
     assert access["request_id"] == "serve-probe" and access["route"] == "/ready" and access["status"] == 200
 

@@ -90,8 +90,14 @@ def configure_logging(fmt: str = "json", level: str | int = "INFO", stream: Text
     root.addHandler(handler)
     root.setLevel(level if isinstance(level, int) else level.upper())
     # uvicorn's own loggers are left without handlers and propagate here.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # Except its access lines: Threadline's middleware writes one per request, with the request id (a second
+    # line from uvicorn doubled the log and cost each request a formatted record; uvicorn writes them when
+    # anything would handle them, which a worker's logging set up after uvicorn's made the case).
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
     return handler
