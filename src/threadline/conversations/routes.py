@@ -31,6 +31,7 @@ from threadline.core.wire import (
     PAGE_ID_SCHEMA,
     PAGE_ID_TITLE,
     OptionalIsoDateTime,
+    json_adapter_response,
     json_response,
 )
 from threadline.sandboxes.dependencies import Sandboxes
@@ -197,7 +198,7 @@ async def search_app_conversations(
         page_id=page_id,
     )
     items = [to_wire(item, state) for item, state in await live.resolve(user, page.items)] if page.items else []
-    return Response(PAGE_JSON.dump_json({"items": items, "next_page_id": page.next_page_id}), media_type=_JSON)
+    return json_adapter_response(PAGE_JSON, {"items": items, "next_page_id": page.next_page_id})
 
 
 @router.get("/count", response_model=int)
@@ -223,10 +224,7 @@ async def batch_get_app_conversations(
     present_ones = [c for c in found if c is not None]
     answered = iter(await live.resolve(user, present_ones) if present_ones else [])
     items = [to_wire(*next(answered)) if c is not None else None for c in found]
-    return Response(BATCH_JSON.dump_json(items), media_type=_JSON)
-
-
-_JSON = "application/json"
+    return json_adapter_response(BATCH_JSON, items)
 
 
 _IF_MATCH = Header(

@@ -71,8 +71,9 @@ def json_response(content: BaseModel, *, status_code: int = 200, headers: dict[s
     return Response(content.model_dump_json(), status_code=status_code, headers=headers, media_type=_JSON)
 
 
-def json_list_response(adapter: TypeAdapter[Any], content: list[Any]) -> Response:
-    """A list of models as JSON, serialised once by `adapter` (a TypeAdapter of the list type, built once)."""
+def json_adapter_response(adapter: TypeAdapter[Any], content: Any) -> Response:
+    """Data as JSON, serialised once by `adapter` (a TypeAdapter built once: of a list of models, or of the
+    plain data of a page, `conversations.mapping.PAGE_JSON`)."""
     return Response(adapter.dump_json(content), media_type=_JSON)
 
 

@@ -44,8 +44,9 @@ from threadline.webhooks import service as webhooks
 
 log = logging.getLogger("threadline.live")
 _STATUSES = ConversationExecutionStatus._value2member_map_
-# The live fields of a conversation whose sandbox is not running: one (immutable) value per status.
+# Conversations remembered as asked about before answering (`LivePresenter._remember_asked`).
 _MAX_REMEMBERED = 100_000
+# The live fields of a conversation whose sandbox is not running: one (immutable) value per status.
 _NOT_RUNNING = {status: LiveState(sandbox_status=status) for status in SandboxStatus}
 
 
@@ -105,7 +106,7 @@ class LivePresenter:
             status = statuses.get(record.sandbox_id, SandboxStatus.MISSING)
             box = boxes.get(record.sandbox_id)
             if status is not SandboxStatus.RUNNING or box is None:
-                answered.append((item, _NOT_RUNNING.get(status) or LiveState(sandbox_status=status)))
+                answered.append((item, _NOT_RUNNING[status]))
                 continue
             if self._may_lag(record):
                 lagging[box.id].append(record.id)
