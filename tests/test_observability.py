@@ -117,10 +117,14 @@ def test_an_unhandled_error_is_a_logged_500_problem_with_its_request_id(
     user, client = alice
     conv = server.conversation(user.id)
 
-    async def broken(*_args: Any) -> None:
-        raise RuntimeError("boom in a live-status call")
+    class Broken:
+        async def __call__(self, *_args: Any) -> None:
+            raise RuntimeError("boom in a live-status call")
 
-    server.app.state.live_fields = broken
+        async def resolve(self, *_args: Any) -> None:
+            raise RuntimeError("boom in a live-status call")
+
+    server.app.state.live_fields = Broken()
     r = client.get(f"{API}/{conv['id']}", headers={"X-Request-ID": "trace-500"})
     assert r.status_code == 500
     assert r.headers["content-type"].startswith("application/problem+json")

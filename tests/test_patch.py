@@ -87,6 +87,47 @@ def test_clearing_repository_keeps_branch_and_provider_sent_in_same_request(
     )
 
 
+def test_the_tag_index_follows_every_kind_of_tag_change(
+    server: LiveServer, alice: tuple[Any, httpx.Client], conv: dict
+) -> None:
+    """The tag filters read `conversation_tags`, which a PATCH changes tag by tag (only what went or changed):
+    after each change its rows are exactly the conversation's tags, with its owner."""
+    from sqlalchemy import select
+
+    from threadline.conversations.tables import conversation_tags
+
+    user, client = alice
+
+    def indexed() -> dict[str, str]:
+        async def read() -> list[Any]:
+            async with server.ctx.db.read() as conn:
+                query = select(conversation_tags).where(conversation_tags.c.conversation_id == conv["id"])
+                return list((await conn.execute(query)).all())
+
+        rows = server.run(read())
+        assert {row.user_id for row in rows} <= {user.id}
+        return {row.key: row.value for row in rows}
+
+    steps: list[Any] = [
+        {"owner": "ana"},  # added
+        {"team": "infra"},  # changed
+        {"env": None},  # removed
+        {"env": "prod", "team": None, "owner": "bo"},  # added, removed and changed at once
+        {"owner": "bo"},  # the same value: nothing to write
+        {"missing": None},  # removing what is not there
+        None,  # all removed
+        {"fresh": "1", "other": "2"},  # from none
+        {"fresh": None, "other": None},  # removed one by one down to none
+    ]
+    for step in steps:
+        r = client.patch(f"{API}/{conv['id']}", json={"tags": step})
+        assert r.status_code == 200, r.text
+        assert indexed() == r.json()["tags"], step
+        for key, value in r.json()["tags"].items():
+            found = client.get(f"{API}/search", params={"tag": f"{key}:{value}"}).json()["items"]
+            assert [c["id"] for c in found] == [conv["id"]]
+
+
 def test_tags_merge_patch(alice: tuple[Any, httpx.Client], conv: dict) -> None:
     _, client = alice
     body = client.patch(f"{API}/{conv['id']}", json={"tags": {"env": None, "owner": "ana", "team": "infra"}}).json()

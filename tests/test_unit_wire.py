@@ -1,4 +1,4 @@
-"""Pages of conversations are serialised from plain data (`conversations.mapping.to_wire`, `PAGE_JSON`,
+"""Conversations and pages of them are serialised from plain data (`conversations.mapping.to_wire`, `PAGE_JSON`,
 `BATCH_JSON`) without a model validated per row: the bytes must be exactly those the models give."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from threadline.conversations.mapping import (
     BATCH_JSON,
+    CONVERSATION_JSON,
     PAGE_JSON,
     LiveState,
     to_app_conversation,
@@ -96,7 +97,9 @@ def test_a_page_from_plain_data_is_byte_for_byte_the_page_of_models(
         warnings.simplefilter("error")  # pydantic warns (and guesses) when data does not fit the declared type
         fast = PAGE_JSON.dump_json({"items": [to_wire(s, live) for s, live in items], "next_page_id": next_page_id})
         batch = BATCH_JSON.dump_json([None, *(to_wire(s, live) for s, live in items)])
+        ones = [CONVERSATION_JSON.dump_json(to_wire(s, live)) for s, live in items]
     assert fast == models.model_dump_json().encode()
+    assert ones == [m.model_dump_json().encode() for m in models.items]
     assert batch == b"[" + b",".join([b"null", *(m.model_dump_json().encode() for m in models.items)]) + b"]"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from threadline.auth.cache import KeyCache
 from threadline.auth.service import User
@@ -47,11 +48,35 @@ async def _authenticated(
             "an API key is required: send it as 'X-Access-Token: KEY' or 'Authorization: Bearer KEY'",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    return _accept(request, ctx, found, policy)
+
+
+def _accept(request: Request, ctx: AppContext, found: tuple[User, str], policy: str) -> User:
+    """The request is this key's: remembered for logs and metrics, and charged to its rate limit."""
     user, key_id = found
     request.state.user = user
     request.state.api_key_id = key_id
     _charge(request, ctx, policy, key_id, "this API key")
     return user
+
+
+async def direct_user(request: Request, policy: str = DEFAULT) -> User | None:
+    """For direct handlers (`core.direct`): the user of a request that sends a known API key in a header,
+    accepted exactly as `current_user` accepts it (rate limit charged, 429 raised); None for anything else
+    (no key, a console session, an unknown key), which the route's own `current_user` then answers."""
+    key = request.headers.get("x-access-token")
+    if not key:
+        # As HTTPBearer reads it, so that a header the route would refuse is never accepted here.
+        scheme, credentials = get_authorization_scheme_param(request.headers.get("authorization"))
+        if scheme.lower() != "bearer" or not credentials:
+            return None
+        key = credentials
+    cache: KeyCache = request.app.state.auth_cache
+    found = await cache.authenticate(key)
+    if found is None:
+        return None
+    ctx: AppContext = request.app.state.ctx
+    return _accept(request, ctx, found, policy)
 
 
 def console_sessions(request: Request) -> ConsoleSessions | None:

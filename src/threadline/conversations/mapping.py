@@ -120,6 +120,7 @@ def wire_typed_dict(model: type[BaseModel]) -> Any:
     return TypedDict(f"{model.__name__}Wire", fields)  # type: ignore[operator]
 
 
-# A search page and a batch (ids not found are null), from `to_wire` data.
+# One conversation, a search page and a batch (ids not found are null), from `to_wire` data.
+CONVERSATION_JSON: TypeAdapter[Any] = TypeAdapter(wire_typed_dict(AppConversation))
 PAGE_JSON: TypeAdapter[Any] = TypeAdapter(wire_typed_dict(AppConversationPage))
 BATCH_JSON: TypeAdapter[Any] = TypeAdapter(list[wire_typed_dict(AppConversation) | None])  # type: ignore[misc,arg-type]

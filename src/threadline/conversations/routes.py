@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 
-from threadline.auth.dependencies import current_user
+from threadline.auth.dependencies import current_user, direct_user
 from threadline.auth.service import User
 from threadline.conversations import service
-from threadline.conversations.dependencies import Live, LiveFields
+from threadline.conversations.dependencies import Live, LiveFields, live_fields
 from threadline.conversations.etag import if_none_match_matches
-from threadline.conversations.mapping import BATCH_JSON, PAGE_JSON, to_wire
+from threadline.conversations.mapping import BATCH_JSON, CONVERSATION_JSON, PAGE_JSON, to_wire
 from threadline.conversations.models import (
     AppConversation,
     AppConversationPage,
@@ -24,7 +24,8 @@ from threadline.conversations.models import (
     Success,
 )
 from threadline.conversations.records import StoredConversation
-from threadline.core.context import Context
+from threadline.core.context import AppContext, Context, get_context
+from threadline.core.direct import DirectRoute, direct, json_body_type, path_id, plain_query, small_int
 from threadline.core.errors import Invalid, NotFound
 from threadline.core.ids import ID_PATTERN, MalformedId, id_list_schema, parse_id
 from threadline.core.wire import (
@@ -32,12 +33,13 @@ from threadline.core.wire import (
     PAGE_ID_TITLE,
     OptionalIsoDateTime,
     json_adapter_response,
-    json_response,
 )
-from threadline.sandboxes.dependencies import Sandboxes
+from threadline.sandboxes.dependencies import Sandboxes, sandbox_service
 from threadline.sandboxes.service import SandboxService
 
-router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
+# DirectRoute: the hot routes' plain requests are answered by their direct handlers (core.direct).
+router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"], route_class=DirectRoute)
+_NO_PARAMETERS: frozenset[str] = frozenset()
 
 
 async def conversation_id_path(
@@ -171,21 +173,21 @@ async def settle_sandboxes(sandboxes: SandboxService, user: User, filters: servi
         await sandboxes.settle_user(user.id)
 
 
-async def present(live: LiveFields, user: User, items: Sequence[StoredConversation]) -> list[AppConversation]:
-    """The wire models of what is about to be answered, live fields (sandbox and agent status) filled."""
-    return await live(user, items) if items else []
+async def _one_wire(live: LiveFields, user: User, stored: StoredConversation) -> dict[str, Any]:
+    """One conversation as wire data (`to_wire`), live fields filled: answered without a model."""
+    [(current, state)] = await live.resolve(user, [stored])
+    return to_wire(current, state)
 
 
-@router.get("/search", response_model=AppConversationPage)
-async def search_app_conversations(
-    sandboxes: Sandboxes,
-    live: Live,
-    ctx: Context,
-    filters: service.ConversationFilters = Depends(search_filters),
-    sort_order: SortOrder = SortOrder.CREATED_AT_DESC,
-    page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
-    limit: Annotated[int, Query(gt=0, le=100)] = 100,
-    user: User = Depends(current_user),
+async def _search(
+    sandboxes: SandboxService,
+    live: LiveFields,
+    ctx: AppContext,
+    user: User,
+    filters: service.ConversationFilters,
+    sort_order: SortOrder,
+    page_id: str | None,
+    limit: int,
 ) -> Response:
     await settle_sandboxes(sandboxes, user, filters)
     page = await service.search(
@@ -199,6 +201,49 @@ async def search_app_conversations(
     )
     items = [to_wire(item, state) for item, state in await live.resolve(user, page.items)] if page.items else []
     return json_adapter_response(PAGE_JSON, {"items": items, "next_page_id": page.next_page_id})
+
+
+_PAGE_PARAMETERS = frozenset({"limit", "page_id", "sort_order"})
+_SORT_ORDERS = {order.value: order for order in SortOrder}
+
+
+async def _search_direct(request: Request) -> Response | None:
+    """A page without filters (the console's list, a client walking all its conversations)."""
+    query = plain_query(request, _PAGE_PARAMETERS)
+    if query is None:
+        return None
+    limit = small_int(query.get("limit"), default=100, maximum=100)
+    sort_order = _SORT_ORDERS.get(query.get("sort_order", SortOrder.CREATED_AT_DESC.value))
+    if limit is None or sort_order is None:
+        return None
+    user = await direct_user(request)
+    if user is None:
+        return None
+    return await _search(
+        await sandbox_service(request),
+        await live_fields(request),
+        await get_context(request),
+        user,
+        await search_filters(),
+        sort_order,
+        query.get("page_id"),
+        limit,
+    )
+
+
+@router.get("/search", response_model=AppConversationPage)
+@direct(_search_direct)
+async def search_app_conversations(
+    sandboxes: Sandboxes,
+    live: Live,
+    ctx: Context,
+    filters: service.ConversationFilters = Depends(search_filters),
+    sort_order: SortOrder = SortOrder.CREATED_AT_DESC,
+    page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
+    limit: Annotated[int, Query(gt=0, le=100)] = 100,
+    user: User = Depends(current_user),
+) -> Response:
+    return await _search(sandboxes, live, ctx, user, filters, sort_order, page_id, limit)
 
 
 @router.get("/count", response_model=int)
@@ -235,9 +280,37 @@ _PRECONDITION: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def _get(
+    live: LiveFields, ctx: AppContext, user: User, conversation_id: str, if_none_match: str | None
+) -> Response:
+    stored = await service.get(ctx.db, user_id=user.id, conversation_id=conversation_id)
+    conversation = await _one_wire(live, user, stored)
+    etag = conversation["etag"]
+    if if_none_match is not None and if_none_match_matches(if_none_match, etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    return json_adapter_response(CONVERSATION_JSON, conversation, headers={"ETag": etag})
+
+
+async def _get_direct(request: Request) -> Response | None:
+    conversation_id = path_id(request, "conversation_id")
+    if conversation_id is None or plain_query(request, _NO_PARAMETERS) is None:
+        return None
+    user = await direct_user(request)
+    if user is None:
+        return None
+    return await _get(
+        await live_fields(request),
+        await get_context(request),
+        user,
+        conversation_id,
+        request.headers.get("if-none-match"),
+    )
+
+
 @router.get(
     "/{conversation_id}", response_model=AppConversation, responses={304: {"description": "If-None-Match matched"}}
 )
+@direct(_get_direct)
 async def get_app_conversation(
     live: Live,
     ctx: Context,
@@ -245,21 +318,16 @@ async def get_app_conversation(
     conversation_id: str = Depends(conversation_id_path),
     user: User = Depends(current_user),
 ) -> Response:
-    stored = await service.get(ctx.db, user_id=user.id, conversation_id=conversation_id)
-    conversation = (await present(live, user, [stored]))[0]
-    if if_none_match is not None and if_none_match_matches(if_none_match, conversation.etag):
-        return Response(status_code=304, headers={"ETag": conversation.etag})
-    return json_response(conversation, headers={"ETag": conversation.etag})
+    return await _get(live, ctx, user, conversation_id, if_none_match)
 
 
-@router.patch("/{conversation_id}", response_model=AppConversation, responses=_PRECONDITION)
-async def update_app_conversation(
-    live: Live,
-    ctx: Context,
-    request: Annotated[AppConversationUpdateRequest, Body()],
-    if_match: Annotated[str | None, _IF_MATCH] = None,
-    conversation_id: str = Depends(conversation_id_path),
-    user: User = Depends(current_user),
+async def _update(
+    live: LiveFields,
+    ctx: AppContext,
+    user: User,
+    conversation_id: str,
+    request: AppConversationUpdateRequest,
+    if_match: str | None,
 ) -> Response:
     s = ctx.settings
     limits = service.TagLimits(s.max_tags, s.max_tag_key_length, s.max_tag_value_length)
@@ -271,8 +339,45 @@ async def update_app_conversation(
         limits=limits,
         expected_etag=if_match,
     )
-    conversation = (await present(live, user, [stored]))[0]
-    return json_response(conversation, headers={"ETag": conversation.etag})
+    conversation = await _one_wire(live, user, stored)
+    return json_adapter_response(CONVERSATION_JSON, conversation, headers={"ETag": conversation["etag"]})
+
+
+async def _update_direct(request: Request) -> Response | None:
+    conversation_id = path_id(request, "conversation_id")
+    if conversation_id is None or not json_body_type(request) or plain_query(request, _NO_PARAMETERS) is None:
+        return None
+    try:
+        # Read and validated as the route does (json.loads, then the model in Python mode).
+        update = AppConversationUpdateRequest.model_validate(json.loads(await request.body()))
+    except Exception:
+        # Whatever fails here (a body too large or cut off, bad JSON, a field the model refuses), the route
+        # answers, with the body it reads from this request's cache.
+        return None
+    user = await direct_user(request)
+    if user is None:
+        return None
+    return await _update(
+        await live_fields(request),
+        await get_context(request),
+        user,
+        conversation_id,
+        update,
+        request.headers.get("if-match"),
+    )
+
+
+@router.patch("/{conversation_id}", response_model=AppConversation, responses=_PRECONDITION)
+@direct(_update_direct)
+async def update_app_conversation(
+    live: Live,
+    ctx: Context,
+    request: Annotated[AppConversationUpdateRequest, Body()],
+    if_match: Annotated[str | None, _IF_MATCH] = None,
+    conversation_id: str = Depends(conversation_id_path),
+    user: User = Depends(current_user),
+) -> Response:
+    return await _update(live, ctx, user, conversation_id, request, if_match)
 
 
 @router.delete(

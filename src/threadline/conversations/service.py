@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, delete, false, func, or_, select, true, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
@@ -266,20 +268,55 @@ def _insert_record(conn: Connection, *, user_id: str, values: dict[str, Any]) ->
 
 
 _DELETE_TAGS = delete(conversation_tags).where(conversation_tags.c.conversation_id == bindparam("of_conversation"))
+_DELETE_TAG = delete(conversation_tags).where(
+    conversation_tags.c.conversation_id == bindparam("of_conversation"), conversation_tags.c.key == bindparam("of_key")
+)
 _INSERT_TAGS = conversation_tags.insert()
 
 
-def _store_tags(
-    conn: Connection, *, conversation_id: str, user_id: str, tags: dict[str, str], replace: bool = False
-) -> None:
-    """Keep the tag index table in step with the conversation's tags (same transaction)."""
-    if replace:
-        conn.execute(_DELETE_TAGS, {"of_conversation": conversation_id})
+def _upsert_tags() -> dict[str, Any]:
+    """Per dialect: insert a tag, or set the value of the one with that key (one statement, whatever the tag
+    table held)."""
+    statements: dict[str, Any] = {}
+    for name, insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert)):
+        statement = insert(conversation_tags)
+        statements[name] = statement.on_conflict_do_update(
+            index_elements=[conversation_tags.c.conversation_id, conversation_tags.c.key],
+            set_={"value": statement.excluded.value},
+        )
+    return statements
+
+
+_UPSERT_TAGS = _upsert_tags()
+
+
+def _store_tags(conn: Connection, *, conversation_id: str, user_id: str, tags: dict[str, str]) -> None:
+    """Index a new conversation's tags (same transaction)."""
     if tags:
         conn.execute(
             _INSERT_TAGS,
             [{"conversation_id": conversation_id, "key": k, "value": v, "user_id": user_id} for k, v in tags.items()],
         )
+
+
+def _change_tags(
+    conn: Connection, *, conversation_id: str, user_id: str, before: dict[str, str], after: dict[str, str]
+) -> None:
+    """Keep the tag index table in step with a change of the conversation's tags (same transaction): only the
+    tags that went or changed are written, in one statement each kind (a PATCH usually sets a tag or two)."""
+    if not after:
+        conn.execute(_DELETE_TAGS, {"of_conversation": conversation_id})
+        return
+    gone = [{"of_conversation": conversation_id, "of_key": key} for key in before if key not in after]
+    if gone:
+        conn.execute(_DELETE_TAG, gone)
+    changed = [
+        {"conversation_id": conversation_id, "key": k, "value": v, "user_id": user_id}
+        for k, v in after.items()
+        if before.get(k) != v
+    ]
+    if changed:
+        conn.execute(_UPSERT_TAGS[conn.dialect.name], changed)
 
 
 async def _owned_row(conn: AsyncConnection, *, user_id: str, conversation_id: str, lock: bool = False) -> Row[Any]:
@@ -467,7 +504,13 @@ def _update(
     # parameters' keys (one compiled form per set of changed columns, cached).
     updated = conn.execute(_UPDATE_RETURNING, {**changes, "of_conversation": conversation_id}).one()
     if "tags" in changes:
-        _store_tags(conn, conversation_id=conversation_id, user_id=user_id, tags=changes["tags"], replace=True)
+        _change_tags(
+            conn,
+            conversation_id=conversation_id,
+            user_id=user_id,
+            before=dict(record.tags or {}),
+            after=changes["tags"],
+        )
     return dataclasses.replace(stored, record=ConversationRecord.of(updated))
 
 

@@ -71,10 +71,12 @@ def json_response(content: BaseModel, *, status_code: int = 200, headers: dict[s
     return Response(content.model_dump_json(), status_code=status_code, headers=headers, media_type=_JSON)
 
 
-def json_adapter_response(adapter: TypeAdapter[Any], content: Any) -> Response:
+def json_adapter_response(
+    adapter: TypeAdapter[Any], content: Any, *, headers: dict[str, str] | None = None
+) -> Response:
     """Data as JSON, serialised once by `adapter` (a TypeAdapter built once: of a list of models, or of the
     plain data of a page, `conversations.mapping.PAGE_JSON`)."""
-    return Response(adapter.dump_json(content), media_type=_JSON)
+    return Response(adapter.dump_json(content), headers=headers, media_type=_JSON)
 
 
 _JSON = "application/json"

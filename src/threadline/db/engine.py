@@ -91,7 +91,15 @@ class Database:
     async def run_read(self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(connection, *args, **kwargs)` in a read transaction: what it returns, or raises."""
         threads = self._threads
+        if threads is None and not self.is_sqlite:
+            async with self.engine.connect() as conn:
+                # PostgreSQL: under READ COMMITTED (its default, and this server's) every statement reads a
+                # snapshot of its own, in a transaction or not, so a read gains nothing from BEGIN and COMMIT
+                # but two round trips.
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                return await conn.run_sync(fn, *args, **kwargs)
         if threads is None:
+            # SQLite without threads of its own (`:memory:`): a transaction, for a snapshot across statements.
             async with self.engine.connect() as conn, conn.begin():
                 return await conn.run_sync(fn, *args, **kwargs)
         return await asyncio.wrap_future(threads.executor.submit(_transaction, threads.engine, fn, args, kwargs))

@@ -6,14 +6,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from threadline.auth.dependencies import current_user
+from threadline.auth.dependencies import current_user, direct_user
 from threadline.auth.service import User
 from threadline.conversations.routes import conversation_id_path
 from threadline.conversations.service import require_owned
-from threadline.core.context import Context
+from threadline.core.context import AppContext, Context, get_context
+from threadline.core.direct import DirectRoute, direct, path_id, plain_query, small_int
 from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
 from threadline.events import service
 from threadline.events import stream as event_stream
@@ -28,7 +29,8 @@ from threadline.events.models import (
 from threadline.streams import sse
 from threadline.streams.dependencies import Hub, last_event_id, open_stream
 
-router = APIRouter(prefix="/api/v1/conversation/{conversation_id}/events", tags=["Events"])
+# DirectRoute: the plain requests of events search are answered by its direct handler (core.direct).
+router = APIRouter(prefix="/api/v1/conversation/{conversation_id}/events", tags=["Events"], route_class=DirectRoute)
 
 _KIND_DESCRIPTION = (
     "Optional filter by event kind, e.g. MessageEvent, ActionEvent, ObservationEvent. Any kind name is "
@@ -81,17 +83,15 @@ async def event_filters(
     return EventQuery(kind__eq, timestamp__gte, timestamp__lt)
 
 
-@router.get("/search", response_model=EventPage, summary="Search Events")
-async def search_events(
-    ctx: Context,
-    user: User = Depends(current_user),
-    conversation_id: str = Depends(conversation_id_path),
-    filters: EventQuery = Depends(event_filters),
-    sort_order: Annotated[EventSortOrder, Query(title="Sort order for results")] = EventSortOrder.TIMESTAMP,
-    page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
-    limit: Annotated[int, Query(title="The max number of results in the page", gt=0, le=service.MAX_LIMIT)] = 100,
+async def _search(
+    ctx: AppContext,
+    user: User,
+    conversation_id: str,
+    filters: EventQuery,
+    sort_order: EventSortOrder,
+    page_id: str | None,
+    limit: int,
 ) -> Response:
-    """Search / List events, ordered by timestamp then event id; `next_page_id` is a keyset token."""
     page = await service.search_events(
         ctx.db,
         ctx.settings.resolved_secret_key,
@@ -106,6 +106,44 @@ async def search_events(
     )
     # The stored events are JSON already: sent as they are (the EventPage shape), not decoded and re-encoded.
     return Response(page.render(), media_type="application/json")
+
+
+_PLAIN_SEARCH = frozenset({"kind__eq", "limit", "page_id", "sort_order"})
+_SORT_ORDERS = {order.value: order for order in EventSortOrder}
+
+
+async def _search_direct(request: Request) -> Response | None:
+    """A page of one conversation's events, by kind or not (what clients following an agent ask for)."""
+    conversation_id = path_id(request, "conversation_id")
+    query = plain_query(request, _PLAIN_SEARCH)
+    if conversation_id is None or query is None:
+        return None
+    kind = query.get("kind__eq")
+    limit = small_int(query.get("limit"), default=100, maximum=service.MAX_LIMIT)
+    sort_order = _SORT_ORDERS.get(query.get("sort_order", EventSortOrder.TIMESTAMP.value))
+    if (kind is not None and not 0 < len(kind) <= MAX_KIND_LENGTH) or limit is None or sort_order is None:
+        return None
+    user = await direct_user(request)
+    if user is None:
+        return None
+    filters = EventQuery(kind, None, None)
+    ctx = await get_context(request)
+    return await _search(ctx, user, conversation_id, filters, sort_order, query.get("page_id"), limit)
+
+
+@router.get("/search", response_model=EventPage, summary="Search Events")
+@direct(_search_direct)
+async def search_events(
+    ctx: Context,
+    user: User = Depends(current_user),
+    conversation_id: str = Depends(conversation_id_path),
+    filters: EventQuery = Depends(event_filters),
+    sort_order: Annotated[EventSortOrder, Query(title="Sort order for results")] = EventSortOrder.TIMESTAMP,
+    page_id: Annotated[str | None, Query(title=PAGE_ID_TITLE, json_schema_extra=PAGE_ID_SCHEMA)] = None,
+    limit: Annotated[int, Query(title="The max number of results in the page", gt=0, le=service.MAX_LIMIT)] = 100,
+) -> Response:
+    """Search / List events, ordered by timestamp then event id; `next_page_id` is a keyset token."""
+    return await _search(ctx, user, conversation_id, filters, sort_order, page_id, limit)
 
 
 @router.get("/count", response_model=int, summary="Count Events")
