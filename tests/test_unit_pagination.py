@@ -170,7 +170,7 @@ def test_keyset_first_page_only_orders() -> None:
 def test_keyset_ascending_starts_right_after_the_key() -> None:
     sql, params = _sql(False, [AT, "abc"])
     assert sql == (
-        "SELECT items.id FROM items WHERE items.at > :at_1 OR items.at = :at_2 AND items.id > :id_1 "
+        "SELECT items.id FROM items WHERE items.at >= :at_1 AND (items.at > :at_2 OR items.id > :id_1) "
         "ORDER BY items.at ASC, items.id ASC"
     )
     when = dt.datetime(2025, 1, 1, 12, tzinfo=dt.UTC)
@@ -180,7 +180,7 @@ def test_keyset_ascending_starts_right_after_the_key() -> None:
 def test_keyset_descending_starts_right_after_the_key() -> None:
     sql, params = _sql(True, ["2025-01-01T13:00:00+01:00", "abc"])
     assert sql == (
-        "SELECT items.id FROM items WHERE items.at < :at_1 OR items.at = :at_2 AND items.id < :id_1 "
+        "SELECT items.id FROM items WHERE items.at <= :at_1 AND (items.at < :at_2 OR items.id < :id_1) "
         "ORDER BY items.at DESC, items.id DESC"
     )
     assert params["at_1"] == dt.datetime(2025, 1, 1, 12, tzinfo=dt.UTC)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import warnings
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from threadline.conversations.etag import etag_for
 from threadline.conversations.mapping import (
     BATCH_JSON,
     CONVERSATION_JSON,
@@ -25,7 +27,7 @@ from threadline.conversations.models import (
     ConversationTrigger,
     ProviderType,
 )
-from threadline.conversations.records import ConversationRecord, StoredConversation
+from threadline.conversations.records import ConversationRecord, ListedConversation, StoredConversation
 from threadline.sandboxes.status import SandboxStatus
 
 _text = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
@@ -101,6 +103,65 @@ def test_a_page_from_plain_data_is_byte_for_byte_the_page_of_models(
     assert fast == models.model_dump_json().encode()
     assert ones == [m.model_dump_json().encode() for m in models.items]
     assert batch == b"[" + b",".join([b"null", *(m.model_dump_json().encode() for m in models.items)]) + b"]"
+
+
+def _by_name(stored: StoredConversation, live: LiveState) -> dict[str, Any]:
+    """The mapping written field by field, by name: `to_wire` unpacks the record's values by position."""
+    r = stored.record
+    metrics = {
+        "model_name": r.metrics_model_name,
+        "accumulated_cost": r.accumulated_cost,
+        "max_budget_per_task": r.max_budget_per_task,
+        "accumulated_token_usage": {
+            "model": "" if r.metrics_model_name == "default" else r.metrics_model_name,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "cache_read_tokens": r.cache_read_tokens,
+            "cache_write_tokens": r.cache_write_tokens,
+            "reasoning_tokens": r.reasoning_tokens,
+            "context_window": r.context_window,
+            "per_turn_token": r.per_turn_token,
+            "response_id": r.response_id,
+        },
+    }
+    return {
+        "id": r.id,
+        "created_by_user_id": r.user_id,
+        "sandbox_id": r.sandbox_id,
+        "selected_repository": r.selected_repository,
+        "selected_branch": r.selected_branch,
+        "git_provider": ProviderType(r.git_provider) if r.git_provider else None,
+        "title": r.title,
+        "trigger": ConversationTrigger(r.trigger) if r.trigger else None,
+        "pr_number": r.pr_number,
+        "llm_model": r.llm_model,
+        "agent_kind": r.agent_kind,
+        "metrics": metrics if r.has_metrics else None,
+        "parent_conversation_id": r.parent_conversation_id,
+        "sub_conversation_ids": list(stored.sub_conversation_ids),
+        "public": r.public,
+        "tags": r.tags,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "sandbox_status": live.sandbox_status,
+        "execution_status": live.execution_status,
+        "conversation_url": live.conversation_url,
+        "session_api_key": live.session_api_key,
+        "acp_server": None,
+        "launched_agent_profile": None,
+        "etag": etag_for(r.id, r.version),
+    }
+
+
+@settings(max_examples=200, deadline=None)
+@given(_stored(), _live)
+def test_each_wire_field_comes_from_the_record_field_of_its_name(stored: StoredConversation, live: LiveState) -> None:
+    expected = _by_name(stored, live)
+    listed = ListedConversation(stored.record.values(), stored.sub_conversation_ids, stored.sandbox)
+    assert to_wire(stored, live) == expected
+    assert to_wire(listed, live) == expected
+    assert list(to_wire(listed, live)) == list(AppConversation.model_fields)  # in the model's order
+    assert listed.record == stored.record
 
 
 def test_the_wire_typed_dict_has_the_models_fields_in_order() -> None:

@@ -12,7 +12,7 @@ from threadline.auth.service import User
 from threadline.conversations.mapping import LiveState
 from threadline.conversations.models import AppConversation
 from threadline.conversations.pending import PendingMessages
-from threadline.conversations.records import StoredConversation
+from threadline.conversations.records import AnyStored, StoredConversation
 from threadline.conversations.start import StartService
 
 
@@ -23,9 +23,7 @@ class LiveFields(Protocol):
 
     async def __call__(self, user: User, items: Sequence[StoredConversation]) -> list[AppConversation]: ...
 
-    async def resolve(
-        self, user: User, items: Sequence[StoredConversation]
-    ) -> list[tuple[StoredConversation, LiveState]]:
+    async def resolve(self, user: User, items: Sequence[AnyStored]) -> list[tuple[AnyStored, LiveState]]:
         """The same, as each conversation (as it now is) with its live fields, for the pages serialised
         without models (`conversations.mapping.to_wire`)."""
         ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from threadline.core.errors import Problem
 
@@ -19,8 +20,13 @@ _MEMBER = re.compile(r'\s*(?:(\*)|(W/)?"([^"]*)"|([^\s,"]+))\s*(?:,|$)')
 
 def etag_for(conversation_id: str, version: int) -> str:
     """The strong entity tag, quotes included, exactly as it goes into the `ETag` header."""
-    digest = hashlib.sha256(conversation_id.encode()).hexdigest()[:12]
-    return f'"{version}-{digest}"'
+    return f'"{version}-{_id_digest(conversation_id)}"'
+
+
+@lru_cache(maxsize=16_384)
+def _id_digest(conversation_id: str) -> str:
+    # An id's digest never changes; a page shows a hundred of them, mostly the same ones again (about 2 MB).
+    return hashlib.sha256(conversation_id.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel, TypeAdapter
 from typing_extensions import TypedDict
 
+from threadline.conversations.etag import etag_for
 from threadline.conversations.models import (
     AppConversation,
     AppConversationPage,
@@ -18,7 +19,7 @@ from threadline.conversations.models import (
     MetricsSnapshot,
     ProviderType,
 )
-from threadline.conversations.records import ConversationRecord, StoredConversation
+from threadline.conversations.records import ConversationRecord, ListedConversation, StoredConversation
 from threadline.sandboxes.status import SandboxStatus
 
 
@@ -39,20 +40,40 @@ def metrics_of(record: ConversationRecord) -> dict[str, Any] | None:
     """The metrics as wire data (MetricsSnapshot's fields, in order)."""
     if not record.has_metrics:
         return None
+    return _metrics(
+        record.metrics_model_name, record.accumulated_cost, record.max_budget_per_task, record.prompt_tokens,
+        record.completion_tokens, record.cache_read_tokens, record.cache_write_tokens, record.reasoning_tokens,
+        record.context_window, record.per_turn_token, record.response_id,
+    )  # fmt: skip
+
+
+def _metrics(
+    model_name: str,
+    accumulated_cost: float,
+    max_budget_per_task: float | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cache_read_tokens: int,
+    cache_write_tokens: int,
+    reasoning_tokens: int,
+    context_window: int,
+    per_turn_token: int,
+    response_id: str,
+) -> dict[str, Any]:
     return {
-        "model_name": record.metrics_model_name,
-        "accumulated_cost": record.accumulated_cost,
-        "max_budget_per_task": record.max_budget_per_task,
+        "model_name": model_name,
+        "accumulated_cost": accumulated_cost,
+        "max_budget_per_task": max_budget_per_task,
         "accumulated_token_usage": {
-            "model": record.metrics_model_name if record.metrics_model_name != "default" else "",
-            "prompt_tokens": record.prompt_tokens,
-            "completion_tokens": record.completion_tokens,
-            "cache_read_tokens": record.cache_read_tokens,
-            "cache_write_tokens": record.cache_write_tokens,
-            "reasoning_tokens": record.reasoning_tokens,
-            "context_window": record.context_window,
-            "per_turn_token": record.per_turn_token,
-            "response_id": record.response_id,
+            "model": model_name if model_name != "default" else "",
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "cache_read_tokens": cache_read_tokens,
+            "cache_write_tokens": cache_write_tokens,
+            "reasoning_tokens": reasoning_tokens,
+            "context_window": context_window,
+            "per_turn_token": per_turn_token,
+            "response_id": response_id,
         },
     }
 
@@ -62,36 +83,68 @@ def metrics_snapshot(record: ConversationRecord) -> MetricsSnapshot | None:
     return MetricsSnapshot.model_validate(data) if data is not None else None
 
 
-def to_wire(stored: StoredConversation, live: LiveState = NOT_RUNNING) -> dict[str, Any]:
+# Enum members by value: a dict lookup, where calling the enum class costs a few microseconds a row. An
+# unknown stored value fails (KeyError) as the call would (ValueError).
+_PROVIDERS = ProviderType._value2member_map_
+_TRIGGERS = ConversationTrigger._value2member_map_
+
+
+def to_wire(stored: StoredConversation | ListedConversation, live: LiveState = NOT_RUNNING) -> dict[str, Any]:
     """The conversation as wire data: AppConversation's fields, in its order, with the values it would hold.
-    Pages are serialised from this directly (`PAGE_JSON`), without a model validated per row."""
-    record = stored.record
+    Pages are serialised from this directly (`PAGE_JSON`), without a model validated per row.
+
+    Made from the record's values by position (`ConversationRecord.values()`; a page's conversations come
+    as values, not records): unpacked once, not read field by field."""
+    (
+        conversation_id, user_id, sandbox_id, selected_repository, selected_branch, git_provider, title,
+        _title_set_by_user, trigger, pr_number, llm_model, agent_kind, parent_conversation_id, public, tags,
+        _execution_status, _execution_status_at, metrics_model_name, accumulated_cost, max_budget_per_task,
+        prompt_tokens, completion_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, context_window,
+        per_turn_token, response_id, has_metrics, version, created_at, updated_at,
+    ) = stored.values  # fmt: skip
+    metrics = (
+        _metrics(
+            metrics_model_name,
+            accumulated_cost,
+            max_budget_per_task,
+            prompt_tokens,
+            completion_tokens,
+            cache_read_tokens,
+            cache_write_tokens,
+            reasoning_tokens,
+            context_window,
+            per_turn_token,
+            response_id,
+        )
+        if has_metrics
+        else None
+    )
     return {
-        "id": record.id,
-        "created_by_user_id": record.user_id,
-        "sandbox_id": record.sandbox_id,
-        "selected_repository": record.selected_repository,
-        "selected_branch": record.selected_branch,
-        "git_provider": ProviderType(record.git_provider) if record.git_provider else None,
-        "title": record.title,
-        "trigger": ConversationTrigger(record.trigger) if record.trigger else None,
-        "pr_number": list(record.pr_number or []),
-        "llm_model": record.llm_model,
-        "agent_kind": record.agent_kind,
-        "metrics": metrics_of(record),
-        "parent_conversation_id": record.parent_conversation_id,
+        "id": conversation_id,
+        "created_by_user_id": user_id,
+        "sandbox_id": sandbox_id,
+        "selected_repository": selected_repository,
+        "selected_branch": selected_branch,
+        "git_provider": _PROVIDERS[git_provider] if git_provider else None,
+        "title": title,
+        "trigger": _TRIGGERS[trigger] if trigger else None,
+        "pr_number": list(pr_number or []),
+        "llm_model": llm_model,
+        "agent_kind": agent_kind,
+        "metrics": metrics,
+        "parent_conversation_id": parent_conversation_id,
         "sub_conversation_ids": list(stored.sub_conversation_ids),
-        "public": record.public,
-        "tags": dict(record.tags or {}),
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
+        "public": public,
+        "tags": dict(tags or {}),
+        "created_at": created_at,
+        "updated_at": updated_at,
         "sandbox_status": live.sandbox_status,
         "execution_status": live.execution_status,
         "conversation_url": live.conversation_url,
         "session_api_key": live.session_api_key,
         "acp_server": None,
         "launched_agent_profile": None,
-        "etag": record.etag,
+        "etag": etag_for(conversation_id, version),
     }
 
 

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import bindparam, delete, false, func, or_, select, true, update
@@ -14,6 +15,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy.sql.elements import BindParameter
 
 from threadline.conversations.etag import check_if_match
 from threadline.conversations.models import (
@@ -23,7 +25,14 @@ from threadline.conversations.models import (
     ProviderType,
     SortOrder,
 )
-from threadline.conversations.records import ConversationRecord, PublicConversation, StoredConversation, StoredPage
+from threadline.conversations.records import (
+    CONVERSATION_FIELDS,
+    ConversationRecord,
+    ListedConversation,
+    PublicConversation,
+    StoredConversation,
+    StoredPage,
+)
 from threadline.conversations.tables import conversation_tags, conversations, start_tasks
 from threadline.core.errors import Invalid, NotFound
 from threadline.core.ids import new_id
@@ -31,6 +40,7 @@ from threadline.core.pagination import Pager, filters_fingerprint, keyset
 from threadline.core.time import as_utc
 from threadline.db.engine import Database
 from threadline.db.lists import in_list, list_value
+from threadline.db.rows import RawColumns
 from threadline.db.types import utcnow
 from threadline.sandboxes.records import SandboxRecord
 from threadline.sandboxes.tables import sandboxes
@@ -74,7 +84,8 @@ class ConversationFilters:
         return filters_fingerprint(values)
 
 
-def _where(user_id: str, f: ConversationFilters) -> list[ColumnElement[bool]]:
+def _where(user_id: str | BindParameter[str], f: ConversationFilters) -> list[ColumnElement[bool]]:
+    # `user_id` is a value, or a bound parameter in statements built once.
     c = conversations.c
     clauses: list[ColumnElement[bool]] = [c.user_id == user_id]
     if f.title__contains is not None:
@@ -164,14 +175,18 @@ def _sub_ids(conn: Connection, *, user_id: str, parent_ids: Sequence[str]) -> di
 def _stored(conn: Connection, *, user_id: str, rows: Sequence[Row[Any]]) -> list[StoredConversation]:
     records = ConversationRecord.all_of(rows)
     subs = _sub_ids(conn, user_id=user_id, parent_ids=[r.id for r in records])
-    # The sandbox records too, now: the live fields need them, and a transaction of their own would cost
-    # more than the page's query.
-    sandbox_ids = list({r.sandbox_id for r in records})
-    dialect = conn.dialect.name
-    statement, ids = _SANDBOXES_BY_ID[dialect], list_value(dialect, sandbox_ids)
-    rows = conn.execute(statement, {"sandbox_ids": ids}).all() if sandbox_ids else []
-    boxes = {b.id: b for b in SandboxRecord.all_of(rows)}
+    boxes = _sandboxes(conn, {r.sandbox_id for r in records})
     return [StoredConversation(r, tuple(subs.get(r.id, ())), boxes.get(r.sandbox_id)) for r in records]
+
+
+def _sandboxes(conn: Connection, sandbox_ids: set[str]) -> dict[str, SandboxRecord]:
+    """The sandbox records of conversations read, now: the live fields need them, and a transaction of their
+    own would cost more than the page's query."""
+    if not sandbox_ids:
+        return {}
+    dialect = conn.dialect.name
+    rows = conn.execute(_SANDBOXES_BY_ID[dialect], {"sandbox_ids": list_value(dialect, list(sandbox_ids))}).all()
+    return {b.id: b for b in SandboxRecord.all_of(rows)}
 
 
 # One conversation with its sandbox in one statement (a single GET and PATCH): the sandbox's columns are
@@ -383,8 +398,51 @@ def search_query(
     after: list[Any] | None = None,
     limit: int = 101,
 ) -> Select[Any]:
-    """The SELECT behind one search page (also what the query-plan test explains)."""
+    """The SELECT behind one search page with its values in it (what the query-plan test explains with
+    literal values; `page_statement` is the same with bound parameters)."""
     return _keyset(select(conversations).where(*_where(user_id, filters)), sort, after).limit(limit)
+
+
+# A page's rows are read as the driver gives them and decoded in one pass per row (`db.rows`), into the
+# record's values: neither SQLAlchemy's result processing nor a record per row (`ListedConversation`).
+_RAW = RawColumns(conversations)
+if _RAW.names != CONVERSATION_FIELDS:
+    raise RuntimeError("the conversations table's columns must be ConversationRecord's fields, in order")
+_SANDBOX_ID = _RAW.names.index("sandbox_id")
+_SORT_POSITIONS = {sort: _RAW.names.index(column) for sort, (column, _) in _SORT_COLUMNS.items()}
+
+# The common searches (no filter but the user's, top-level conversations or all of them, any order, first
+# page or after a token), built once with bound parameters (`user_id`, `after_value`, `after_id`, `rows`).
+_NO_FILTERS = frozenset({ConversationFilters(), ConversationFilters(include_sub_conversations=True)})
+_PAGE_STATEMENTS: dict[tuple[SortOrder, bool, bool], Select[Any]] = {}
+
+
+@lru_cache(maxsize=256)
+def _fingerprint(filters: ConversationFilters) -> str:
+    # A JSON document and a hash per request otherwise; filters of the same shape repeat (a client paging).
+    return filters.fingerprint()
+
+
+def _pager(secret: str, sort: SortOrder, filters: ConversationFilters) -> Pager:
+    column_name, descending = _SORT_COLUMNS[sort]
+    column = conversations.c[column_name]
+    return Pager(secret, "conversations", sort.value, _fingerprint(filters), column, conversations.c.id, descending)
+
+
+def page_statement(
+    user_id: str, filters: ConversationFilters, pager: Pager, sort: SortOrder, *, after: bool
+) -> Select[Any]:
+    """The SELECT of a search page, with the position (`after_value`, `after_id`, when `after`) and the number
+    of rows (`rows`) as bound parameters, and the user too (`user_id`) in the common searches, whose statements
+    are built once; a search with other filters has their values in it, built per request."""
+    if filters in _NO_FILTERS:
+        key = (sort, filters.include_sub_conversations, after)
+        statement = _PAGE_STATEMENTS.get(key)
+        if statement is None:
+            base = select(*_RAW.columns).where(*_where(bindparam("user_id"), filters))
+            statement = _PAGE_STATEMENTS[key] = pager.statement(base, after=after)
+        return statement
+    return pager.statement(select(*_RAW.columns).where(*_where(user_id, filters)), after=after)
 
 
 async def search(
@@ -397,24 +455,50 @@ async def search(
     limit: int = 100,
     page_id: str | None = None,
 ) -> StoredPage:
-    column_name, descending = _SORT_COLUMNS[sort]
-    pager = Pager(
-        secret, "conversations", sort.value, filters.fingerprint(), conversations.c[column_name], conversations.c.id,
-        descending,
-    )  # fmt: skip
-    query = pager.query(select(conversations).where(*_where(user_id, filters)), page_id, limit)
-    return await db.run_read(_page, user_id=user_id, query=query, pager=pager, limit=limit)
+    pager = _pager(secret, sort, filters)
+    parameters = {"user_id": user_id, **pager.after(page_id), "rows": limit + 1}
+    statement = page_statement(user_id, filters, pager, sort, after="after_id" in parameters)
+    return await db.run_read(
+        _page, user_id=user_id, statement=statement, parameters=parameters, pager=pager, sort=sort, limit=limit
+    )
 
 
-def _page(conn: Connection, *, user_id: str, query: Select[Any], pager: Pager, limit: int) -> StoredPage:
-    rows, next_page_id = pager.split(conn.execute(query).all(), limit)
-    return StoredPage(items=_stored(conn, user_id=user_id, rows=rows), next_page_id=next_page_id)
+def _page(
+    conn: Connection,
+    *,
+    user_id: str,
+    statement: Select[Any],
+    parameters: dict[str, Any],
+    pager: Pager,
+    sort: SortOrder,
+    limit: int,
+) -> StoredPage:
+    rows = conn.execute(statement, parameters).all()
+    decode = _RAW.decoder(conn.dialect)
+    page = [decode(row) for row in rows[:limit]]
+    next_page_id = None
+    if len(rows) > limit and page:
+        last = page[-1]
+        next_page_id = pager.token(last[_SORT_POSITIONS[sort]], last[0])
+    return StoredPage(items=_listed(conn, user_id=user_id, page=page), next_page_id=next_page_id)
+
+
+def _listed(conn: Connection, *, user_id: str, page: list[tuple[Any, ...]]) -> list[ListedConversation]:
+    """`_stored` for a page's record values."""
+    subs = _sub_ids(conn, user_id=user_id, parent_ids=[values[0] for values in page])
+    boxes = _sandboxes(conn, {values[_SANDBOX_ID] for values in page})
+    return [
+        ListedConversation(values, tuple(subs.get(values[0], ())), boxes.get(values[_SANDBOX_ID])) for values in page
+    ]
 
 
 async def count(db: Database, *, user_id: str, filters: ConversationFilters) -> int:
-    async with db.read() as conn:
-        result = await conn.execute(select(func.count()).select_from(conversations).where(*_where(user_id, filters)))
-        return int(result.scalar_one())
+    return await db.run_read(_count, user_id=user_id, filters=filters)
+
+
+def _count(conn: Connection, *, user_id: str, filters: ConversationFilters) -> int:
+    query = select(func.count()).select_from(conversations).where(*_where(user_id, filters))
+    return int(conn.execute(query).scalar_one())
 
 
 def _merge_tags(current: dict[str, str], patch: dict[str, str | None] | None, limits: TagLimits) -> dict[str, str]:

@@ -64,6 +64,20 @@ def decode_page_token(secret: str, token: str, kind: str, sort: str, fingerprint
     return PageCursor(sort=data["s"], key=list(data["c"]))
 
 
+def after_key(
+    column: ColumnElement[Any], id_column: ColumnElement[Any], value: Any, last_id: Any, descending: bool
+) -> ColumnElement[bool]:
+    """The rows after the key (value, last_id) in the order (column, id), ascending or descending.
+
+    Written `column <= value AND (column < value OR id < last_id)` (descending) rather than the plain
+    `column < value OR (column = value AND id < last_id)`: with bound values, SQLite's planner takes no range
+    from the OR alone and walks the index from the start of the listing to the key (a page after 10,000
+    conversations: 3.6 ms instead of 0.7 ms); the bound alongside gives it, and PostgreSQL, the range."""
+    if descending:
+        return and_(column <= value, or_(column < value, id_column < last_id))
+    return and_(column >= value, or_(column > value, id_column > last_id))
+
+
 def keyset(
     query: Select[Any],
     column: ColumnElement[Any],
@@ -75,11 +89,7 @@ def keyset(
     """Order by (column, id) and, given the key [column value as ISO time, id] of the last item served,
     start right after it. The id breaks ties, so items sharing a time are never split badly."""
     if after is not None:
-        value, last_id = datetime.fromisoformat(after[0]), after[1]
-        if descending:
-            query = query.where(or_(column < value, and_(column == value, id_column < last_id)))
-        else:
-            query = query.where(or_(column > value, and_(column == value, id_column > last_id)))
+        query = query.where(after_key(column, id_column, datetime.fromisoformat(after[0]), after[1], descending))
     if descending:
         return query.order_by(column.desc(), id_column.desc())
     return query.order_by(column.asc(), id_column.asc())
@@ -125,10 +135,7 @@ class Pager:
         c, i = self.column, self.id_column
         if after:
             value, last_id = bindparam("after_value", type_=c.type), bindparam("after_id", type_=i.type)
-            if self.descending:
-                query = query.where(or_(c < value, and_(c == value, i < last_id)))
-            else:
-                query = query.where(or_(c > value, and_(c == value, i > last_id)))
+            query = query.where(after_key(c, i, value, last_id, self.descending))
         ordered = query.order_by(c.desc(), i.desc()) if self.descending else query.order_by(c.asc(), i.asc())
         return ordered.limit(bindparam("rows", type_=Integer))
 
@@ -138,5 +145,8 @@ class Pager:
         if len(rows) <= limit or not page:
             return page, None
         last = page[-1]
-        key = [getattr(last, self.column.key).isoformat(), getattr(last, self.id_column.key)]
-        return page, encode_page_token(self.secret, self.kind, self.sort, self.fingerprint, key)
+        return page, self.token(getattr(last, self.column.key), getattr(last, self.id_column.key))
+
+    def token(self, value: datetime, last_id: str) -> str:
+        """The token of the page that starts right after the item with this key (its time and id)."""
+        return encode_page_token(self.secret, self.kind, self.sort, self.fingerprint, [value.isoformat(), last_id])

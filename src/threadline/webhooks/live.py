@@ -22,7 +22,6 @@ What an agent server reports is stored, so the next read has it without asking.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -32,7 +31,7 @@ from datetime import timedelta
 from threadline.auth.service import User
 from threadline.conversations.mapping import LiveState, to_app_conversation
 from threadline.conversations.models import AppConversation, ConversationExecutionStatus
-from threadline.conversations.records import ConversationRecord, StoredConversation
+from threadline.conversations.records import AnyStored, ConversationRecord, StoredConversation
 from threadline.core.errors import NotFound
 from threadline.core.time import utcnow
 from threadline.db.engine import Database
@@ -75,46 +74,55 @@ class LivePresenter:
     async def __call__(self, user: User, items: Sequence[StoredConversation]) -> list[AppConversation]:
         return [to_app_conversation(item, live) for item, live in await self.resolve(user, items)]
 
-    async def resolve(
-        self, user: User, items: Sequence[StoredConversation]
-    ) -> list[tuple[StoredConversation, LiveState]]:
-        """Each conversation (as it now is, where an agent server was asked) with its live fields."""
+    async def resolve(self, user: User, items: Sequence[AnyStored]) -> list[tuple[AnyStored, LiveState]]:
+        """Each conversation (as it now is, where an agent server was asked) with its live fields.
+
+        Only conversations on a running sandbox are looked at beyond their sandbox (a page's conversations
+        come as values, and a record is built for those only)."""
         boxes = {item.sandbox.id: item.sandbox for item in items if item.sandbox is not None}
         # settle: a dead sandbox found here is recorded, so filters on stored statuses agree with this page.
         statuses = await self.sandboxes.settle([box for box in boxes.values() if box.user_id == user.id])
+        running = {sandbox_id for sandbox_id, status in statuses.items() if status is SandboxStatus.RUNNING}
+        # The conversation's sandbox is the one looked up by its sandbox_id: its status is the conversation's.
+        records = {
+            position: item.record
+            for position, item in enumerate(items)
+            if item.sandbox is not None and item.sandbox.id in running
+        }
         unreported: dict[str, list[str]] = defaultdict(list)
         lagging: dict[str, list[str]] = defaultdict(list)
-        for item in items:
-            sandbox_id = item.record.sandbox_id
-            if statuses.get(sandbox_id) is SandboxStatus.RUNNING and item.record.execution_status_at is None:
+        for record in records.values():
+            if record.execution_status_at is None:
                 # Asked before answering once; an agent server that did not know the conversation then (or
                 # did not answer) is asked again in the background only, or every page would wait on it.
-                waits = item.record.id not in self._asked_before_answering
-                (unreported if waits else lagging)[sandbox_id].append(item.record.id)
+                waits = record.id not in self._asked_before_answering
+                (unreported if waits else lagging)[record.sandbox_id].append(record.id)
         if unreported:
             self._remember_asked([cid for ids in unreported.values() for cid in ids])
             asked = await asyncio.gather(*(self._ask(boxes[sid], ids) for sid, ids in unreported.items()))
             fresh = {record.id: record for found in asked for record in found}
-            items = [
-                dataclasses.replace(item, record=fresh[item.record.id]) if item.record.id in fresh else item
-                for item in items
-            ]
+            items = list(items)
+            for position, record in records.items():
+                if record.id in fresh:
+                    records[position] = fresh[record.id]
+                    items[position] = items[position].with_record(fresh[record.id])
         keys: dict[str, tuple[str, str]] = {}  # sandbox id -> (agent URL, session key), once per sandbox
-        answered: list[tuple[StoredConversation, LiveState]] = []
-        for item in items:
-            record = item.record
-            status = statuses.get(record.sandbox_id, SandboxStatus.MISSING)
-            box = boxes.get(record.sandbox_id)
-            if status is not SandboxStatus.RUNNING or box is None:
+        answered: list[tuple[AnyStored, LiveState]] = []
+        for position, item in enumerate(items):
+            box = item.sandbox
+            running_record = records.get(position)
+            if running_record is None or box is None:
+                status = statuses.get(box.id, SandboxStatus.MISSING) if box is not None else SandboxStatus.MISSING
                 answered.append((item, _NOT_RUNNING[status]))
                 continue
+            record = running_record
             if self._may_lag(record):
                 lagging[box.id].append(record.id)
             if box.id not in keys:
                 keys[box.id] = (self.sandboxes.agent_url(box), self.sandboxes.session_key(box))
             url, key = keys[box.id]
             live = LiveState(
-                sandbox_status=status,
+                sandbox_status=SandboxStatus.RUNNING,
                 execution_status=_status_of(record),
                 conversation_url=f"{url}/api/conversations/{record.id}",
                 session_api_key=key,
