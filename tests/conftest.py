@@ -58,6 +58,10 @@ def _pg_admin_exec(sql: str) -> None:
         finally:
             await conn.close()
 
+    _pg_admin_exec_coroutine(run)
+
+
+def _pg_admin_exec_coroutine(run: Callable[[], Coroutine[Any, Any, None]]) -> None:
     # In a thread of its own: the calling thread may already run a loop (Playwright's sync API does).
     with ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, run()).result()

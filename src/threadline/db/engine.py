@@ -9,11 +9,13 @@ import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import QueuePool, create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -58,10 +60,11 @@ class Database:
         else:
             kwargs["pool_size"] = 10
             kwargs["max_overflow"] = 20
-            kwargs["pool_pre_ping"] = True
             if schema:
                 kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if not self.is_sqlite:
+            _install_connection_checks(self.engine.sync_engine)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._file_lock: _WriterFileLock | None = None
         self._threads: _SqliteThreads | None = None
@@ -91,13 +94,8 @@ class Database:
     async def run_read(self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(connection, *args, **kwargs)` in a read transaction: what it returns, or raises."""
         threads = self._threads
-        if threads is None and not self.is_sqlite:
-            async with self.engine.connect() as conn:
-                # PostgreSQL: under READ COMMITTED (its default, and this server's) every statement reads a
-                # snapshot of its own, in a transaction or not, so a read gains nothing from BEGIN and COMMIT
-                # but two round trips.
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
-                return await conn.run_sync(fn, *args, **kwargs)
+        if not self.is_sqlite:
+            return await self._run_postgresql(fn, args, kwargs, write=False)
         if threads is None:
             # SQLite without threads of its own (`:memory:`): a transaction, for a snapshot across statements.
             async with self.engine.connect() as conn, conn.begin():
@@ -108,6 +106,8 @@ class Database:
         """`fn(connection, *args, **kwargs)` in a write transaction, committed when it returns and rolled back
         when it raises (the exception propagates as raised)."""
         threads = self._threads
+        if not self.is_sqlite:
+            return await self._run_postgresql(fn, args, kwargs, write=True)
         if threads is None or self._write_lock is None:
             async with self.write() as conn:
                 return await conn.run_sync(fn, *args, **kwargs)
@@ -123,6 +123,38 @@ class Database:
                 if not work.cancel():
                     await _wait_out(done)
                 raise
+
+    async def _run_postgresql(
+        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], *, write: bool
+    ) -> T:
+        """`fn` on a pooled connection checked out without a ping, and run once more on a fresh one if the
+        database turns out to have closed that connection (a restart) before anything was committed.
+
+        A read runs without BEGIN and COMMIT: under READ COMMITTED (PostgreSQL's default, and this server's)
+        every statement reads a snapshot of its own, in a transaction or not, so they would buy nothing but
+        two round trips. A ping per checkout would be a third (`read()`/`write()` keep it)."""
+        for attempt in (1, 2):
+            committing = False
+            unpinged = _PING_ON_CHECKOUT.set(False)
+            try:
+                async with self.engine.connect() as conn:
+                    if not write:
+                        await conn.execution_options(isolation_level="AUTOCOMMIT")
+                        return await conn.run_sync(fn, *args, **kwargs)
+                    async with conn.begin():
+                        result = await conn.run_sync(fn, *args, **kwargs)
+                        # From here on the transaction may have been committed, whatever the outcome says.
+                        committing = True
+                    return result
+            except DBAPIError as exc:
+                # The pool has let go of every connection as old as that one (SQLAlchemy does on a
+                # disconnect), so the second attempt gets a new one.
+                if attempt == 1 and exc.connection_invalidated and not committing:
+                    continue
+                raise
+            finally:
+                _PING_ON_CHECKOUT.reset(unpinged)
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     @asynccontextmanager
     async def _other_processes(self) -> AsyncIterator[None]:
@@ -219,6 +251,28 @@ class _WriterFileLock:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
+
+
+# PostgreSQL: whether a connection is pinged when it is checked out of the pool. `run_read`/`run_write` skip it
+# (they run their function again on a fresh connection instead); `read()`/`write()`, whose transactions are
+# awaited statements that cannot be run again, keep it.
+_PING_ON_CHECKOUT: ContextVar[bool] = ContextVar("threadline_ping_on_checkout", default=True)
+
+
+def _install_connection_checks(engine: Engine) -> None:
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # A connection the database closed (a restart, an idle timeout) is known to be closed without a
+        # round trip once the event loop has seen its socket close; the pool replaces it (and tries again).
+        if dbapi_connection.driver_connection.is_closed():
+            raise DisconnectionError("the database closed this pooled connection")
+        if _PING_ON_CHECKOUT.get():
+            try:
+                dialect.do_ping(dbapi_connection)
+            except Exception as exc:
+                raise DisconnectionError("a pooled connection did not answer a ping") from exc
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:
