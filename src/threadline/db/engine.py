@@ -92,7 +92,8 @@ class Database:
                 yield conn
 
     async def run_read(self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """`fn(connection, *args, **kwargs)` in a read transaction: what it returns, or raises."""
+        """`fn(connection, *args, **kwargs)` in a read transaction: what it returns, or raises. `fn` may run
+        twice (PostgreSQL, a connection found closed): it must do nothing but through the connection."""
         threads = self._threads
         if not self.is_sqlite:
             return await self._run_postgresql(fn, args, kwargs, write=False)
@@ -104,7 +105,8 @@ class Database:
 
     async def run_write(self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(connection, *args, **kwargs)` in a write transaction, committed when it returns and rolled back
-        when it raises (the exception propagates as raised)."""
+        when it raises (the exception propagates as raised). `fn` may run twice (PostgreSQL, a connection found
+        closed before the commit): it must do nothing but through the connection."""
         threads = self._threads
         if not self.is_sqlite:
             return await self._run_postgresql(fn, args, kwargs, write=True)
