@@ -21,8 +21,12 @@ What one sandbox sees and can do (docs/security.md has the threat model):
   the agent server's callbacks and all outbound traffic go through the egress proxy (`egress.py`).
 - **Environment:** only what the agent server needs; never the database URL, the server secret or any
   other sandbox's keys.
-- **Limits:** process count and open files by rlimit; memory by a watchdog that ends a sandbox whose
-  processes together use more than the limit (recorded ERROR with the reason).
+- **Limits:** where a cgroup hierarchy is usable (`cgroups.py`: v2 delegated to Threadline, or writable v1
+  as root), each sandbox has a cgroup of its own, joined before bubblewrap runs, so the kernel enforces
+  its memory (no swap), CPU and process count; a process the kernel kills for the memory limit ends the
+  sandbox, recorded ERROR with the reason. Process count and open files are also limited by rlimit.
+  Without a usable cgroup (or `THREADLINE_SANDBOX_CGROUPS=off`): memory by a watchdog that ends a sandbox
+  whose processes together use more than the limit (recorded ERROR likewise), CPU not at all.
 """
 
 from __future__ import annotations
