@@ -198,11 +198,18 @@ def _kill_leftover_sandboxes(root: Path) -> None:
     """A test that failed half-way (or kept sandboxes running on purpose) must not leak agent servers."""
     import signal
 
+    from threadline.sandboxes import cgroups
     from threadline.sandboxes.backend import ProcessBackend
 
     for pid in ProcessBackend(root, root)._sandbox_pids():
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+    # Their cgroups too (they live outside the test's tmp directory).
+    detection = cgroups.detect()
+    if detection.usable:
+        leftover = cgroups.SandboxCgroups(detection, root, cgroups.Limits())
+        leftover.remove_stale(set())
+        leftover.remove_parents()
 
 
 def _stop(server: uvicorn.Server, thread: threading.Thread) -> None:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, wait_for
+from threadline.sandboxes.cgroups import enter_command
 from threadline.sandboxes.runtime import AGENT_SERVER_VERSION
 
 pytestmark = pytest.mark.agent
@@ -287,6 +288,14 @@ def test_restart_reattaches_and_dead_sandboxes_are_reported(agent_server_factory
     conv_id, sandbox_id = task["app_conversation_id"], task["sandbox_id"]
     pid = agent_pid(first.settings.home, sandbox_id)
     assert pid
+    cgroups = first.app.state.sandboxes.backend.cgroups  # None where the machine has no usable cgroup
+    if cgroups is not None:
+        assert pid in cgroups.pids(sandbox_id)
+        # A stale cgroup of this home (a sandbox with no record, something still running in it): the next
+        # start removes it and kills what is in it.
+        cgroups.create("0" * 32)
+        stale = subprocess.Popen(enter_command(cgroups.procs_files("0" * 32), ["sleep", "600"]))
+        wait_for(lambda: stale.pid in cgroups.pids("0" * 32), what="the stale process in its cgroup")
     first.stop()  # type: ignore[attr-defined]
     assert pid_alive(pid)  # kept running, as configured
 
@@ -297,6 +306,10 @@ def test_restart_reattaches_and_dead_sandboxes_are_reported(agent_server_factory
     assert conv["sandbox_status"] == "RUNNING"
     assert conv["execution_status"] in ("finished", "idle", "running")
     assert agent_pid(second.settings.home, sandbox_id) == pid
+    if cgroups is not None:
+        # The re-attached sandbox keeps its cgroup (and stays in it); the stale one is gone, its process killed.
+        assert pid in cgroups.pids(sandbox_id)
+        assert not cgroups.exists("0" * 32) and stale.wait(timeout=30) == -9
     llm_calls = len(fake_llm.requests)
     r = client.post(f"{API}/{conv_id}/send-message", json={"content": [{"type": "text", "text": "still there?"}]})
     assert r.status_code == 200, r.text
@@ -321,12 +334,14 @@ def test_restart_reattaches_and_dead_sandboxes_are_reported(agent_server_factory
     r = client.post(f"{API}/{conv_id}/send-message", json={"content": [{"type": "text", "text": "x"}]})
     assert r.status_code == 410
 
-    # Another restart: the dead sandbox is MISSING.
+    # Another restart: the dead sandbox is MISSING, and its (empty) cgroup is removed as stale.
     second.stop()  # type: ignore[attr-defined]
     third: LiveServer = agent_server_factory()
     client = third.client(key)
     assert conversation(client, conv_id)["sandbox_status"] == "MISSING"
     assert client.get("/api/v1/sandboxes", params={"id": [sandbox_id]}).json()[0]["status"] == "MISSING"
+    if cgroups is not None:
+        assert not any(d.exists() for d in cgroups.dirs(sandbox_id))
 
 
 def test_shutdown_stops_sandboxes_and_they_resume_after_restart(agent_server_factory: Any) -> None:

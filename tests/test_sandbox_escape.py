@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from tests.conftest import LiveServer, wait_for
 from tests.support.cli import run_cli
 from tests.test_agent_e2e import API, start_and_wait
 from threadline.config import Settings
-from threadline.sandboxes import runtime
+from threadline.sandboxes import cgroups, runtime
 
 pytestmark = pytest.mark.agent
 
@@ -268,7 +269,8 @@ def test_clients_reach_an_isolated_agent_server_only_through_threadline(agent_se
 
 
 def test_a_sandbox_over_its_memory_limit_is_killed_and_recorded(agent_server_factory: Any) -> None:
-    server: LiveServer = agent_server_factory(sandbox_memory_mb=700)
+    """Without cgroups (turned off here; the fallback on machines without them) the watchdog does it."""
+    server: LiveServer = agent_server_factory(sandbox_memory_mb=700, sandbox_cgroups="off")
     _, key = server.user("alice")
     client = server.client(key)
     _, sandbox_id = started(server, client)
@@ -286,7 +288,7 @@ def test_a_sandbox_over_its_memory_limit_is_killed_and_recorded(agent_server_fac
     )
     assert info["status"] == "ERROR"
     row = server.run(service.records_by_id([sandbox_id]))[sandbox_id]
-    assert "memory limit of 700 MiB" in row.detail
+    assert "memory limit of 700 MiB" in row.detail and "its processes used" in row.detail, row.detail
     # The server is fine and serves on.
     assert client.get("/api/v1/app-conversations/search").status_code == 200
 
@@ -307,12 +309,34 @@ def test_the_unsafe_process_backend_is_an_explicit_choice_with_a_warning(
     assert Settings(home=tmp_path).sandbox_backend == "bwrap"  # the default
 
 
-def test_server_info_shows_the_isolation_and_the_limits(server: LiveServer) -> None:
+def test_server_info_shows_the_isolation_and_the_limits(server_factory: Any) -> None:
+    server: LiveServer = server_factory(sandbox_cpus=1.5)
     info = httpx.get(f"{server.base_url}/server_info").json()["sandboxes"]
     assert info["backend"] == "bwrap" and "namespaces" in info["isolation"]
-    assert info["memory_mb"] == 4096 and info["pids"] == 1024 and info["pids_enforced_by"].startswith("rlimit")
+    assert info["memory_mb"] == 4096 and info["pids"] == 1024 and info["cpus"] == 1.5
+    assert info["open_files_enforced_by"] == "rlimit (RLIMIT_NOFILE)"
+    detection = cgroups.detect()
+    if detection.usable:
+        version = f"cgroup v{detection.version}"
+        assert info["cgroups"].startswith(version), info
+        assert info["memory_enforced_by"].startswith(f"{version} (memory."), info
+        assert info["cpus_enforced_by"] == f"{version} ({'cpu.max' if detection.version == 2 else 'cpu.cfs_quota_us'})"
+        assert info["pids_enforced_by"] == f"{version} (pids.max) and rlimit (RLIMIT_NPROC)"
+        assert "cpus_note" not in info
+    else:
+        assert info["cgroups"].startswith("not used: ")
+        assert info["memory_enforced_by"].startswith("watchdog") and info["pids_enforced_by"] == "rlimit (RLIMIT_NPROC)"
+        assert info["cpus_enforced_by"] is None and info["cpus_note"].startswith("not enforced")
     assert "seccomp" in info["isolation"] and info["user_namespaces"].startswith("refused (seccomp")
     assert "clone3" in info["user_namespaces"] and "ENOSYS" in info["user_namespaces"]
+    # Turned off by the operator: what enforces the limits without cgroups.
+    server.stop()  # type: ignore[attr-defined]
+    off: LiveServer = server_factory(sandbox_cgroups="off")
+    info = httpx.get(f"{off.base_url}/server_info").json()["sandboxes"]
+    assert info["cgroups"] == "not used: turned off (THREADLINE_SANDBOX_CGROUPS=off)"
+    assert info["memory_enforced_by"] == "watchdog (sum of the sandbox's resident memory, checked every second)"
+    assert info["pids_enforced_by"] == "rlimit (RLIMIT_NPROC)" and info["cpus"] is None
+    assert info["cpus_enforced_by"] is None and info["cpus_note"].startswith("not enforced: needs a writable cgroup")
 
 
 def test_a_users_own_llm_url_cannot_point_a_sandbox_at_the_hosts_services(
@@ -360,7 +384,179 @@ def test_runtime_status_shows_the_isolation_and_what_is_enforced(agent_runtime: 
     result = run_cli(env, "runtime", "status")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sandbox backend: bwrap" in result.stdout and "bubblewrap: works here" in result.stdout
-    assert "memory_mb: 900" in result.stdout and "pids_enforced_by: rlimit" in result.stdout
-    assert "user_namespaces: refused (seccomp" in result.stdout
+    assert "memory_mb: 900" in result.stdout and "user_namespaces: refused (seccomp" in result.stdout
+    detection = cgroups.detect()
+    if detection.usable:
+        version = f"cgroup v{detection.version}"
+        assert f"memory_enforced_by: {version} (memory." in result.stdout, result.stdout
+        assert f"pids_enforced_by: {version} (pids.max) and rlimit (RLIMIT_NPROC)" in result.stdout
+        assert "cpus_enforced_by: None" in result.stdout and "cpus_note" not in result.stdout  # unlimited
+        limited = run_cli(dict(env, THREADLINE_SANDBOX_CPUS="0.5"), "runtime", "status")
+        assert "cpus: 0.5" in limited.stdout and f"cpus_enforced_by: {version} (cpu." in limited.stdout
+    else:
+        assert "pids_enforced_by: rlimit (RLIMIT_NPROC)" in result.stdout and "cpus_note: not enforced" in result.stdout
+    off = run_cli(dict(env, THREADLINE_SANDBOX_CGROUPS="off"), "runtime", "status")
+    assert "cgroups: not used: turned off (THREADLINE_SANDBOX_CGROUPS=off)" in off.stdout, off.stdout
+    assert "memory_enforced_by: watchdog" in off.stdout and "pids_enforced_by: rlimit (RLIMIT_NPROC)" in off.stdout
+    assert "cpus_note: not enforced" in off.stdout
+    nonsense = run_cli(dict(env, THREADLINE_SANDBOX_CPUS="0"), "runtime", "status")
+    assert nonsense.returncode != 0 and "sandbox_cpus" in nonsense.stderr
     unsafe = run_cli(dict(env, THREADLINE_SANDBOX_BACKEND="process"), "runtime", "status")
     assert unsafe.returncode == 0 and "no isolation" in unsafe.stdout
+
+
+# -- limits enforced by the kernel (cgroups) --------------------------------------------------------
+
+DETECTED = cgroups.detect()
+needs_cgroups = pytest.mark.skipif(not DETECTED.usable, reason=f"no writable cgroup hierarchy: {DETECTED.reason}")
+
+
+def sandbox_cgroups(server: LiveServer) -> cgroups.SandboxCgroups:
+    manager = server.app.state.sandboxes.backend.cgroups
+    assert manager is not None, "the backend did not set up cgroups"
+    assert isinstance(manager, cgroups.SandboxCgroups)
+    return manager
+
+
+def counters(path: Path) -> dict[str, int]:
+    return {k: int(v) for k, v in (line.split() for line in path.read_text().splitlines())}
+
+
+def sandbox_status(client: httpx.Client, sandbox_id: str) -> str:
+    return str(client.get("/api/v1/sandboxes", params={"id": [sandbox_id]}).json()[0]["status"])
+
+
+@needs_cgroups
+def test_the_kernel_kills_a_process_over_the_sandbox_memory_limit(agent_server_factory: Any) -> None:
+    server: LiveServer = agent_server_factory(sandbox_memory_mb=400)
+    _, key = server.user("alice")
+    client = server.client(key)
+    _, sandbox_id = started(server, client)
+    manager = sandbox_cgroups(server)
+    memory_dir = manager.dir_of(sandbox_id, "memory")
+    limit_file = "memory.max" if manager.version == 2 else "memory.limit_in_bytes"
+    assert int((memory_dir / limit_file).read_text()) == 400 * 2**20
+    assert manager.oom_kills(sandbox_id) == 0
+    try:
+        code, out = sh(server, sandbox_id, "python3 -c 'x = bytearray(900 * 2**20); print(\"allocated\")'")
+    except Exception:  # the sandbox may be ended before the agent server answers
+        code, out = None, ""
+    assert "allocated" not in out and code in (None, 137, -9), (code, out)
+    row = wait_for(
+        lambda: (
+            sandbox_status(client, sandbox_id) == "ERROR"
+            and server.run(server.app.state.sandboxes.records_by_id([sandbox_id]))[sandbox_id]
+        ),
+        timeout=60,
+        what="sandbox ERROR",
+    )
+    # The kernel did it (its OOM kill count, read from the cgroup), not the watchdog (which is not running).
+    assert "memory limit of 400 MiB (THREADLINE_SANDBOX_MEMORY_MB)" in row.detail, row.detail
+    pattern = r"the kernel ended (\d+) of them \(cgroup v\d: oom_kill (\d+), peak (\d+) MiB\)"
+    match = re.search(pattern, row.detail)
+    assert match and int(match[1]) >= 1 and int(match[2]) == int(match[1]), row.detail
+    assert int(match[3]) <= 400 and "its processes used" not in row.detail, row.detail
+    print(f"memory: oom_kill {match[2]}, peak {match[3]} MiB of 400 MiB; detail: {row.detail}")
+    # Ended: its processes and its cgroup are gone; the server serves on.
+    wait_for(lambda: not manager.exists(sandbox_id), timeout=30, what="the sandbox's cgroup removed")
+    assert client.get("/api/v1/app-conversations/search").status_code == 200
+
+
+FORK_LOOP = """
+import os, sys
+cap = int(sys.argv[1])
+r, w = os.pipe()
+made, error = 0, "none"
+while made < cap:
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        error = exc.strerror
+        break
+    if pid == 0:
+        os.close(w)
+        os.read(r, 1)  # until the parent closes its end
+        os._exit(0)
+    made += 1
+os.close(w)
+for _ in range(made):
+    os.wait()
+print("made", made, "error", error)
+"""
+
+
+@needs_cgroups
+def test_a_fork_loop_stops_at_the_sandbox_process_limit(agent_server_factory: Any) -> None:
+    limit = 200
+    server: LiveServer = agent_server_factory(sandbox_max_processes=limit)
+    _, key = server.user("mallory")
+    client = server.client(key)
+    _, sandbox_id = started(server, client)
+    manager = sandbox_cgroups(server)
+    pids_dir = manager.dir_of(sandbox_id, "pids")
+    assert (pids_dir / "pids.max").read_text().strip() == str(limit)
+    before = int((pids_dir / "pids.current").read_text())
+    row = server.run(server.app.state.sandboxes.records_by_id([sandbox_id]))[sandbox_id]
+    (Path(row.work_dir) / "workspace" / "fork.py").write_text(FORK_LOOP)
+    # Twice the limit at most: without any limit the loop ends there, and the test fails. Detached: while it
+    # holds every process slot, the agent server itself cannot start a thread to answer.
+    code, out = sh(server, sandbox_id, f"(python3 fork.py {2 * limit} > /tmp/fork.out 2>&1 &); echo started")
+    assert code == 0 and "started" in out, out
+    result = Path(row.work_dir) / "tmp" / "fork.out"
+    out = wait_for(lambda: "made" in (text := result.read_text() if result.exists() else "") and text, what="fork loop")
+    made = int(out.split()[1])
+    events = counters(pids_dir / "pids.events")
+    peak_file = pids_dir / "pids.peak"
+    peak = int(peak_file.read_text()) if peak_file.exists() else None
+    print(f"pids: {before} in the sandbox before, the loop made {made} more; peak {peak} of {limit}; {events}")
+    assert made < 2 * limit and "Resource temporarily unavailable" in out, out
+    assert events["max"] >= 1  # the cgroup refused forks (RLIMIT_NPROC would leave this at 0)
+    assert peak is None or peak <= limit
+    # The sandbox is not ended for it: the agent's command failed, the sandbox runs on and works.
+    code, out = sh(server, sandbox_id, "echo still-usable")
+    assert code == 0 and out.strip() == "still-usable"
+    assert sandbox_status(client, sandbox_id) == "RUNNING"
+    # Paused: its cgroup goes with its processes; resumed: a fresh one, with the limits, holds the new ones.
+    assert client.post(f"/api/v1/sandboxes/{sandbox_id}/pause").status_code == 200
+    assert not manager.exists(sandbox_id)
+    assert client.post(f"/api/v1/sandboxes/{sandbox_id}/resume").status_code == 200
+    wait_for(lambda: sandbox_status(client, sandbox_id) == "RUNNING", timeout=120, what="resumed")
+    assert (pids_dir / "pids.max").read_text().strip() == str(limit)
+    assert counters(pids_dir / "pids.events")["max"] == 0  # fresh counters
+    row = server.run(server.app.state.sandboxes.records_by_id([sandbox_id]))[sandbox_id]
+    assert row.pid in manager.pids(sandbox_id)
+    # Deleted: its cgroups are gone.
+    assert client.delete(f"/api/v1/sandboxes/{sandbox_id}").status_code == 200
+    assert not any(d.exists() for d in manager.dirs(sandbox_id))
+
+
+@needs_cgroups
+def test_a_busy_loop_is_throttled_to_the_sandbox_cpu_limit(agent_server_factory: Any) -> None:
+    server: LiveServer = agent_server_factory(sandbox_cpus=0.2)
+    _, key = server.user("mallory")
+    client = server.client(key)
+    r = client.post("/api/v1/sandboxes")
+    assert r.status_code == 200, r.text
+    sandbox_id = r.json()["id"]
+    wait_for(lambda: sandbox_status(client, sandbox_id) == "RUNNING", timeout=150, what="sandbox RUNNING")
+    manager = sandbox_cgroups(server)
+    cpu_dir = manager.dir_of(sandbox_id, "cpu")
+    if manager.version == 2:
+        assert (cpu_dir / "cpu.max").read_text().split() == ["20000", "100000"]
+        throttled_time = "throttled_usec"
+    else:
+        assert (cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "20000"
+        assert (cpu_dir / "cpu.cfs_period_us").read_text().strip() == "100000"
+        throttled_time = "throttled_time"
+    before = counters(cpu_dir / "cpu.stat")
+    code, out = sh(server, sandbox_id, "(timeout 60 python3 -c 'while True: pass' >/dev/null 2>&1 &) ; echo spinning")
+    assert code == 0 and "spinning" in out, out
+
+    def throttled() -> dict[str, int] | None:
+        now = counters(cpu_dir / "cpu.stat")
+        more = now["nr_throttled"] - before["nr_throttled"] >= 5 and now[throttled_time] > before[throttled_time]
+        return now if more else None
+
+    after = wait_for(throttled, timeout=60, what="the busy loop throttled")
+    print(f"cpu: before {before}, after {after}")
+    assert after["nr_throttled"] > 0 and after[throttled_time] > 0

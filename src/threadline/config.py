@@ -47,10 +47,16 @@ class Settings(BaseSettings):
     # proxy). `port`: at the root of a plain-HTTP port of its own on Threadline's host
     # (http://<public host>:<port>), as upstream's sandboxes are; the OpenHands SDK's cloud workspace needs it.
     sandbox_agent_url: Literal["proxy", "port"] = "proxy"
-    # bwrap: per-sandbox limits (0: none). Memory is the resident memory of all its processes together.
+    # bwrap: per-sandbox limits (0: none). Memory is the memory of all its processes together.
     sandbox_memory_mb: int = Field(default=4096, ge=0)
     sandbox_max_processes: int = Field(default=1024, ge=0)
     sandbox_max_open_files: int = Field(default=4096, ge=0)
+    # bwrap: CPUs each sandbox may use (0.5: half of one core; unset: no limit). Needs a cgroup (below).
+    sandbox_cpus: float | None = Field(default=None, gt=0, le=4096, allow_inf_nan=False)
+    # bwrap: `auto` puts each sandbox in a cgroup of its own when this process may make them (v2 delegated
+    # to it, or writable v1 hierarchies as root), so the kernel enforces memory, CPU and processes; `off`:
+    # never (memory then by a watchdog, processes by rlimit, CPU not at all).
+    sandbox_cgroups: Literal["auto", "off"] = "auto"
     # bwrap, when Threadline runs as root: each sandbox runs as a user of its own in [base, base + 800000).
     sandbox_uid_base: int = Field(default=200_000, ge=1000)
     sandbox_startup_timeout: float = 120.0

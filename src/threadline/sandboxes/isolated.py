@@ -21,8 +21,12 @@ What one sandbox sees and can do (docs/security.md has the threat model):
   the agent server's callbacks and all outbound traffic go through the egress proxy (`egress.py`).
 - **Environment:** only what the agent server needs; never the database URL, the server secret or any
   other sandbox's keys.
-- **Limits:** process count and open files by rlimit; memory by a watchdog that ends a sandbox whose
-  processes together use more than the limit (recorded ERROR with the reason).
+- **Limits:** where a cgroup hierarchy is usable (`cgroups.py`: v2 delegated to Threadline, or writable v1
+  as root), each sandbox has a cgroup of its own, joined before bubblewrap runs, so the kernel enforces
+  its memory (no swap), CPU and process count; a process the kernel kills for the memory limit ends the
+  sandbox, recorded ERROR with the reason. Process count and open files are also limited by rlimit.
+  Without a usable cgroup (or `THREADLINE_SANDBOX_CGROUPS=off`): memory by a watchdog that ends a sandbox
+  whose processes together use more than the limit (recorded ERROR likewise), CPU not at all.
 """
 
 from __future__ import annotations
@@ -39,13 +43,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 
 from threadline.config import Settings
-from threadline.sandboxes import launcher, runtime, seccomp
+from threadline.sandboxes import cgroups, launcher, runtime, seccomp
 from threadline.sandboxes.backend import (
     SANDBOX_ENV,
     SANDBOX_ROOT_ENV,
@@ -98,37 +102,56 @@ _ETC = (
 )
 
 
+_WATCHDOG = "watchdog (sum of the sandbox's resident memory, checked every second)"
+
+
 @dataclass(frozen=True)
 class SandboxLimits:
     memory_mb: int = 4096
     pids: int = 1024
     open_files: int = 4096
     cpus: float | None = None
+    # Which cgroup hierarchy enforces the limits (None, or one not usable: rlimits and the watchdog only).
+    cgroup: cgroups.Detection | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SandboxLimits:
+        detection = (
+            cgroups.detect()
+            if settings.sandbox_cgroups == "auto"
+            else cgroups.Detection(None, reason="turned off (THREADLINE_SANDBOX_CGROUPS=off)")
+        )
         return cls(
             memory_mb=settings.sandbox_memory_mb,
             pids=settings.sandbox_max_processes,
             open_files=settings.sandbox_max_open_files,
+            cpus=settings.sandbox_cpus,
+            cgroup=detection,
         )
+
+    def cgroup_limits(self) -> cgroups.Limits:
+        return cgroups.Limits(memory_mb=self.memory_mb, cpus=self.cpus, pids=self.pids)
 
     def enforcement(self) -> dict[str, object]:
         """What is enforced and how (shown by `threadline runtime status` and /server_info)."""
-        return {
+        by = cgroups.enforced_by(self.cgroup) if self.cgroup is not None else {}
+        info: dict[str, object] = {
+            "cgroups": self.cgroup.describe() if self.cgroup is not None else "not used",
             "memory_mb": self.memory_mb or None,
-            "memory_enforced_by": "watchdog (sum of the sandbox's resident memory, checked every second)"
-            if self.memory_mb
-            else None,
+            "memory_enforced_by": (by.get("memory") or _WATCHDOG) if self.memory_mb else None,
             "pids": self.pids or None,
-            "pids_enforced_by": "rlimit (RLIMIT_NPROC)" if self.pids else None,
+            "pids_enforced_by": (by.get("pids") or "rlimit (RLIMIT_NPROC)") if self.pids else None,
             "open_files": self.open_files or None,
             "open_files_enforced_by": "rlimit (RLIMIT_NOFILE)" if self.open_files else None,
             "cpus": self.cpus,
-            "cpus_enforced_by": None,
-            "cpus_note": "not enforced: needs a delegated cgroup v2, which this backend does not use yet",
-            "user_namespaces": user_namespaces_enforcement(),
+            "cpus_enforced_by": by.get("cpus") if self.cpus else None,
         }
+        if not by:
+            info["cpus_note"] = (
+                "not enforced: needs a writable cgroup (v2 with the cpu controller delegated, or v1's cpu hierarchy)"
+            )
+        info["user_namespaces"] = user_namespaces_enforcement()
+        return info
 
 
 def user_namespaces_enforcement() -> str:
@@ -271,12 +294,29 @@ class IsolatedBackend(ProcessBackend):
         self._exposed: dict[str, asyncio.Server] = {}
         self.egress = egress
         self.limits = limits or SandboxLimits()
+        self.cgroups = self._setup_cgroups(sandboxes_root)
+        # Sandboxes whose memory the kernel limits (their cgroup's OOM kills are reported); the others'
+        # (none when cgroups are used, but a sandbox re-attached from a run without them) the watchdog's.
+        self._in_cgroup: set[str] = set()
         self.uid_base = uid_base
         self.read_only_paths = list(read_only_paths or [])
         self.sockets = socket_root(sandboxes_root)
         self.agent_sockets: dict[str, Path] = {}
         self._namespaces: dict[str, str] = {}
         self.transport: SandboxTransport | None = None
+
+    def _setup_cgroups(self, sandboxes_root: Path) -> cgroups.SandboxCgroups | None:
+        detection = self.limits.cgroup
+        if detection is None or not detection.usable:
+            return None
+        manager = cgroups.SandboxCgroups(detection, sandboxes_root, self.limits.cgroup_limits())
+        try:
+            manager.prepare()
+        except OSError as exc:
+            log.warning("sandbox cgroups cannot be set up (%s): memory by the watchdog, CPU not limited", exc)
+            self.limits = replace(self.limits, cgroup=cgroups.Detection(None, reason=f"setting up failed: {exc}"))
+            return None
+        return manager
 
     # -- wiring ---------------------------------------------------------------------------------
 
@@ -439,18 +479,28 @@ class IsolatedBackend(ProcessBackend):
                 command = self.bwrap_command(
                     sandbox_id, work_dir, session_key, listener.fileno(), info_write, seccomp_fd, runtime_dir
                 )
+                if self.cgroups is not None:
+                    await asyncio.to_thread(self.cgroups.create, sandbox_id)
+                    # bubblewrap is started inside the cgroup, so is everything it starts.
+                    command = cgroups.enter_command(self.cgroups.procs_files(sandbox_id), command)
                 proc = spawn(command, work_dir, env, pass_fds=(listener.fileno(), info_write, seccomp_fd))
         except BaseException:
             os.close(info_read)
             await self.egress.close(sandbox_id)
+            await self._remove_cgroup(sandbox_id)
             raise
         finally:
             listener.close()
             os.close(info_write)
         try:
             info = await asyncio.to_thread(_read_info, info_read, proc)
+        except BaseException:
+            await self._remove_cgroup(sandbox_id)
+            raise
         finally:
             os.close(info_read)
+        if self.cgroups is not None:
+            self._in_cgroup.add(sandbox_id)
         init_pid = int(info["child-pid"])
         self._children[sandbox_id] = proc
         self.agent_sockets[sandbox_id] = agent_path
@@ -472,6 +522,9 @@ class IsolatedBackend(ProcessBackend):
         namespace = _pid_namespace(pid) if pid else None
         if namespace:
             self._namespaces[sandbox_id] = namespace
+        # Its cgroup (made by the Threadline that launched it) is kept; without one the watchdog watches it.
+        if self.cgroups is not None and await asyncio.to_thread(self.cgroups.exists, sandbox_id):
+            self._in_cgroup.add(sandbox_id)
         return await self._expose(sandbox_id, port)
 
     # -- agent ports ----------------------------------------------------------------------------
@@ -558,10 +611,11 @@ class IsolatedBackend(ProcessBackend):
         }
 
     def memory_used(self) -> dict[str, int]:
-        """Resident bytes of each sandbox's processes together (found by pid namespace), in one pass
-        over /proc for all sandboxes."""
-        by_namespace = {namespace: sandbox_id for sandbox_id, namespace in self._namespaces.items()}
-        used = dict.fromkeys(self._namespaces, 0)
+        """Resident bytes of each watched sandbox's processes together (found by pid namespace), in one
+        pass over /proc for all of them. Sandboxes in a cgroup are not watched: the kernel limits them."""
+        watched = {i: ns for i, ns in self._namespaces.items() if i not in self._in_cgroup}
+        by_namespace = {ns: sandbox_id for sandbox_id, ns in watched.items()}
+        used = dict.fromkeys(watched, 0)
         if not by_namespace:
             return used
         for entry in Path("/proc").iterdir():
@@ -573,18 +627,27 @@ class IsolatedBackend(ProcessBackend):
         return used
 
     def over_memory(self) -> dict[str, str]:
-        """Sandboxes over their memory limit now: id -> why."""
+        """Sandboxes over their memory limit now: id -> why. In a cgroup: the kernel killed one of its
+        processes for the limit (its OOM kill count went up); otherwise the watchdog's sum is over it."""
         if not self.limits.memory_mb:
             return {}
+        over = {}
+        setting = f"the sandbox memory limit of {self.limits.memory_mb} MiB (THREADLINE_SANDBOX_MEMORY_MB)"
+        if self.cgroups is not None:
+            for sandbox_id in list(self._in_cgroup):
+                kills = self.cgroups.oom_kills(sandbox_id)
+                if kills:
+                    peak = self.cgroups.memory_peak(sandbox_id)
+                    measured = f"oom_kill {kills}" + (f", peak {peak // (1024 * 1024)} MiB" if peak is not None else "")
+                    over[sandbox_id] = (
+                        f"killed: its processes reached {setting} and the kernel ended {kills} of them "
+                        f"(cgroup v{self.cgroups.version}: {measured})"
+                    )
         limit = self.limits.memory_mb * 1024 * 1024
-        return {
-            sandbox_id: (
-                f"killed: its processes used {used // (1024 * 1024)} MiB, over the sandbox memory limit of "
-                f"{self.limits.memory_mb} MiB (THREADLINE_SANDBOX_MEMORY_MB)"
-            )
-            for sandbox_id, used in self.memory_used().items()
-            if used > limit
-        }
+        for sandbox_id, used in self.memory_used().items():
+            if used > limit:
+                over[sandbox_id] = f"killed: its processes used {used // (1024 * 1024)} MiB, over {setting}"
+        return over
 
     # -- stop -----------------------------------------------------------------------------------
 
@@ -602,7 +665,24 @@ class IsolatedBackend(ProcessBackend):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(init, signal.SIGKILL)
         await self._kill_the_rest(sandbox_id, init)
+        # Whatever is left in its cgroup (nothing, normally: the pid namespace ended with its first process).
+        await self._remove_cgroup(sandbox_id)
         await self.forget(sandbox_id)
+
+    async def _remove_cgroup(self, sandbox_id: str) -> None:
+        self._in_cgroup.discard(sandbox_id)
+        if self.cgroups is not None:
+            await asyncio.to_thread(self.cgroups.remove, sandbox_id)
+
+    async def reap_orphans(self, live_ids: set[str]) -> list[int]:
+        """Also remove the cgroups of this home's sandboxes that have no live record (killing what still
+        runs in them); those of live sandboxes (re-attached ones among them) are kept."""
+        killed = await super().reap_orphans(live_ids)
+        if self.cgroups is not None:
+            removed = await asyncio.to_thread(self.cgroups.remove_stale, live_ids)
+            if removed:
+                log.info("removed the cgroups of %d sandboxes that no longer run: %s", len(removed), removed)
+        return killed
 
     async def forget(self, sandbox_id: str) -> None:
         await self._unexpose(sandbox_id)
@@ -621,6 +701,8 @@ class IsolatedBackend(ProcessBackend):
         await self.egress.close_all()
         with contextlib.suppress(OSError):
             self.sockets.rmdir()  # only when empty: sockets of sandboxes still running stay
+        if self.cgroups is not None:
+            await asyncio.to_thread(self.cgroups.remove_parents)  # the same: only when empty
 
 
 def _open_mount_parents(args: list[str]) -> list[str]:
