@@ -16,6 +16,7 @@ import shutil
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -157,26 +158,52 @@ elif which == "processes":
 """
 
 
-def _probe(which: str, *, filtered: bool = True) -> str:
-    """Run one probe in a bubblewrap sandbox (with the filter, as the isolated backend loads it)."""
+def _probe(which: str, *, filtered: bool = True, as_nobody: bool = False) -> str:
+    """Run one probe in a bubblewrap sandbox (with the filter, as the isolated backend loads it). `as_nobody`:
+    bubblewrap started by an unprivileged user (root's tests switch to `nobody` with setpriv), as Threadline
+    runs it when it is not root: in a user namespace of the sandbox's own."""
     bwrap = shutil.which("bwrap")
     assert bwrap is not None
-    command = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid"]
-    if os.geteuid() != 0:
+    prefix: list[str] = []
+    python = sys.executable
+    if as_nobody and os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        python_for_all = _interpreter_anyone_can_run()
+        if setpriv is None or python_for_all is None:
+            pytest.skip("needs setpriv and a python3 that an unprivileged user can run")
+        prefix, python = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--"], python_for_all
+    command = [*prefix, bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid"]
+    if os.geteuid() != 0 or prefix:
         command.append("--unshare-user")
     with seccomp.filter_fd() as seccomp_fd:
         if filtered:
             command += ["--seccomp", str(seccomp_fd)]
         result = subprocess.run(
-            [*command, "--", sys.executable, "-I", "-c", PROBE, which],
+            [*command, "--", python, "-I", "-c", PROBE, which],
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
             pass_fds=(seccomp_fd,),
+            cwd="/",
         )
+    if prefix and result.returncode != 0 and "namespace" in result.stderr.lower():
+        pytest.skip(f"unprivileged users cannot make user namespaces here: {result.stderr.strip()}")
     assert result.returncode == 0, f"probe {which}: exit {result.returncode}: {result.stderr}"
     return result.stdout.strip()
+
+
+def _interpreter_anyone_can_run() -> str | None:
+    """A python3 on PATH (this one first) that any user may run: the file and every directory above it
+    executable by others (root's own interpreter often sits under a private home)."""
+    for candidate in (sys.executable, shutil.which("python3"), shutil.which("python3", path=os.defpath)):
+        if candidate is None:
+            continue
+        real = os.path.realpath(candidate)
+        parts = [real, *(str(p) for p in Path(real).parents)]
+        if all(os.stat(part).st_mode & 0o001 for part in parts):
+            return real
+    return None
 
 
 needs_bwrap = pytest.mark.skipif(
@@ -203,3 +230,15 @@ def test_under_bubblewrap_the_x32_and_i386_entries_are_refused_too() -> None:
 @needs_bwrap
 def test_under_bubblewrap_threads_fork_and_subprocesses_still_work() -> None:
     assert _probe("processes") == "ok"
+
+
+@needs_bwrap
+def test_for_an_unprivileged_server_the_filter_refuses_user_namespaces_too() -> None:
+    """Threadline not run as root: bubblewrap makes the sandbox's user namespace, and inside it the filter
+    still refuses another (a nested one would hand the agent a root of its own there). Without the filter the
+    same probe makes one."""
+    assert _probe("unshare", as_nobody=True) == "EPERM"
+    assert _probe("clone", as_nobody=True) == "EPERM"
+    assert _probe("clone3", as_nobody=True) == "ENOSYS"
+    assert _probe("processes", as_nobody=True) == "ok"
+    assert _probe("unshare", as_nobody=True, filtered=False) == "ok"
