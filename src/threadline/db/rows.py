@@ -5,7 +5,8 @@ parser and then `process_result_value`, a JSON column through `json.loads`, a Bo
 page of a hundred rows of a wide table that is most of the cost of reading it (about 7 us a row here, against
 under 2 us for the same work done in one pass per row). `RawColumns` selects the table's columns with no type
 (so no result processing) and `decoder(dialect)` does the same conversions itself, with the same results:
-`tests/test_unit_rows.py` compares them with SQLAlchemy's, value by value, on SQLite and PostgreSQL.
+`tests/test_search_pages.py::test_raw_rows_decode_to_the_values_sqlalchemy_gives` compares them with
+SQLAlchemy's, value by value, on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
