@@ -204,6 +204,8 @@ async def _search(
 
 
 _PAGE_PARAMETERS = frozenset({"limit", "page_id", "sort_order"})
+# What `search_filters` gives for a query without filters (a prebuilt page statement's key in the service).
+_NO_FILTERS = service.ConversationFilters()
 _SORT_ORDERS = {order.value: order for order in SortOrder}
 
 
@@ -224,7 +226,7 @@ async def _search_direct(request: Request) -> Response | None:
         await live_fields(request),
         await get_context(request),
         user,
-        await search_filters(),
+        _NO_FILTERS,
         sort_order,
         query.get("page_id"),
         limit,
