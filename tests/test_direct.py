@@ -10,6 +10,7 @@ the request to the route) are checked by calling them on the running app."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 from starlette.requests import Request
 
 from tests.conftest import LiveServer
-from threadline.core.direct import direct_handler_of
+from threadline.core.direct import DirectDispatch, direct_handler_of
 from threadline.events.service import store_events
 
 T0 = dt.datetime(2026, 1, 1)
@@ -344,3 +345,64 @@ def test_the_hot_routes_plain_requests_are_answered_by_their_direct_handlers(
         else:
             assert response is None, (method, path, query, headers)
             assert after == before, "a request left to the route was charged by the direct handler"
+
+
+def _dispatch(server: LiveServer) -> DirectDispatch:
+    layer: Any = server.app.middleware_stack
+    while layer is not None and not isinstance(layer, DirectDispatch):
+        layer = getattr(layer, "app", None)
+    assert layer is not None, "DirectDispatch is not in the app's middleware stack"
+    return layer
+
+
+def test_the_dispatch_takes_a_request_only_where_the_router_would_take_the_direct_route(
+    server: LiveServer, setup: dict[str, Any]
+) -> None:
+    """For every path the app declares (ids filled in) and every method, the dispatch's choice is the router's
+    first matching route when that route has a direct handler, and nothing otherwise: a literal path that an
+    id pattern would also match (search, count, stream, start-tasks...) is never taken for the id route."""
+    dispatch = _dispatch(server)
+    one = setup["ids"][0]
+    paths = {p.replace("{conversation_id}", one) for p in server.app.openapi()["paths"]}
+    paths |= {re.sub(r"\{[^}]+\}", one, p) for p in server.app.openapi()["paths"]}
+    taken = set()
+    for path in sorted(paths):
+        for method in ("GET", "PATCH", "POST", "DELETE", "PUT", "HEAD"):
+            scope = {"type": "http", "method": method, "path": path, "root_path": ""}
+            target = dispatch._target(scope)
+            try:
+                route = _route(server, method, path)
+            except AssertionError:
+                route = None
+            expected = route if route is not None and direct_handler_of(route.endpoint) is not None else None
+            assert (target.route if target else None) is expected, (method, path)
+            if target:
+                taken.add((method, target.route.path))
+    assert taken == {
+        ("GET", "/api/v1/app-conversations/search"),
+        ("GET", "/api/v1/app-conversations/{conversation_id}"),
+        ("PATCH", "/api/v1/app-conversations/{conversation_id}"),
+        ("GET", "/api/v1/conversation/{conversation_id}/events/search"),
+    }
+    # Under a root path the router strips it before matching; the dispatch leaves such requests alone.
+    assert dispatch._target({"type": "http", "method": "GET", "path": f"/api/v1/app-conversations/{one}", "root_path": "/x"}) is None
+
+
+def test_a_request_the_direct_handler_declines_reaches_the_route_with_its_body(
+    server: LiveServer, setup: dict[str, Any]
+) -> None:
+    """The direct PATCH handler reads the body before it declines (a title that is not a string); the route
+    must get the same body again: its 422 names the field, and a body it accepts after a declined read
+    (a Content-Type the handler does not take) is applied."""
+    key, one = setup["key"], setup["ids"][0]
+    client = server.client(key)
+    r = client.patch(f"/api/v1/app-conversations/{one}", content=b'{"title": 1}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+    assert "title" in r.text
+    r = client.patch(
+        f"/api/v1/app-conversations/{one}",
+        content=b'{"title": "through the route"}',
+        headers={"Content-Type": "application/json; charset=UTF-8"},
+    )
+    assert r.status_code == 200, r.text
+    assert client.get(f"/api/v1/app-conversations/{one}").json()["title"] == "through the route"

@@ -32,6 +32,7 @@ from threadline.conversations.stream_routes import router as conversation_stream
 from threadline.conversations.workspace_routes import router as workspace_router
 from threadline.core.context import AppContext
 from threadline.core.crypto import SecretBox
+from threadline.core.direct import DirectDispatchApp
 from threadline.db.engine import Database
 from threadline.db.migrate import upgrade_to_head
 from threadline.events.routes import router as events_router
@@ -134,7 +135,8 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
             await http.aclose()
             await db.dispose()
 
-    app = FastAPI(
+    # DirectDispatchApp: the hot routes' plain requests skip FastAPI's routing (core.direct).
+    app = DirectDispatchApp(
         title="Threadline",
         version=__version__,
         description="Self-hostable OpenHands App Conversations API (v1).",

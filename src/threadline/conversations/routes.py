@@ -25,7 +25,7 @@ from threadline.conversations.models import (
 )
 from threadline.conversations.records import StoredConversation
 from threadline.core.context import AppContext, Context, get_context
-from threadline.core.direct import DirectRoute, direct, json_body_type, path_id, plain_query, small_int
+from threadline.core.direct import direct, json_body_type, path_id, plain_query, small_int
 from threadline.core.errors import Invalid, NotFound
 from threadline.core.ids import ID_PATTERN, MalformedId, id_list_schema, parse_id
 from threadline.core.wire import (
@@ -37,8 +37,8 @@ from threadline.core.wire import (
 from threadline.sandboxes.dependencies import Sandboxes, sandbox_service
 from threadline.sandboxes.service import SandboxService
 
-# DirectRoute: the hot routes' plain requests are answered by their direct handlers (core.direct).
-router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"], route_class=DirectRoute)
+# The hot routes marked @direct: their plain requests are answered by direct handlers (core.direct).
+router = APIRouter(prefix="/api/v1/app-conversations", tags=["Conversations"])
 _NO_PARAMETERS: frozenset[str] = frozenset()
 
 

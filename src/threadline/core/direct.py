@@ -1,27 +1,35 @@
-"""Direct handlers: the plain requests of the few hot routes answered without FastAPI's dependency solving.
+"""Direct handlers: the plain requests of the few hot routes answered without FastAPI's routing and
+dependency solving.
 
-A route of a router built with `route_class=DirectRoute` whose endpoint is marked `@direct(handler)` offers
-every request to `handler` first. The handler answers only the plain case, the one a client sends nearly
-always (credentials in a header, a path id and a query or body that are valid on their face), and returns
-None for anything else; then the route's FastAPI handler answers as it always has. So every answer about
-a bad request still comes from the one declared route (its parameters, its 401/404/422 problems, its
-OpenAPI document); a direct handler only skips work for requests that path would have accepted. Its
-checks must be stricter than the route's, never looser, and it must have no effect (no rate-limit token
-taken, nothing stored) before it has decided to answer: authentication (`auth.dependencies.direct_user`)
-is its last check.
+A route whose endpoint is marked `@direct(handler)` is declared as usual (its parameters, dependencies and
+responses make the OpenAPI document and answer every bad request). `DirectDispatch`, which sits between the
+app's exception middleware and its router, offers each request that the router would give to that route to
+`handler` first. The handler answers only the plain case, the one a client sends nearly always (credentials
+in a header, a path id and a query or body that are valid on their face), and returns None for anything
+else; then the router answers as it always has (the body, if the handler read it, is replayed). So every
+answer about a bad request still comes from the one declared route; a direct handler only skips work for
+requests that route would have accepted. Its checks must be stricter than the route's, never looser, and it
+must have no effect (no rate-limit token taken, nothing stored) before it has decided to answer:
+authentication (`auth.dependencies.direct_user`) is its last check. Exceptions it raises reach the same
+exception middleware the route's would.
 
-Why: on the hot routes FastAPI's dependency solving and request handling cost about as much CPU as the
-work itself (docs/performance.md, issue 14).
+Why: on the hot routes FastAPI's route matching, request wrapping and dependency solving cost about as much
+CPU as the work itself (docs/performance.md, issue 14).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+import re
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from threadline.core.ids import MalformedId, parse_id
 
@@ -32,7 +40,7 @@ _ATTRIBUTE = "__threadline_direct__"
 
 
 def direct(handler: DirectHandler) -> Callable[[Endpoint], Endpoint]:
-    """Mark a route's endpoint: its route (a `DirectRoute`) offers each request to `handler` first."""
+    """Mark a route's endpoint: `DirectDispatch` offers the requests the router would give it to `handler` first."""
 
     def mark(endpoint: Endpoint) -> Endpoint:
         setattr(endpoint, _ATTRIBUTE, handler)
@@ -46,23 +54,124 @@ def direct_handler_of(endpoint: Callable[..., Any]) -> DirectHandler | None:
     return handler
 
 
-class DirectRoute(APIRoute):
-    """An APIRoute that lets its endpoint's direct handler (if it has one) answer first."""
+def flat_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """The app's routes in the order its router tries them, included routers opened in place."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is None:
+            yield route
+            continue
+        prefix = getattr(getattr(route, "include_context", None), "prefix", "")
+        if prefix:
+            # Its routes' patterns would not be the paths it serves; nothing here includes with a prefix.
+            raise RuntimeError(f"direct dispatch does not support routers included with a prefix ({prefix!r})")
+        yield from flat_routes(included.routes)
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        declared = super().get_route_handler()
-        handler = direct_handler_of(self.endpoint)
-        if handler is None:
-            return declared
 
-        async def direct_or_declared(request: Request) -> Response:
-            response = await handler(request)
-            if response is None:
-                # The body, when read, stays cached on this request object: the route reads it again for free.
-                response = await declared(request)
-            return response
+@dataclass(frozen=True)
+class _Target:
+    route: APIRoute
+    handler: DirectHandler
+    # The patterns of the routes before it that take one of its methods: the router takes the first route
+    # whose pattern and method match, so where one of these matches, the request is not this route's.
+    earlier: tuple[re.Pattern[str], ...]
 
-        return direct_or_declared
+
+class DirectDispatch:
+    """The ASGI layer in front of the router that hands a direct route's requests to its direct handler."""
+
+    def __init__(self, app: FastAPI, router: ASGIApp) -> None:
+        self.app = app
+        self.router = router
+        self._targets: dict[str, list[_Target]] | None = None
+
+    def targets(self) -> dict[str, list[_Target]]:
+        """Method -> the direct routes taking it, in the router's order. Built at the first request, when
+        every route is in."""
+        if self._targets is None:
+            table: dict[str, list[_Target]] = {}
+            seen: list[tuple[frozenset[str] | None, re.Pattern[str]]] = []
+            for route in flat_routes(self.app.router.routes):
+                # None: every method (a mount takes a path whatever the method).
+                methods = None if isinstance(route, Mount) else frozenset(getattr(route, "methods", None) or ())
+                pattern = getattr(route, "path_regex", None)
+                handler = direct_handler_of(route.endpoint) if isinstance(route, APIRoute) else None
+                if isinstance(route, APIRoute) and handler is not None:
+                    for method in route.methods:
+                        earlier = tuple(p for m, p in seen if m is None or method in m)
+                        table.setdefault(method, []).append(_Target(route, handler, earlier))
+                if pattern is not None:
+                    # A route with no methods that is not a mount (a websocket) is never taken for HTTP.
+                    seen.append((methods, pattern))
+            self._targets = table
+        return self._targets
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = self._target(scope)
+        if target is None:
+            await self.router(scope, receive, send)
+            return
+        match = target.route.path_regex.match(scope["path"])
+        assert match is not None
+        recorded = _RecordedReceive(receive)
+        scope["path_params"] = match.groupdict()
+        scope["route"] = target.route
+        scope["endpoint"] = target.route.endpoint
+        response = await target.handler(Request(scope, recorded, send))
+        if response is not None:
+            await response(scope, receive, send)
+            return
+        for key in ("path_params", "route", "endpoint"):
+            del scope[key]
+        await self.router(scope, recorded.replay(), send)
+
+    def _target(self, scope: Scope) -> _Target | None:
+        if scope["type"] != "http" or scope.get("root_path"):
+            # Under a root path the router matches the path without it; such requests go the long way.
+            return None
+        path = scope["path"]
+        for target in self.targets().get(scope["method"], ()):
+            if target.route.path_regex.match(path):
+                if any(pattern.match(path) for pattern in target.earlier):
+                    return None
+                return target
+        return None
+
+
+class _RecordedReceive:
+    """`receive`, keeping what it delivered so that the router can be given the same messages again."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.messages: list[Message] = []
+
+    async def __call__(self) -> Message:
+        message = await self.receive()
+        self.messages.append(message)
+        return message
+
+    def replay(self) -> Receive:
+        pending = list(self.messages)
+
+        async def receive() -> Message:
+            return pending.pop(0) if pending else await self.receive()
+
+        return receive
+
+
+class DirectDispatchApp(FastAPI):
+    """FastAPI with `DirectDispatch` between its exception middleware and its router."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        # Find the innermost layer, the one that calls the router, and put the dispatch in front of the router.
+        layer: Any = stack
+        while getattr(layer, "app", None) is not self.router:
+            layer = getattr(layer, "app", None)
+            if layer is None:
+                raise RuntimeError("the middleware stack does not end in the router; direct dispatch cannot be placed")
+        layer.app = DirectDispatch(self, self.router)
+        return stack
 
 
 def path_id(request: Request, name: str) -> str | None:

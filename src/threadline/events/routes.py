@@ -14,7 +14,7 @@ from threadline.auth.service import User
 from threadline.conversations.routes import conversation_id_path
 from threadline.conversations.service import require_owned
 from threadline.core.context import AppContext, Context, get_context
-from threadline.core.direct import DirectRoute, direct, path_id, plain_query, small_int
+from threadline.core.direct import direct, path_id, plain_query, small_int
 from threadline.core.wire import PAGE_ID_SCHEMA, PAGE_ID_TITLE, OptionalIsoDateTime
 from threadline.events import service
 from threadline.events import stream as event_stream
@@ -29,8 +29,8 @@ from threadline.events.models import (
 from threadline.streams import sse
 from threadline.streams.dependencies import Hub, last_event_id, open_stream
 
-# DirectRoute: the plain requests of events search are answered by its direct handler (core.direct).
-router = APIRouter(prefix="/api/v1/conversation/{conversation_id}/events", tags=["Events"], route_class=DirectRoute)
+# Events search is marked @direct: its plain requests are answered by its direct handler (core.direct).
+router = APIRouter(prefix="/api/v1/conversation/{conversation_id}/events", tags=["Events"])
 
 _KIND_DESCRIPTION = (
     "Optional filter by event kind, e.g. MessageEvent, ActionEvent, ObservationEvent. Any kind name is "
