@@ -385,7 +385,12 @@ def test_the_dispatch_takes_a_request_only_where_the_router_would_take_the_direc
         ("GET", "/api/v1/conversation/{conversation_id}/events/search"),
     }
     # Under a root path the router strips it before matching; the dispatch leaves such requests alone.
-    assert dispatch._target({"type": "http", "method": "GET", "path": f"/api/v1/app-conversations/{one}", "root_path": "/x"}) is None
+    assert (
+        dispatch._target(
+            {"type": "http", "method": "GET", "path": f"/api/v1/app-conversations/{one}", "root_path": "/x"}
+        )
+        is None
+    )
 
 
 def test_a_request_the_direct_handler_declines_reaches_the_route_with_its_body(
@@ -396,7 +401,9 @@ def test_a_request_the_direct_handler_declines_reaches_the_route_with_its_body(
     (a Content-Type the handler does not take) is applied."""
     key, one = setup["key"], setup["ids"][0]
     client = server.client(key)
-    r = client.patch(f"/api/v1/app-conversations/{one}", content=b'{"title": 1}', headers={"Content-Type": "application/json"})
+    r = client.patch(
+        f"/api/v1/app-conversations/{one}", content=b'{"title": 1}', headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
     assert "title" in r.text
     r = client.patch(
