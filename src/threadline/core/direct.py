@@ -97,7 +97,7 @@ class DirectDispatch:
                 pattern = getattr(route, "path_regex", None)
                 handler = direct_handler_of(route.endpoint) if isinstance(route, APIRoute) else None
                 if isinstance(route, APIRoute) and handler is not None:
-                    for method in route.methods:
+                    for method in route.methods or ():
                         earlier = tuple(p for m, p in seen if m is None or method in m)
                         table.setdefault(method, []).append(_Target(route, handler, earlier))
                 if pattern is not None:
