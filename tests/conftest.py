@@ -341,7 +341,8 @@ def refused_within(seconds: float, predicate: Callable[[], bool], what: str) -> 
 def process_server_factory(database: Database, tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Start `threadline serve` processes on the test's database. Every process made by one test shares
     home, database and secret, so a second one is a restart (or a replica); each gets its own port
-    unless `port` is given. Extra keyword arguments are settings (`warm_pool_size=1` ->
+    unless `port` is given; `wrap` runs it through a command that execs it (`cgroups.enter_command`: in
+    a given cgroup). Extra keyword arguments are settings (`warm_pool_size=1` ->
     THREADLINE_WARM_POOL_SIZE=1)."""
     from tests.support.process_server import ProcessServer, server_env
 
@@ -349,10 +350,15 @@ def process_server_factory(database: Database, tmp_path: Path) -> Iterator[Calla
     secret = "test-secret-" + uuid.uuid4().hex
 
     def factory(
-        *, port: int | None = None, start: bool = True, args: list[str] | None = None, **settings: Any
+        *,
+        port: int | None = None,
+        start: bool = True,
+        args: list[str] | None = None,
+        wrap: list[str] | None = None,
+        **settings: Any,
     ) -> ProcessServer:
         env = server_env(tmp_path / "home", database.url, database.schema, secret, port or free_port(), **settings)
-        proc = ProcessServer(env, tmp_path / f"threadline-{len(started)}.log", args=args or [])
+        proc = ProcessServer(env, tmp_path / f"threadline-{len(started)}.log", args=args or [], wrap=wrap or [])
         if started and started[0].admin_key:
             proc.admin_key = started[0].admin_key
         started.append(proc)

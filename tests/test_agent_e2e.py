@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import signal
 import subprocess
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
-from tests.conftest import LiveServer, wait_for
+from tests.conftest import Database, LiveServer, wait_for
+from tests.support.process_server import ProcessServer, agent_settings, recorded_sandbox_pid, with_database
+from threadline.sandboxes import cgroups
 from threadline.sandboxes.cgroups import enter_command
 from threadline.sandboxes.runtime import AGENT_SERVER_VERSION
+from threadline.sandboxes.tables import sandboxes
 
 pytestmark = pytest.mark.agent
 API = "/api/v1/app-conversations"
@@ -342,6 +350,149 @@ def test_restart_reattaches_and_dead_sandboxes_are_reported(agent_server_factory
     assert client.get("/api/v1/sandboxes", params={"id": [sandbox_id]}).json()[0]["status"] == "MISSING"
     if cgroups is not None:
         assert not any(d.exists() for d in cgroups.dirs(sandbox_id))
+
+
+# -- a restart in another cgroup --------------------------------------------------------------------
+
+
+def cgroup_pids(directory: Path) -> list[int]:
+    try:
+        return [int(p) for p in (directory / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _remove_cgroup_trees(tops: list[Path]) -> None:
+    """Kill every process in these cgroups (servers and sandboxes this test started) and remove them,
+    deepest first; the kernel lets a cgroup go only once its killed processes have exited."""
+
+    def removed() -> bool:
+        for top in tops:
+            if not top.is_dir():
+                continue
+            tree = [top, *(d for d in top.rglob("*") if d.is_dir())]
+            for directory in sorted(tree, key=lambda d: len(d.parts), reverse=True):
+                for pid in cgroup_pids(directory):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+        return not any(top.exists() for top in tops)
+
+    wait_for(removed, timeout=60, interval=0.05, what="the test's cgroups removed")
+
+
+@pytest.fixture
+def two_cgroups() -> Iterator[tuple[list[Path], list[Path]]]:
+    """Cgroups `a` and `b` (one per v1 memory, cpu and pids hierarchy) under this test process's own
+    cgroups, for Threadline to run in; removed afterwards with everything in them, also after a failure.
+    Requested before `process_server_factory`, so the servers are stopped before this is undone."""
+    detection = cgroups.detect()
+    if detection.version != 1:
+        pytest.skip(f"sets up cgroup v1 hierarchies (as root); here: {detection.describe()}")
+    name = f"threadline-test-{uuid.uuid4().hex[:12]}"
+    tops = [h.base / name for h in detection.hierarchies]
+    try:
+        for top in tops:
+            top.mkdir()
+            (top / "a").mkdir()
+            (top / "b").mkdir()
+        yield [top / "a" for top in tops], [top / "b" for top in tops]
+    finally:
+        _remove_cgroup_trees(tops)
+
+
+def _recorded(database: Database, sandbox_id: str) -> tuple[str, str | None]:
+    async def read(db: Any) -> tuple[str, str | None]:
+        async with db.read() as conn:
+            query = select(sandboxes.c.status, sandboxes.c.detail).where(sandboxes.c.id == sandbox_id)
+            row = (await conn.execute(query)).one()
+            return str(row.status), row.detail
+
+    result: tuple[str, str | None] = with_database(database.url, database.schema, read)
+    return result
+
+
+def test_restart_in_another_cgroup_keeps_the_sandboxes_cgroups_and_removes_stale_ones(
+    two_cgroups: tuple[list[Path], list[Path]],
+    process_server_factory: Callable[..., ProcessServer],
+    database: Database,
+    agent_runtime: Path,
+    fake_llm: Any,
+) -> None:
+    """Threadline runs in cgroup `a`, then is restarted in `b` (a systemd unit moved, a start from another
+    shell): the sandbox it re-attaches keeps its cgroup under `a`, whose OOM kills end it as ERROR and
+    which is removed when it stops; a stale cgroup of this home under `a` is removed at once."""
+    a, b = two_cgroups
+    settings = agent_settings(agent_runtime, fake_llm.base_url, sandbox_memory_mb=400, instance_heartbeat_seconds=1)
+    in_a = enter_command([d / "cgroup.procs" for d in a], [])
+    first = process_server_factory(wrap=in_a, stop_sandboxes_on_shutdown="false", **settings)
+    assert all(first.pid in cgroup_pids(d) for d in a)
+    key = first.admin_key
+    name = cgroups.parent_name(Path(first.env["THREADLINE_HOME"]) / "sandboxes")
+    with first.client(key, timeout=60) as client:
+        r = client.post("/api/v1/sandboxes")
+        assert r.status_code == 200, r.text
+        sandbox_id = r.json()["id"]
+        wait_for(
+            lambda: client.get("/api/v1/sandboxes", params={"id": sandbox_id}).json()[0]["status"] == "RUNNING",
+            timeout=150,
+            what="the sandbox RUNNING",
+        )
+    pid = recorded_sandbox_pid(database.url, database.schema, sandbox_id)
+    in_cgroup = [d / name / sandbox_id for d in a]
+    assert pid is not None and all(pid in cgroup_pids(d) for d in in_cgroup)
+    # A stale cgroup of this home under `a` (a sandbox with no record), with a process in it.
+    stale_dirs = [d / name / ("0" * 32) for d in a]
+    for directory in stale_dirs:
+        directory.mkdir()
+    stale = subprocess.Popen(enter_command([d / "cgroup.procs" for d in stale_dirs], ["sleep", "600"]))
+    try:
+        wait_for(lambda: all(stale.pid in cgroup_pids(d) for d in stale_dirs), what="the stale process in `a`")
+        assert first.stop() in (0, -signal.SIGTERM), first.log_tail()
+        assert pid_alive(pid)
+
+        # Restarted in `b`: its own parents are there, and the sandbox's cgroup stays under `a`, holding it.
+        second = process_server_factory(
+            port=first.port, wrap=enter_command([d / "cgroup.procs" for d in b], []), **settings
+        )
+        assert all(second.pid in cgroup_pids(d) for d in b)
+        assert all((d / name).is_dir() for d in b) and not any((d / name / sandbox_id).exists() for d in b)
+        assert all(pid in cgroup_pids(d) for d in in_cgroup)
+        # The stale one under `a` is found although no Threadline runs there now: its process killed, removed.
+        wait_for(lambda: stale.poll() is not None, timeout=30, what="the stale cgroup's process killed")
+        assert stale.returncode == -signal.SIGKILL
+        wait_for(lambda: not any(d.exists() for d in stale_dirs), timeout=30, what="the stale cgroup removed")
+    finally:
+        if stale.poll() is None:
+            stale.kill()
+            stale.wait(30)
+
+    with second.client(key, timeout=60) as client:
+        sandbox = client.get("/api/v1/sandboxes", params={"id": sandbox_id}).json()[0]
+        assert sandbox["status"] == "RUNNING", sandbox
+        # Over the limit the first run wrote in `a`: the kernel kills the process there, and this run reads
+        # the OOM kill there, so the sandbox is ended as ERROR with the kernel's figures.
+        hog = "python3 -c 'x = bytearray(900 * 2**20); print(\"allocated\")'"
+        with contextlib.suppress(httpx.HTTPError):  # the sandbox may be ended before it answers
+            r = client.post(
+                f"/agent-server/{sandbox_id}/api/bash/execute_bash_command",
+                headers={"X-Session-API-Key": sandbox["session_api_key"]},
+                json={"command": hog, "timeout": 60},
+                timeout=90,
+            )
+            assert "allocated" not in r.text, r.text
+    _, detail = wait_for(
+        lambda: (found := _recorded(database, sandbox_id))[0] == "ERROR" and found,
+        timeout=60,
+        what="the sandbox ERROR for its memory",
+    )
+    pattern = r"the kernel ended (\d+) of them \(cgroup v1: oom_kill (\d+), peak (\d+) MiB\)"
+    assert detail and re.search(pattern, detail) and "memory limit of 400 MiB" in detail, detail
+    # Stopped: its cgroup under `a` is removed, then (at a heartbeat) the emptied parent there too.
+    wait_for(lambda: not any(d.exists() for d in in_cgroup), timeout=30, what="the sandbox's cgroup removed")
+    wait_for(lambda: not any((d / name).exists() for d in a), timeout=30, what="the old parent removed")
+    assert all((d / name).is_dir() for d in b)
 
 
 def test_shutdown_stops_sandboxes_and_they_resume_after_restart(agent_server_factory: Any) -> None:

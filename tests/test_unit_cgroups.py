@@ -3,6 +3,7 @@ v2 layouts, read-only, missing controllers), and the shell step that puts a sand
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -206,3 +207,151 @@ def test_cpu_and_cgroup_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("THREADLINE_SANDBOX_CGROUPS", "maybe")
     with pytest.raises(ValidationError, match="sandbox_cgroups"):
         Settings()
+
+
+# -- a restart in another cgroup --------------------------------------------------------------------
+
+OLD = "/system.slice/old.scope"
+
+
+def _v1_old_run(tmp_path: Path) -> tuple[str, str, dict[str, Path]]:
+    """A v1 tree where this server runs in /user.slice and an earlier run of the same home ran in OLD."""
+    mountinfo, own_lines, dirs = _v1_tree(tmp_path)
+    for own in dirs.values():
+        old = own.parent / OLD.lstrip("/")
+        old.mkdir(parents=True)
+        (old / "cgroup.procs").write_text("")
+        if own.parent.name.startswith("cpu"):
+            (old / "cpu.cfs_quota_us").write_text("-1\n")
+    return mountinfo, own_lines, dirs
+
+
+def _proc_cgroup(path: str, *, pids_path: str | None = None) -> str:
+    """A /proc/<pid>/cgroup of a process in `path` in every v1 hierarchy (in `pids_path` for pids)."""
+    return f"3:pids:{pids_path or path}\n2:cpu,cpuacct:{path}\n1:memory:{path}\n0::/\n"
+
+
+def test_a_reattached_sandbox_keeps_the_cgroups_its_process_is_in_when_the_server_moved(tmp_path: Path) -> None:
+    mountinfo, own_lines, dirs = _v1_old_run(tmp_path)
+    root = tmp_path / "home" / "sandboxes"
+    name = cgroups.parent_name(root)
+    manager = cgroups.SandboxCgroups(cgroups.detect(own_lines, mountinfo), root, cgroups.Limits(400, None, 0))
+    manager.prepare()
+    # The cgroups the earlier run (in OLD) made for the sandbox, with what the kernel counted there.
+    old = [d.parent / OLD.lstrip("/") / name / "sb1" for d in dirs.values()]
+    for directory in old:
+        directory.mkdir(parents=True)
+        (directory / "cgroup.procs").write_text("4242\n")
+    (old[0] / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n")
+    (old[0] / "memory.max_usage_in_bytes").write_text(str(400 * 2**20))
+    assert not manager.exists("sb1")  # not where this run would have put it
+
+    assert manager.adopt("sb1", 4242, _proc_cgroup(f"{OLD}/{name}/sb1"))
+    assert manager.dirs("sb1") == old and manager.exists("sb1")
+    assert manager.dir_of("sb1", "memory") == old[0] and manager.procs_files("sb1")[2] == old[2] / "cgroup.procs"
+    assert manager.oom_kills("sb1") == 3 and manager.memory_peak("sb1") == 400 * 2**20
+    assert manager.pids("sb1") == [4242]
+    # Remembered, so that a later run finds the old parents even when no sandbox is left in them.
+    record = (root / cgroups.PARENTS_FILE).read_text()
+    assert all(str(d.parent) in record for d in old) and all(str(p) in record for p in manager.parents)
+    # Kept while it runs; removed (and dirs() back to this run's parents) when it stops.
+    assert manager.remove_stale({"sb1"}) == [] and manager.exists("sb1")
+    for directory in old:
+        (directory / "cgroup.procs").unlink()  # fake cgroups: a plain directory must be empty to go
+        (directory / "memory.oom_control").unlink(missing_ok=True)
+        (directory / "memory.max_usage_in_bytes").unlink(missing_ok=True)
+    assert manager.remove("sb1", timeout=5)
+    assert not any(d.exists() for d in old)
+    assert manager.dirs("sb1") == [p / "sb1" for p in manager.parents]
+
+
+def test_v2_a_reattached_sandbox_keeps_its_cgroup_under_the_earlier_runs_cgroup(tmp_path: Path) -> None:
+    mountinfo, own_line, own = _v2_tree(tmp_path)
+    root = tmp_path / "home" / "sandboxes"
+    name = cgroups.parent_name(root)
+    manager = cgroups.SandboxCgroups(cgroups.detect(own_line, mountinfo), root, cgroups.Limits())
+    old = own.parent / "old.service" / name / "sb1"
+    old.mkdir(parents=True)
+    (old / "memory.events").write_text("oom 1\noom_kill 1\n")
+    other = own.parent / "old.service" / cgroups.parent_name(tmp_path / "x") / "sb1"
+    other.mkdir(parents=True)
+    assert not manager.adopt("sb1", 4242, f"0::/system.slice/old.service/{other.parent.name}/sb1\n")
+    assert not manager.adopt("sb1", 4242, f"1:memory:/system.slice/old.service/{name}/sb1\n")  # v1's line
+    assert manager.adopt("sb1", 4242, f"0::/system.slice/old.service/{name}/sb1\n")
+    assert manager.dirs("sb1") == [old] and manager.oom_kills("sb1") == 1
+
+
+def test_a_cgroup_of_another_home_or_not_made_by_threadline_is_never_adopted(tmp_path: Path) -> None:
+    mountinfo, own_lines, dirs = _v1_old_run(tmp_path)
+    root = tmp_path / "home" / "sandboxes"
+    name = cgroups.parent_name(root)
+    other = cgroups.parent_name(tmp_path / "other-home" / "sandboxes")
+    manager = cgroups.SandboxCgroups(cgroups.detect(own_lines, mountinfo), root, cgroups.Limits())
+    for leaf in (f"{other}/sb1", "sb1", f"{name}/sb2", f"{name}-x/sb1", f"{name}/sb1"):
+        for own in dirs.values():
+            (own.parent / OLD.lstrip("/") / leaf).mkdir(parents=True, exist_ok=True)
+    refused = {
+        "another home's": _proc_cgroup(f"{OLD}/{other}/sb1"),
+        "not a threadline path": _proc_cgroup(f"{OLD}/sb1"),
+        "another sandbox's": _proc_cgroup(f"{OLD}/{name}/sb2"),
+        "a look-alike parent": _proc_cgroup(f"{OLD}/{name}-x/sb1"),
+        "one hierarchy elsewhere": _proc_cgroup(f"{OLD}/{name}/sb1", pids_path=f"{OLD}/{other}/sb1"),
+        "a cgroup that does not exist": _proc_cgroup(f"/gone/{name}/sb1"),
+        "no line for a hierarchy": f"1:memory:{OLD}/{name}/sb1\n",
+    }
+    for why, proc_cgroup in refused.items():
+        assert not manager.adopt("sb1", 4242, proc_cgroup), why
+        assert manager.dirs("sb1") == [p / "sb1" for p in manager.parents], why
+    # A process that is gone: nothing to read, nothing adopted.
+    assert not manager.adopt("sb1", 2**22 + 1)
+    # Seen through a mount of another part of the hierarchy (a container): the path is not on disk here.
+    shifted = cgroups.detect(own_lines.replace(":/user.slice", ":/ct/user.slice"), mountinfo.replace(" / ", " /ct "))
+    assert shifted.usable
+    assert not cgroups.SandboxCgroups(shifted, root, cgroups.Limits()).adopt(
+        "sb1", 4242, _proc_cgroup(f"{OLD}/{name}/sb1")
+    )
+    # The one that is this home's, in every hierarchy: adopted.
+    assert manager.adopt("sb1", 4242, _proc_cgroup(f"{OLD}/{name}/sb1"))
+    assert manager.dirs("sb1") == [d.parent / OLD.lstrip("/") / name / "sb1" for d in dirs.values()]
+
+
+def test_stale_cgroups_under_the_parent_of_an_earlier_run_are_removed_and_the_parent_too(tmp_path: Path) -> None:
+    mountinfo, own_lines, dirs = _v1_old_run(tmp_path)
+    root = tmp_path / "home" / "sandboxes"
+    name = cgroups.parent_name(root)
+    # The earlier run, in OLD: its parents, a sandbox still running, one that is gone.
+    earlier = cgroups.SandboxCgroups(
+        cgroups.detect(own_lines.replace("/user.slice", OLD), mountinfo), root, cgroups.Limits()
+    )
+    earlier.create("live")
+    earlier.create("stale")
+    old_parents = list(earlier.parents)
+    assert [p.parent for p in old_parents] == [d.parent / OLD.lstrip("/") for d in dirs.values()]
+
+    # This run, in /user.slice: it removes the stale cgroup under the old parent, keeps the live one.
+    manager = cgroups.SandboxCgroups(cgroups.detect(own_lines, mountinfo), root, cgroups.Limits())
+    manager.prepare()
+    assert manager.parents != old_parents
+    assert manager.remove_stale({"live"}) == ["stale"]
+    assert not any((p / "stale").exists() for p in old_parents)
+    assert all((p / "live").is_dir() for p in old_parents)
+
+    # What is not this home's is never touched, whatever the record says: another home's parent, a
+    # directory outside the cgroup mounts, an entry that does not match the hierarchies.
+    others = [d.parent / OLD.lstrip("/") / cgroups.parent_name(tmp_path / "x") / "stale" for d in dirs.values()]
+    outside = tmp_path / "elsewhere" / name / "stale"
+    for directory in [*others, outside]:
+        directory.mkdir(parents=True)
+    record = root / cgroups.PARENTS_FILE
+    entries = json.loads(record.read_text())["parents"]
+    entries += [[str(d.parent) for d in others], [str(outside.parent)] * 3, [str(old_parents[0])]]
+    record.write_text(json.dumps({"parents": entries}))
+    # Once the live one is gone too: its cgroup, then the empty old parents, removed; the record forgets them.
+    assert manager.remove_stale(set()) == ["live"]
+    assert not any(p.exists() for p in old_parents)
+    assert all(d.is_dir() for d in [*others, outside])
+    assert str(old_parents[0]) not in record.read_text()
+    assert all(str(p) in record.read_text() for p in manager.parents)
+    # A record that is not JSON: nothing is known of earlier runs, nothing breaks.
+    record.write_text("{not json")
+    assert manager.remove_stale(set()) == []

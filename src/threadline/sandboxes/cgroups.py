@@ -17,19 +17,28 @@ Threadline homes on one machine never share one) and, per sandbox, `create()` ma
 with its limits. The sandbox's first process joins it before it executes anything (`enter_command`: a
 shell writes its own pid to `cgroup.procs`, then execs bubblewrap), so no process of the sandbox ever
 runs outside it. `remove()` kills what is left in it and removes it.
+
+A Threadline restarted in another cgroup (a systemd unit moved, a start from another shell) derives other
+parents than the run that launched its sandboxes. So a re-attached sandbox's cgroup is taken from where its
+process actually is (`adopt()`: `/proc/<pid>/cgroup`, only a `threadline-<this hash>/<its id>` leaf), and
+the parents every run used are remembered in `<sandboxes root>/.cgroup-parents.json`, so that stale cgroups
+under an old parent are removed too (`remove_stale()`), and the old parent with them once it is empty.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import json
 import logging
 import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 log = logging.getLogger("threadline.sandboxes.cgroups")
 
@@ -37,6 +46,9 @@ CONTROLLERS = ("memory", "cpu", "pids")
 CPU_PERIOD_US = 100_000
 # The kernel refuses a CFS quota below 1 ms per period.
 _MIN_QUOTA_US = 1000
+# In the sandboxes root: the parent cgroups this home's runs have used (why a file: SandboxCgroups,
+# "the parents of earlier runs").
+PARENTS_FILE = ".cgroup-parents.json"
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,9 @@ class Hierarchy:
 
     controllers: tuple[str, ...]
     base: Path
+    # The mount the hierarchy is seen through: where a path of /proc/<pid>/cgroup is on disk.
+    mount_root: str
+    mount_point: Path
 
 
 @dataclass(frozen=True)
@@ -122,10 +137,14 @@ def _own_cgroups(proc_cgroup: str) -> dict[str, str]:
 
 def _under(mount: _Mount, path: str) -> Path | None:
     """The directory of cgroup `path` in `mount` (None when the mount does not show it)."""
-    root = mount.root.rstrip("/")
+    return _directory(mount.root, mount.point, path)
+
+
+def _directory(mount_root: str, mount_point: Path, path: str) -> Path | None:
+    root = mount_root.rstrip("/")
     if path != root and not path.startswith(root + "/"):
         return None
-    return mount.point / path[len(root) :].lstrip("/")
+    return mount_point / path[len(root) :].lstrip("/")
 
 
 def _writable(directory: Path, *files: str) -> bool:
@@ -193,7 +212,7 @@ def detect(proc_cgroup: str | None = None, mountinfo: str | None = None) -> Dete
                 break
             base, why = _v2_base(directory, mount.point)
             if base is not None:
-                return Detection(2, (Hierarchy(CONTROLLERS, base),))
+                return Detection(2, (Hierarchy(CONTROLLERS, base, mount.root, mount.point),))
             reasons.append(why)
             break
     hierarchies = []
@@ -210,7 +229,7 @@ def detect(proc_cgroup: str | None = None, mountinfo: str | None = None) -> Dete
         if controller == "cpu" and not (directory / "cpu.cfs_quota_us").exists():
             reasons.append(f"cgroup v1 cpu hierarchy at {directory} has no CFS bandwidth control")
             break
-        hierarchies.append(Hierarchy((controller,), directory))
+        hierarchies.append(Hierarchy((controller,), directory, v1.root, v1.point))
     if len(hierarchies) == len(CONTROLLERS):
         return Detection(1, tuple(hierarchies))
     return Detection(None, reason="; ".join(reasons) or "no cgroup hierarchy mounted")
@@ -249,6 +268,11 @@ def _pids_in(directory: Path) -> list[int]:
         return []
 
 
+def _check_id(sandbox_id: str) -> None:
+    if not sandbox_id or "/" in sandbox_id or sandbox_id.startswith("."):
+        raise ValueError(f"not a sandbox id: {sandbox_id!r}")
+
+
 @dataclass(frozen=True)
 class Limits:
     memory_mb: int = 0
@@ -265,7 +289,12 @@ class SandboxCgroups:
         self.detection = detection
         self.version = detection.version
         self.limits = limits
-        self.parents = [h.base / parent_name(sandboxes_root) for h in detection.hierarchies]
+        self.name = parent_name(sandboxes_root)
+        self.parents = [h.base / self.name for h in detection.hierarchies]
+        self.record = sandboxes_root / PARENTS_FILE
+        # Re-attached sandboxes whose cgroups are under another parent than `parents` (the Threadline that
+        # launched them ran in another cgroup): sandbox id -> their directories, one per hierarchy.
+        self._adopted: dict[str, list[Path]] = {}
 
     # -- set up ---------------------------------------------------------------------------------
 
@@ -278,11 +307,18 @@ class SandboxCgroups:
             parent.mkdir(exist_ok=True)
             if self.version == 2 and not set(CONTROLLERS) <= _words(parent / "cgroup.subtree_control"):
                 _write(parent / "cgroup.subtree_control", enable)
+        # Every time, not once: another process of this home may have forgotten them while they were gone.
+        self._remember(self.parents)
+
+    def _default_dirs(self, sandbox_id: str) -> list[Path]:
+        return [parent / sandbox_id for parent in self.parents]
 
     def dirs(self, sandbox_id: str) -> list[Path]:
-        if not sandbox_id or "/" in sandbox_id or sandbox_id.startswith("."):
-            raise ValueError(f"not a sandbox id: {sandbox_id!r}")
-        return [parent / sandbox_id for parent in self.parents]
+        """The sandbox's cgroup directories, one per hierarchy: where `adopt()` found them, else under
+        this run's parents."""
+        _check_id(sandbox_id)
+        adopted = self._adopted.get(sandbox_id)
+        return list(adopted) if adopted is not None else self._default_dirs(sandbox_id)
 
     def exists(self, sandbox_id: str) -> bool:
         return all(d.is_dir() for d in self.dirs(sandbox_id))
@@ -329,6 +365,120 @@ class SandboxCgroups:
         if limits.pids:
             _write(pids_dir / "pids.max", str(limits.pids))
 
+    # -- re-attached sandboxes ---------------------------------------------------------------------
+
+    def adopt(self, sandbox_id: str, pid: int, proc_cgroup: str | None = None) -> bool:
+        """After a restart: use the cgroups the re-attached sandbox's process `pid` is actually in from now
+        on (limits, OOM kills, peak, pids, removal), wherever the Threadline that launched it ran. Only a
+        `threadline-<this home's hash>/<sandbox_id>` leaf in every hierarchy is taken, never a cgroup of
+        another home or one Threadline did not make. False: it is in none (`proc_cgroup`: for tests)."""
+        _check_id(sandbox_id)
+        self._adopted.pop(sandbox_id, None)
+        default = self._default_dirs(sandbox_id)
+        try:
+            text = Path(f"/proc/{pid}/cgroup").read_text() if proc_cgroup is None else proc_cgroup
+        except OSError:
+            return False
+        found = self._locate(sandbox_id, _own_cgroups(text))
+        if found is None:
+            return False
+        if found != default:
+            self._remember([d.parent for d in found])  # so that it is removed even if this run misses it
+            self._adopted[sandbox_id] = found
+            log.info("sandbox %s keeps its cgroups of an earlier run: %s", sandbox_id, [str(d) for d in found])
+        return True
+
+    def _locate(self, sandbox_id: str, own: dict[str, str]) -> list[Path] | None:
+        found = []
+        for hierarchy in self.detection.hierarchies:
+            # v1: the process's line of this hierarchy's controller; v2: its one `0::` line.
+            path = own.get(hierarchy.controllers[0] if self.version == 1 else "")
+            if path is None or PurePosixPath(path).parts[-2:] != (self.name, sandbox_id):
+                return None
+            directory = _directory(hierarchy.mount_root, hierarchy.mount_point, path)
+            if directory is None or not directory.is_dir():
+                return None
+            found.append(directory)
+        return found
+
+    # -- the parents of earlier runs ----------------------------------------------------------------
+    #
+    # Remembered in a small file next to the sandboxes, not found by searching the cgroup tree: the file
+    # names only parents this home made, so a tree search can never take the `threadline-<hash>` of another
+    # deployment whose sandboxes root has the same path (containers sharing a v1 hierarchy), and the
+    # heartbeat reads one small file instead of walking every cgroup of the machine. Not in the database:
+    # cgroup paths are facts of this host, as the sandboxes root is (a replica elsewhere shares the database).
+
+    def _entry(self, value: object) -> list[Path] | None:
+        """One remembered set of parents (one per hierarchy), if it can be one of this home's here."""
+        if not isinstance(value, list) or len(value) != len(self.detection.hierarchies):
+            return None
+        parents = []
+        for hierarchy, text in zip(self.detection.hierarchies, value, strict=True):
+            path = Path(text) if isinstance(text, str) else None
+            if (
+                path is None
+                or not path.is_absolute()
+                or ".." in path.parts
+                or path.name != self.name
+                or not path.is_relative_to(hierarchy.mount_point)
+            ):
+                return None
+            parents.append(path)
+        return parents
+
+    def _parse(self, text: str) -> list[list[Path]]:
+        try:
+            data = json.loads(text) if text.strip() else {}
+        except ValueError:
+            log.warning("%s is not valid JSON: the parent cgroups of earlier runs are not known", self.record)
+            return []
+        values = data.get("parents", []) if isinstance(data, dict) else []
+        return [e for e in map(self._entry, values if isinstance(values, list) else []) if e is not None]
+
+    def _old_parents(self) -> list[list[Path]]:
+        """The parents earlier runs of this home used, other than this run's."""
+        try:
+            with self.record.open() as file:
+                fcntl.flock(file, fcntl.LOCK_SH)  # no half-written file from another process of this home
+                entries = self._parse(file.read())
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            log.warning("cannot read %s: %s", self.record, exc)
+            return []
+        return [e for e in entries if e != self.parents]
+
+    def _update(self, change: Callable[[list[list[Path]]], list[list[Path]]]) -> None:
+        """Rewrite the remembered parents under an exclusive lock (the workers of one home share it);
+        parents none of whose directories exist any more are dropped."""
+        try:
+            self.record.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.record, os.O_RDWR | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "r+") as file:
+                fcntl.flock(file, fcntl.LOCK_EX)
+                before = self._parse(file.read())
+                after = [e for e in change(before) if any(p.is_dir() for p in e)]
+                if after != before:
+                    file.seek(0)
+                    file.truncate()
+                    file.write(json.dumps({"parents": [[str(p) for p in e] for e in after]}, indent=1) + "\n")
+        except OSError as exc:
+            # Only what a later run in another cgroup could clean up is lost: not a reason to stop.
+            log.warning("cannot record the sandbox cgroup parents in %s: %s", self.record, exc)
+
+    def _remember(self, parents: list[Path]) -> None:
+        self._update(lambda entries: entries if parents in entries else [*entries, parents])
+
+    def _tidy(self, old: list[list[Path]]) -> None:
+        """Remove the old parents left empty and forget those that are gone."""
+        for parents in old:
+            for parent in parents:
+                with contextlib.suppress(OSError):
+                    parent.rmdir()  # only when empty: a re-attached sandbox's cgroup keeps it
+        if any(not any(p.is_dir() for p in parents) for parents in old):
+            self._update(lambda entries: entries)
+
     # -- reading --------------------------------------------------------------------------------
 
     def dir_of(self, sandbox_id: str, controller: str) -> Path:
@@ -364,7 +514,10 @@ class SandboxCgroups:
 
     def remove(self, sandbox_id: str, timeout: float = 10.0) -> bool:
         """Kill every process left in the sandbox's cgroup(s) and remove them. True when none is left."""
-        return self._remove_dirs(self.dirs(sandbox_id), timeout)
+        removed = self._remove_dirs(self.dirs(sandbox_id), timeout)
+        # Its next cgroup (a resume) is made under this run's parents.
+        self._adopted.pop(sandbox_id, None)
+        return removed
 
     def _remove_dirs(self, directories: list[Path], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -397,16 +550,25 @@ class SandboxCgroups:
                 parent.rmdir()
 
     def remove_stale(self, keep: set[str]) -> list[str]:
-        """Remove the cgroups of this home's sandboxes not in `keep` (killing what runs in them); returns
-        their sandbox ids."""
-        names: set[str] = set()
-        for parent in self.parents:
-            with contextlib.suppress(OSError):
-                names.update(p.name for p in parent.iterdir() if p.is_dir())
-        stale = sorted(names - keep)
-        for name in stale:
-            self._remove_dirs([parent / name for parent in self.parents], timeout=10.0)
-        return stale
+        """Remove the cgroups of this home's sandboxes not in `keep` (killing what runs in them), under this
+        run's parents and those of earlier runs (then removed too when left empty); returns their sandbox
+        ids. Each heartbeat: one small file read, and one directory listing per parent."""
+        old = self._old_parents()
+        stale: set[str] = set()
+        for parents in (self.parents, *old):
+            names: set[str] = set()
+            for parent in parents:
+                with contextlib.suppress(OSError):
+                    names.update(p.name for p in parent.iterdir() if p.is_dir())
+            for name in sorted(names - keep):
+                directories = [parent / name for parent in parents]
+                self._remove_dirs(directories, timeout=10.0)
+                if self._adopted.get(name) == directories:
+                    self._adopted.pop(name, None)
+                stale.add(name)
+        if old:
+            self._tidy(old)
+        return sorted(stale)
 
 
 def enforced_by(detection: Detection) -> dict[str, str]:

@@ -522,8 +522,9 @@ class IsolatedBackend(ProcessBackend):
         namespace = _pid_namespace(pid) if pid else None
         if namespace:
             self._namespaces[sandbox_id] = namespace
-        # Its cgroup (made by the Threadline that launched it) is kept; without one the watchdog watches it.
-        if self.cgroups is not None and await asyncio.to_thread(self.cgroups.exists, sandbox_id):
+        # Its cgroup (made by the Threadline that launched it, maybe under another parent: found from where
+        # its process is) is kept and used from now on; without one the watchdog watches it.
+        if self.cgroups is not None and pid and await asyncio.to_thread(self.cgroups.adopt, sandbox_id, pid):
             self._in_cgroup.add(sandbox_id)
         return await self._expose(sandbox_id, port)
 
