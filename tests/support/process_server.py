@@ -46,6 +46,8 @@ class ProcessServer:
     admin_key: str | None = None
     # Arguments after `threadline serve`, e.g. ["--workers", "2"].
     args: list[str] = field(default_factory=list)
+    # A command the server is started through, e.g. one that switches to another user.
+    prefix: list[str] = field(default_factory=list)
     _log: Any = field(default=None, repr=False)
 
     @property
@@ -70,7 +72,7 @@ class ProcessServer:
         env.update(self.env)
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [*_threadline_command(), "serve", *self.args],
+            [*self.prefix, *_threadline_command(), "serve", *self.args],
             env=env,
             stdout=subprocess.PIPE,
             stderr=self._log,
