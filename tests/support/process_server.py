@@ -46,7 +46,8 @@ class ProcessServer:
     admin_key: str | None = None
     # Arguments after `threadline serve`, e.g. ["--workers", "2"].
     args: list[str] = field(default_factory=list)
-    # A command that runs the rest and is replaced by it (`exec`), e.g. one that first joins a cgroup.
+    # A command the server is started through (it runs the rest, e.g. by `exec`): one that first joins a
+    # cgroup, or one that switches to another user.
     wrap: list[str] = field(default_factory=list)
     _log: Any = field(default=None, repr=False)
 

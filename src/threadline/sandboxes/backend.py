@@ -14,6 +14,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -291,4 +292,16 @@ def spawn(
 
 
 def remove_work_dir(work_dir: Path) -> None:
+    """Remove a stopped sandbox's directory, with whatever its processes left in it."""
+    shutil.rmtree(work_dir, ignore_errors=True)
+    if not os.path.lexists(work_dir):
+        return
+    # What is left: directories the sandbox made unreadable or unwritable to their owner. Without root the
+    # owner is this process's user (a sandbox has no uid of its own then), so they are opened up, each
+    # before it is entered; never through a symlink the sandbox made.
+    for _directory, subdirs, _files, dir_fd in os.fwalk(work_dir):
+        for name in subdirs:
+            with contextlib.suppress(OSError):
+                if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                    os.chmod(name, 0o700, dir_fd=dir_fd)
     shutil.rmtree(work_dir, ignore_errors=True)

@@ -4,13 +4,15 @@ What one sandbox sees and can do (docs/security.md has the threat model):
 
 - **Files:** its own mount view: system directories (`/usr`, a chosen part of `/etc`) and the agent
   runtime read-only; its own `workspace`, `conversations`, home and `/tmp` read-write (all four are
-  directories of this sandbox on the host, so a pause keeps them); nothing else of the host:
+  directories of this sandbox on the host, so a pause keeps them); the rest of its tree (`/`, `/dev`) is
+  read-only too; nothing else of the host:
   not `THREADLINE_HOME` (the database, the server secret), not the installing user's home, not another
   sandbox. Generated `/etc/passwd`, `/etc/group` and `/etc/hosts` name only the sandbox's user.
 - **User:** when Threadline runs as root, a user of its own (`THREADLINE_SANDBOX_UID_BASE` + a number
   derived from the sandbox id), so everything it creates is owned by that user and nothing outside
   can be touched through it; otherwise the server's own user, mapped in a user namespace that cannot
-  create further ones. No capabilities, no-new-privileges.
+  create further ones (what it creates is then owned by the server's user on the host, in the sandbox's
+  directory of mode 0700). No capabilities, no-new-privileges.
 - **System calls:** a seccomp filter (`seccomp.py`) on every process of the sandbox, in both modes:
   creating a user namespace fails (EPERM; `clone3`, whose flags seccomp cannot read, answers ENOSYS so
   C libraries fall back to `clone`). When Threadline runs as root it is the only guard against them.
@@ -438,6 +440,10 @@ class IsolatedBackend(ProcessBackend):
         args += ["--bind", str(work_dir / "workspace"), INSIDE_WORKSPACE]
         args += ["--bind", str(work_dir / "conversations"), _INSIDE_CONVERSATIONS]
         args += _open_mount_parents(args)
+        # The root tmpfs, /dev's and the directories bubblewrap made on them (/etc, /run, /dev/shm, ...) belong
+        # to the sandbox's user when Threadline is not root (its user namespace): read-only, as they are to a
+        # sandbox user of its own. Last: each applies to that one mount, not to the ones made on it.
+        args += ["--remount-ro", "/dev", "--remount-ro", "/"]
         args += ["--chdir", INSIDE_WORKSPACE]
         python = str(runtime.python_of(Path(_INSIDE_RUNTIME)))
         args += ["--", python, "-I", _INSIDE_LAUNCHER]
