@@ -442,15 +442,16 @@ def test_restart_in_another_cgroup_keeps_the_sandboxes_cgroups_and_removes_stale
     pid = recorded_sandbox_pid(database.url, database.schema, sandbox_id)
     in_cgroup = [d / name / sandbox_id for d in a]
     assert pid is not None and all(pid in cgroup_pids(d) for d in in_cgroup)
-    # A stale cgroup of this home under `a` (a sandbox with no record), with a process in it.
+    assert first.stop() in (0, -signal.SIGTERM), first.log_tail()
+    assert pid_alive(pid)
+    # A stale cgroup of this home under `a` (a sandbox with no record), with a process in it. Made once the
+    # first run has stopped: its own heartbeat would remove it otherwise.
     stale_dirs = [d / name / ("0" * 32) for d in a]
     for directory in stale_dirs:
         directory.mkdir()
     stale = subprocess.Popen(enter_command([d / "cgroup.procs" for d in stale_dirs], ["sleep", "600"]))
     try:
         wait_for(lambda: all(stale.pid in cgroup_pids(d) for d in stale_dirs), what="the stale process in `a`")
-        assert first.stop() in (0, -signal.SIGTERM), first.log_tail()
-        assert pid_alive(pid)
 
         # Restarted in `b`: its own parents are there, and the sandbox's cgroup stays under `a`, holding it.
         second = process_server_factory(
