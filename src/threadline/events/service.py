@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
 
 from threadline.conversations import service as conversations_service
+from threadline.conversations.tables import conversations
 from threadline.core.errors import Invalid
 from threadline.core.ids import parse_id
 from threadline.core.pagination import Pager, filters_fingerprint
@@ -229,8 +230,8 @@ async def search_events(
 ) -> RawEventPage:
     """One page of a conversation's events, ordered by (timestamp, event id); ties never split badly.
 
-    With `owner_id`, the conversation must be that user's (404 otherwise), checked in the same
-    transaction as the read and before anything else is looked at."""
+    With `owner_id`, the conversation must be that user's (404 otherwise): the page statement itself
+    returns no row of another user's conversation, and an empty page is checked before it is answered."""
     order = EventSortOrder(sort)
     if not 0 < limit <= MAX_LIMIT:
         raise Invalid("limit", f"must be between 1 and {MAX_LIMIT}", location="query", input=limit)
@@ -239,10 +240,14 @@ async def search_events(
     descending = order is EventSortOrder.TIMESTAMP_DESC
     pager = Pager(secret, PAGE_KIND, order.value, fingerprint, events.c.timestamp, events.c.event_id, descending)
     parameters = {**filters.parameters(conversation_id), **pager.after(page_id), "rows": limit + 1}
-    shape = (filters.shape(), order, "after_id" in parameters)
+    if owner_id is not None:
+        parameters["owner_id"] = owner_id
+    shape = (filters.shape(), order, "after_id" in parameters, owner_id is not None)
     query = _PAGE_STATEMENTS.get(shape)
     if query is None:
         base = select(events.c.timestamp, events.c.event_id, _PAYLOAD_TEXT).where(*filters.bound_where())
+        if owner_id is not None:
+            base = base.where(_OWNED)
         query = _PAGE_STATEMENTS[shape] = pager.statement(base, after="after_id" in parameters)
     rows = await db.run_read(
         _page_rows, conversation_id=conversation_id, owner_id=owner_id, query=query, parameters=parameters
@@ -254,13 +259,22 @@ async def search_events(
 def _page_rows(
     conn: Connection, *, conversation_id: str, owner_id: str | None, query: Select[Any], parameters: dict[str, Any]
 ) -> Sequence[Row[Any]]:
-    if owner_id is not None:
+    rows = conn.execute(query, parameters).all()
+    if owner_id is not None and not rows:
+        # The page statement returns rows only when the conversation is the owner's (`_OWNED`); an empty page
+        # is either an empty conversation or not theirs (404), which this tells apart.
         conversations_service.require_owned(conn, user_id=owner_id, conversation_id=conversation_id)
-    return conn.execute(query, parameters).all()
+    return rows
 
 
 _PAYLOAD_TEXT = cast(events.c.payload, Text).label("payload_text")
-# One page statement per shape (which filters, order, first page or not): at most 2^3 * 2 * 2.
+# The ownership check inside the page statement: one statement (one round trip) for a page that has events.
+_OWNED = (
+    select(conversations.c.id)
+    .where(conversations.c.id == bindparam("conversation_id"), conversations.c.user_id == bindparam("owner_id"))
+    .exists()
+)
+# One page statement per shape (which filters, order, first page or not, owner checked): at most 2^3 * 2 * 2 * 2.
 _PAGE_STATEMENTS: dict[tuple[Any, ...], Any] = {}
 
 
