@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -108,6 +110,53 @@ def _is_zombie(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
 
 
+class VerifiedProcesses:
+    """Processes already shown to be a sandbox's (by their environment), each watched through a pidfd: a later
+    check is one poll instead of two /proc reads (a page over 20 re-attached sandboxes asked 40 files), and a
+    pidfd keeps meaning that one process even when its pid is reused."""
+
+    def __init__(self) -> None:
+        self._watched: dict[str, tuple[int, int, select.poll]] = {}  # sandbox id -> (pid, pidfd, its poll)
+
+    def alive(self, sandbox_id: str, pid: int) -> bool | None:
+        """Whether the watched process `pid` of the sandbox still runs; None when it is not watched."""
+        watched = self._watched.get(sandbox_id)
+        if watched is None or watched[0] != pid:
+            return None
+        if watched[2].poll(0):  # readable: the process has exited
+            self.forget(sandbox_id)
+            return False
+        return True
+
+    def verify(self, sandbox_id: str, pid: int, check: Callable[[], bool]) -> bool:
+        """`check()` that `pid` is the sandbox's, and watch it from now on if it is. The pidfd is opened
+        first, so it is the process checked (or one that has exited since, which then reads as gone)."""
+        try:
+            fd: int | None = os.pidfd_open(pid)
+        except OSError:
+            fd = None  # gone, or no pidfds here: checked every time
+        if not check():
+            if fd is not None:
+                os.close(fd)
+            return False
+        if fd is not None:
+            self.forget(sandbox_id)
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            self._watched[sandbox_id] = (pid, fd, poller)
+            return self.alive(sandbox_id, pid) is not False
+        return True
+
+    def forget(self, sandbox_id: str) -> None:
+        watched = self._watched.pop(sandbox_id, None)
+        if watched is not None:
+            os.close(watched[1])
+
+    def forget_all(self) -> None:
+        for sandbox_id in list(self._watched):
+            self.forget(sandbox_id)
+
+
 class ProcessBackend:
     """Each sandbox is one `openhands-agent-server` child process on 127.0.0.1, in its own session."""
 
@@ -118,6 +167,7 @@ class ProcessBackend:
         self.root = sandboxes_root
         self.flush_delay = flush_delay
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._verified = VerifiedProcesses()
 
     def command(self, port: int, runtime_dir: Path | None = None) -> list[str]:
         python = runtime.python_of(runtime_dir or self.runtime_dir)
@@ -166,7 +216,12 @@ class ProcessBackend:
         if pid is None:
             return False
         # A re-attached process (started by an earlier Threadline): check it is still ours, not a reused pid.
-        return not _is_zombie(pid) and _read_environ(pid).get(SANDBOX_ENV) == sandbox_id
+        known = self._verified.alive(sandbox_id, pid)
+        if known is not None:
+            return known
+        return self._verified.verify(
+            sandbox_id, pid, lambda: not _is_zombie(pid) and _read_environ(pid).get(SANDBOX_ENV) == sandbox_id
+        )
 
     def _sandbox_pids(self, sandbox_id: str | None = None) -> dict[int, str]:
         """Live processes started for sandboxes under our root: pid -> sandbox id."""
@@ -205,6 +260,7 @@ class ProcessBackend:
         deadline = time.monotonic() + 10
         while (self._sandbox_pids(sandbox_id) or not _exited(main_pid)) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        self._verified.forget(sandbox_id)
         child = self._children.pop(sandbox_id, None)
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -246,7 +302,8 @@ class ProcessBackend:
         return {"isolation": "none: agent servers run as the server's user (unsafe for more than one user)"}
 
     async def close(self) -> None:
-        """Nothing held outside the processes."""
+        """Nothing held outside the processes but the pidfds watching them."""
+        self._verified.forget_all()
 
 
 def write_private_file(directory: Path, content: str, *, uid: int | None) -> tuple[Path, str]:

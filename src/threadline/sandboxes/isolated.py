@@ -703,6 +703,7 @@ class IsolatedBackend(ProcessBackend):
     async def close(self) -> None:
         """On shutdown: stop serving the egress sockets and agent ports (sandboxes that keep running are
         re-attached later)."""
+        await super().close()
         for sandbox_id in list(self._exposed):
             await self._unexpose(sandbox_id)
         await self.egress.close_all()
