@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from threadline.conversations.records import ConversationRecord
-from threadline.webhooks.live import LivePresenter
+from threadline.conversations.records import ConversationRecord, LiveView
+from threadline.core.time import utcnow
+from threadline.webhooks.live import LivePresenter, _may_lag
 
 
 def record(*, reported_seconds_ago: float | None = 3600, **values: Any) -> ConversationRecord:
@@ -55,6 +56,10 @@ def record(*, reported_seconds_ago: float | None = 3600, **values: Any) -> Conve
     return ConversationRecord(**fields)
 
 
+def _lags(live: LivePresenter, stored: ConversationRecord) -> bool:
+    return _may_lag(LiveView.of(stored), utcnow() - live.stale_after)
+
+
 @pytest.fixture
 def live() -> LivePresenter:
     return LivePresenter(None, None, refresh_seconds=5, stale_seconds=30)  # type: ignore[arg-type]
@@ -74,7 +79,7 @@ def live() -> LivePresenter:
     ],
 )
 def test_records_callbacks_keep_fresh_are_served_as_they_are(live: LivePresenter, values: dict[str, Any]) -> None:
-    assert not live._may_lag(record(**values))
+    assert not _lags(live, record(**values))
 
 
 @pytest.mark.parametrize(
@@ -85,7 +90,7 @@ def test_records_callbacks_keep_fresh_are_served_as_they_are(live: LivePresenter
     ],
 )
 def test_records_that_may_lag_are_refreshed(live: LivePresenter, values: dict[str, Any]) -> None:
-    assert live._may_lag(record(**values))
+    assert _lags(live, record(**values))
 
 
 def test_a_sandbox_is_asked_at_most_once_per_refresh_interval(live: LivePresenter) -> None:
@@ -165,3 +170,20 @@ def test_a_conversation_without_a_report_makes_a_page_wait_once_then_is_asked_in
     asyncio.run(run())
     assert waited == [[item.record.id]], "only the first page waits for the agent server"
     assert in_background == [[item.record.id]], "then asked in the background, once per interval"
+
+
+def test_a_listed_conversations_live_view_is_its_records() -> None:
+    """A page's conversation (values, no record) reads the same live fields as its record does."""
+    from threadline.conversations.records import ListedConversation
+
+    for values in ({}, {"title": None, "execution_status": "running"}, {"reported_seconds_ago": None}):
+        stored = record(**values)
+        assert ListedConversation(stored.values()).live_view == LiveView.of(stored)
+        assert LiveView.of(stored) == (
+            stored.id,
+            stored.sandbox_id,
+            stored.title,
+            stored.title_set_by_user,
+            stored.execution_status,
+            stored.execution_status_at,
+        )

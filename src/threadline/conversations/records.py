@@ -7,7 +7,7 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy.engine import Row
 
@@ -77,6 +77,29 @@ class ConversationRecord:
         return values
 
 
+class LiveView(NamedTuple):
+    """The fields of a conversation its live fields depend on (`webhooks.live`): read from a page's values
+    without building a record of every field."""
+
+    id: str
+    sandbox_id: str
+    title: str | None
+    title_set_by_user: bool
+    execution_status: str | None
+    execution_status_at: datetime | None
+
+    @classmethod
+    def of(cls, record: ConversationRecord) -> LiveView:
+        return cls(
+            record.id,
+            record.sandbox_id,
+            record.title,
+            record.title_set_by_user,
+            record.execution_status,
+            record.execution_status_at,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class StoredConversation:
     """What the service answers for one conversation: its record, its sub-conversations (oldest first),
@@ -90,6 +113,10 @@ class StoredConversation:
     @property
     def values(self) -> tuple[Any, ...]:
         return self.record.values()
+
+    @property
+    def live_view(self) -> LiveView:
+        return LiveView.of(self.record)
 
     def with_record(self, record: ConversationRecord) -> StoredConversation:
         return dataclasses.replace(self, record=record)
@@ -110,6 +137,10 @@ class ListedConversation:
     @property
     def record(self) -> ConversationRecord:
         return ConversationRecord(*self.values)
+
+    @property
+    def live_view(self) -> LiveView:
+        return LiveView._make(_LIVE_VALUES(self.values))
 
     def with_record(self, record: ConversationRecord) -> ListedConversation:
         return ListedConversation(record.values(), self.sub_conversation_ids, self.sandbox)
@@ -137,3 +168,5 @@ class PublicConversation:
 
 CONVERSATION_FIELDS = tuple(field.name for field in dataclasses.fields(ConversationRecord))
 _RECORD_VALUES = operator.attrgetter(*CONVERSATION_FIELDS)
+# The positions of LiveView's fields among a record's values.
+_LIVE_VALUES = operator.itemgetter(*(CONVERSATION_FIELDS.index(name) for name in LiveView._fields))

@@ -26,12 +26,12 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from threadline.auth.service import User
 from threadline.conversations.mapping import LiveState, to_app_conversation
 from threadline.conversations.models import AppConversation, ConversationExecutionStatus
-from threadline.conversations.records import AnyStored, ConversationRecord, StoredConversation
+from threadline.conversations.records import AnyStored, ConversationRecord, LiveView, StoredConversation
 from threadline.core.errors import NotFound
 from threadline.core.time import utcnow
 from threadline.db.engine import Database
@@ -42,7 +42,8 @@ from threadline.sandboxes.status import SandboxStatus
 from threadline.webhooks import service as webhooks
 
 log = logging.getLogger("threadline.live")
-_STATUSES = ConversationExecutionStatus._value2member_map_
+_STATUSES = {status.value: status for status in ConversationExecutionStatus}
+_RUNNING = SandboxStatus.RUNNING
 # Conversations remembered as asked about before answering (`LivePresenter._remember_asked`).
 _MAX_REMEMBERED = 100_000
 # The live fields of a conversation whose sandbox is not running: one (immutable) value per status.
@@ -84,47 +85,50 @@ class LivePresenter:
         statuses = await self.sandboxes.settle([box for box in boxes.values() if box.user_id == user.id])
         running = {sandbox_id for sandbox_id, status in statuses.items() if status is SandboxStatus.RUNNING}
         # The conversation's sandbox is the one looked up by its sandbox_id: its status is the conversation's.
-        records = {
-            position: item.record
+        # Only the fields the live ones depend on are read (`LiveView`), not a record of every field.
+        views = {
+            position: item.live_view
             for position, item in enumerate(items)
             if item.sandbox is not None and item.sandbox.id in running
         }
         unreported: dict[str, list[str]] = defaultdict(list)
         lagging: dict[str, list[str]] = defaultdict(list)
-        for record in records.values():
-            if record.execution_status_at is None:
+        for view in views.values():
+            if view.execution_status_at is None:
                 # Asked before answering once; an agent server that did not know the conversation then (or
                 # did not answer) is asked again in the background only, or every page would wait on it.
-                waits = record.id not in self._asked_before_answering
-                (unreported if waits else lagging)[record.sandbox_id].append(record.id)
+                waits = view.id not in self._asked_before_answering
+                (unreported if waits else lagging)[view.sandbox_id].append(view.id)
         if unreported:
             self._remember_asked([cid for ids in unreported.values() for cid in ids])
             asked = await asyncio.gather(*(self._ask(boxes[sid], ids) for sid, ids in unreported.items()))
             fresh = {record.id: record for found in asked for record in found}
             items = list(items)
-            for position, record in records.items():
-                if record.id in fresh:
-                    records[position] = fresh[record.id]
-                    items[position] = items[position].with_record(fresh[record.id])
+            for position, view in views.items():
+                if view.id in fresh:
+                    views[position] = LiveView.of(fresh[view.id])
+                    items[position] = items[position].with_record(fresh[view.id])
         keys: dict[str, tuple[str, str]] = {}  # sandbox id -> (agent URL, session key), once per sandbox
+        stale_before = utcnow() - self.stale_after
         answered: list[tuple[AnyStored, LiveState]] = []
         for position, item in enumerate(items):
             box = item.sandbox
-            running_record = records.get(position)
-            if running_record is None or box is None:
+            running_view = views.get(position)
+            if running_view is None or box is None:
                 status = statuses.get(box.id, SandboxStatus.MISSING) if box is not None else SandboxStatus.MISSING
                 answered.append((item, _NOT_RUNNING[status]))
                 continue
-            record = running_record
-            if self._may_lag(record):
-                lagging[box.id].append(record.id)
+            view = running_view
+            if _may_lag(view, stale_before):
+                lagging[box.id].append(view.id)
             if box.id not in keys:
                 keys[box.id] = (self.sandboxes.agent_url(box), self.sandboxes.session_key(box))
             url, key = keys[box.id]
             live = LiveState(
-                sandbox_status=SandboxStatus.RUNNING,
-                execution_status=_status_of(record),
-                conversation_url=f"{url}/api/conversations/{record.id}",
+                sandbox_status=_RUNNING,
+                # The execution status the agent last reported (the callbacks' copy).
+                execution_status=_STATUSES.get(view.execution_status) if view.execution_status else None,
+                conversation_url=f"{url}/api/conversations/{view.id}",
                 session_api_key=key,
             )
             answered.append((item, live))
@@ -139,13 +143,6 @@ class LivePresenter:
                 del self._asked_before_answering[old]
         for conversation_id in conversation_ids:
             self._asked_before_answering[conversation_id] = None
-
-    def _may_lag(self, record: ConversationRecord) -> bool:
-        if record.execution_status_at is None:
-            return False  # no report yet: asked before answering once, then in the background (`resolve`)
-        if record.title is None and not record.title_set_by_user:
-            return True
-        return record.execution_status == "running" and utcnow() - record.execution_status_at > self.stale_after
 
     def _refresh_later(self, sandbox: SandboxRecord, conversation_ids: list[str]) -> None:
         now = time.monotonic()
@@ -188,7 +185,9 @@ class LivePresenter:
         await asyncio.gather(*list(self._refreshing), return_exceptions=True)
 
 
-def _status_of(record: ConversationRecord) -> ConversationExecutionStatus | None:
-    """The execution status the agent last reported (the callbacks' copy)."""
-    stored = record.execution_status
-    return ConversationExecutionStatus(stored) if stored is not None and stored in _STATUSES else None
+def _may_lag(view: LiveView, stale_before: datetime) -> bool:
+    if view.execution_status_at is None:
+        return False  # no report yet: asked before answering once, then in the background (`resolve`)
+    if view.title is None and not view.title_set_by_user:
+        return True
+    return view.execution_status == "running" and view.execution_status_at < stale_before
