@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from tests import conftest
 from tests.support.writer_locks import lock_free, until
+from threadline.config import Settings
 from threadline.db.engine import Database
 
 T = TypeVar("T")
@@ -280,3 +281,53 @@ def test_an_in_memory_sqlite_database_runs_its_transactions_on_the_async_engine(
 def _refuse_after_insert(conn: Connection) -> None:
     _insert(conn, values=[9])
     raise _Refused("no")
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_sqlite_transactions_run_on_as_many_threads_as_configured(tmp_path: Path, threads: int) -> None:
+    """`THREADLINE_SQLITE_THREADS` (default 1): that many threads run the transactions; with several, reads
+    go on side by side (one waits inside its transaction for another to start), with one they take turns;
+    either way every write counts."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 't.db'}"
+    both_inside = threading.Barrier(2, timeout=0.5)
+    names: set[str] = set()
+
+    def read_waiting_for_another(conn: Connection) -> bool:
+        """True when another read entered its transaction while this one was still in its own."""
+        names.add(threading.current_thread().name)
+        conn.execute(text("SELECT n FROM items")).all()
+        try:
+            both_inside.wait()
+        except threading.BrokenBarrierError:
+            return False
+        return True
+
+    def increment(conn: Connection) -> None:
+        names.add(threading.current_thread().name)
+        n = conn.execute(text("SELECT n FROM items")).scalar_one()
+        conn.execute(text("UPDATE items SET n = :n"), {"n": n + 1})
+
+    async def scenario() -> None:
+        db = Database(url, sqlite_threads=threads)
+        try:
+            await _create_table(db)
+            await db.run_write(_insert, values=[0])
+            overlapped = await asyncio.gather(
+                db.run_read(read_waiting_for_another), db.run_read(read_waiting_for_another)
+            )
+            assert any(overlapped) is (threads > 1)
+            names.clear()
+            await asyncio.gather(*(db.run_write(increment) for _ in range(20)))
+            assert await db.run_read(_items) == [20]
+            assert 1 <= len(names) <= threads
+        finally:
+            await db.dispose()
+
+    _run(scenario)
+
+
+def test_the_sqlite_thread_setting_is_bounded() -> None:
+    assert Settings().sqlite_threads == 1
+    for bad in (0, -1, 65):
+        with pytest.raises(ValueError):
+            Settings(sqlite_threads=bad)

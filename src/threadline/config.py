@@ -22,6 +22,10 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # PostgreSQL only: the schema Threadline's tables live in (its search_path); unset: the server's default.
     database_schema: str | None = None
+    # SQLite only: threads running the hot paths' transactions. One by default: more let a slow query and
+    # others run side by side, but every row fetched hands the GIL between them (the driver releases it
+    # around each step), which doubled the CPU of a page under 8 concurrent requests (docs/performance.md).
+    sqlite_threads: int = Field(default=1, ge=1, le=64)
     host: str = "127.0.0.1"
     port: int = 8000
     # Public base URL agent servers use for callbacks; derived from host/port when unset.

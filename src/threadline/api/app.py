@@ -66,7 +66,11 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.resolved_database_url, schema=db_schema or settings.database_schema)
+        db = Database(
+            settings.resolved_database_url,
+            schema=db_schema or settings.database_schema,
+            sqlite_threads=settings.sqlite_threads,
+        )
         if migrate:
             await upgrade_to_head(db)
         backend, transport = build_backend(settings)

@@ -20,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Threads running whole SQLite transactions (`run_read`/`run_write`), each with a pooled connection of its own
-# while it runs one. Reads of a WAL database go on side by side; writes take turns anyway.
-SQLITE_THREADS = 8
+# while it runs one (the default of `Settings.sqlite_threads`, which says why one). With more, reads of a WAL
+# database go on side by side; writes take turns anyway.
+SQLITE_THREADS = 1
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -47,7 +48,9 @@ class Database:
     are `AsyncConnection.run_sync` in a `read()`/`write()` transaction.
     """
 
-    def __init__(self, url: str, *, echo: bool = False, schema: str | None = None) -> None:
+    def __init__(
+        self, url: str, *, echo: bool = False, schema: str | None = None, sqlite_threads: int = SQLITE_THREADS
+    ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         parsed = make_url(url)
@@ -73,7 +76,7 @@ class Database:
             path = parsed.database
             if path and path != ":memory:" and not path.startswith("file:"):
                 self._file_lock = _WriterFileLock(f"{path}.writer-lock")
-                self._threads = _SqliteThreads(parsed, echo=echo)
+                self._threads = _SqliteThreads(parsed, echo=echo, threads=sqlite_threads)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -180,20 +183,20 @@ class Database:
 class _SqliteThreads:
     """A synchronous engine on the database's file and the threads that run its transactions."""
 
-    def __init__(self, url: URL, *, echo: bool) -> None:
+    def __init__(self, url: URL, *, echo: bool, threads: int) -> None:
         self.engine: Engine = create_engine(
             url.set(drivername="sqlite+pysqlite"),
             echo=echo,
             # A pooled connection serves whichever thread runs the next transaction (one at a time).
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
             poolclass=QueuePool,
-            pool_size=SQLITE_THREADS,
+            pool_size=threads,
             max_overflow=0,
         )
         _install_sqlite_hooks(self.engine)
         # Built once: the same pool and hooks, transactions opened with BEGIN IMMEDIATE.
         self.writer: Engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
-        self.executor = ThreadPoolExecutor(SQLITE_THREADS, thread_name_prefix="threadline-sqlite")
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="threadline-sqlite")
 
     async def close(self) -> None:
         # Transactions under way end first; waited for in a thread, not on the event loop.
