@@ -354,7 +354,7 @@ async def _update_direct(request: Request) -> Response | None:
         update = AppConversationUpdateRequest.model_validate(json.loads(await request.body()))
     except Exception:
         # Whatever fails here (a body too large or cut off, bad JSON, a field the model refuses), the route
-        # answers, with the body it reads from this request's cache.
+        # answers, with the body replayed to it (core.direct.DirectDispatch).
         return None
     user = await direct_user(request)
     if user is None:

@@ -107,14 +107,13 @@ class DirectDispatch:
         return self._targets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        target = self._target(scope)
-        if target is None:
+        found = self._target(scope)
+        if found is None:
             await self.router(scope, receive, send)
             return
-        match = target.route.path_regex.match(scope["path"])
-        assert match is not None
+        target, path_params = found
         recorded = _RecordedReceive(receive)
-        scope["path_params"] = match.groupdict()
+        scope["path_params"] = path_params
         scope["route"] = target.route
         scope["endpoint"] = target.route.endpoint
         response = await target.handler(Request(scope, recorded, send))
@@ -125,16 +124,18 @@ class DirectDispatch:
             del scope[key]
         await self.router(scope, recorded.replay(), send)
 
-    def _target(self, scope: Scope) -> _Target | None:
+    def _target(self, scope: Scope) -> tuple[_Target, dict[str, str]] | None:
+        """The direct route the router would take for this request, with its path parameters."""
         if scope["type"] != "http" or scope.get("root_path"):
             # Under a root path the router matches the path without it; such requests go the long way.
             return None
         path = scope["path"]
         for target in self.targets().get(scope["method"], ()):
-            if target.route.path_regex.match(path):
+            match = target.route.path_regex.match(path)
+            if match is not None:
                 if any(pattern.match(path) for pattern in target.earlier):
                     return None
-                return target
+                return target, match.groupdict()
         return None
 
 
