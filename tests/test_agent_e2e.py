@@ -54,15 +54,16 @@ def sandbox_pids(home: Path, sandbox_id: str) -> list[int]:
 
 def agent_pid(home: Path, sandbox_id: str) -> int | None:
     """The agent server process of a sandbox (its tmux servers and shells are tagged too)."""
-    for pid in sandbox_pids(home, sandbox_id):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        # The agent server itself, not bubblewrap or the sandbox's launcher (whose arguments name it too).
-        if cmdline.split(b"\0")[1:3] == [b"-m", b"openhands.agent_server"]:
-            return pid
-    return None
+    return next((pid for pid in sandbox_pids(home, sandbox_id) if is_agent_server(pid)), None)
+
+
+def is_agent_server(pid: int) -> bool:
+    """The agent server itself, not bubblewrap or the sandbox's launcher (whose arguments name it too)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return cmdline.split(b"\0")[1:3] == [b"-m", b"openhands.agent_server"]
 
 
 def start_and_wait(client: httpx.Client, body: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
@@ -570,6 +571,32 @@ def test_sandboxes_api_and_isolation(agent_server_factory: Any) -> None:
     assert alice.delete(f"/api/v1/sandboxes/{sid}").json() == {"success": True}
     assert not [p for p in pids if pid_alive(p)]
     assert alice.get("/api/v1/sandboxes", params={"id": [sid]}).json() == [None]
+
+
+def test_pause_and_resume_during_start_ends_running(agent_server_factory: Any) -> None:
+    """A sandbox paused and resumed while still starting, several times quickly, ends RUNNING: the watcher of
+    an earlier start must not judge the later start by its own, stopped, process (it recorded ERROR)."""
+    server: LiveServer = agent_server_factory()
+    _, key = server.user("alice")
+    with server.client(key) as client:
+        sid = client.post("/api/v1/sandboxes").json()["id"]
+        for _ in range(4):
+            assert client.post(f"/api/v1/sandboxes/{sid}/pause").json() == {"success": True}
+            assert client.post(f"/api/v1/sandboxes/{sid}/resume").json() == {"success": True}
+
+        def settled() -> dict[str, Any] | None:
+            sandbox: dict[str, Any] = client.get("/api/v1/sandboxes", params={"id": [sid]}).json()[0]
+            return sandbox if sandbox["status"] != "STARTING" else None
+
+        final = wait_for(settled, timeout=90, what="sandbox to leave STARTING")
+        assert final["status"] == "RUNNING", final
+        # It stays so: no late verdict of an old watcher.
+        stable_until = time.monotonic() + 1.0
+        while time.monotonic() < stable_until:
+            assert client.get("/api/v1/sandboxes", params={"id": [sid]}).json()[0]["status"] == "RUNNING"
+        # One agent server: each pause stopped the process of the start before it.
+        agents = [p for p in sandbox_pids(server.settings.home, sid) if is_agent_server(p)]
+        assert len(agents) == 1, agents
 
 
 def test_warm_pool_hands_out_running_sandboxes_and_refills(agent_server_factory: Any) -> None:

@@ -416,37 +416,58 @@ class SandboxService:
             raise NotFound(f"sandbox {sandbox_id} not found")
         return SandboxRecord.of(row)
 
-    async def _set(self, sandbox_id: str, *, only_if: Sequence[str] | None = None, **values: Any) -> bool:
+    async def _set(
+        self,
+        sandbox_id: str,
+        *,
+        only_if: Sequence[str] | None = None,
+        only_pid: int | None = None,
+        **values: Any,
+    ) -> bool:
+        """Update a sandbox's record; `only_if` and `only_pid` make it a compare-and-set on status and pid."""
         query = update(sandboxes).where(sandboxes.c.id == sandbox_id)
         if only_if:
             query = query.where(sandboxes.c.status.in_(list(only_if)))
+        if only_pid is not None:
+            query = query.where(sandboxes.c.pid == only_pid)
         async with self.db.write() as conn:
             result = await conn.execute(query.values(updated_at=utcnow(), **values))
         return bool(result.rowcount)
 
     async def _watch_startup(self, sandbox_id: str) -> None:
-        """STARTING until /alive answers; ERROR if the process dies or the deadline passes."""
+        """STARTING until /alive answers; ERROR if the process dies or the deadline passes.
+
+        Every verdict is a compare-and-set on the process this watcher watches: after a pause and a quick
+        resume the record is STARTING again with a new process, which an older watcher must not judge.
+        """
         deadline = asyncio.get_running_loop().time() + self.settings.sandbox_startup_timeout
         row = await self._record(sandbox_id)
+        if row.pid is None:
+            return  # paused (or stopped) before this watcher ran: a later launch has its own watcher
         agent = self.client(row, timeout=2.0)
+        starting = [SandboxStatus.STARTING.value]
         while True:
             if not self.backend.is_alive(sandbox_id, row.pid):
                 await self._set(
                     sandbox_id,
-                    only_if=[SandboxStatus.STARTING.value],
+                    only_if=starting,
+                    only_pid=row.pid,
                     status=SandboxStatus.ERROR.value,
                     detail=f"agent server exited during start-up (log: {row.directory / 'agent-server.log'})",
                 )
                 return
             if await agent.alive():
-                await self._set(sandbox_id, only_if=[SandboxStatus.STARTING.value], status=SandboxStatus.RUNNING.value)
-                await self.backfill_events(sandbox_id)
+                if await self._set(sandbox_id, only_if=starting, only_pid=row.pid, status=SandboxStatus.RUNNING.value):
+                    await self.backfill_events(sandbox_id)
                 return
             if asyncio.get_running_loop().time() > deadline:
+                if (await self._record(sandbox_id)).pid != row.pid:
+                    return  # paused and resumed meanwhile: not this watcher's process to stop
                 await self.backend.stop(sandbox_id, row.pid, self.settings.sandbox_stop_grace_seconds)
                 await self._set(
                     sandbox_id,
-                    only_if=[SandboxStatus.STARTING.value],
+                    only_if=starting,
+                    only_pid=row.pid,
                     status=SandboxStatus.ERROR.value,
                     detail=f"agent server did not answer within {self.settings.sandbox_startup_timeout:.0f} s",
                 )
