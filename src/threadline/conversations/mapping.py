@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import types
 from dataclasses import dataclass
 from functools import cache
@@ -153,9 +154,13 @@ def to_app_conversation(stored: StoredConversation, live: LiveState = NOT_RUNNIN
 
 
 def _wire_type(annotation: Any) -> Any:
-    """A model's field type with every model in it replaced by its wire TypedDict."""
+    """A model's field type with every model in it replaced by its wire TypedDict, and every string enum by
+    `str`: a member is a `str` and serialises as its value either way, but as `str` in Rust, where an enum
+    field has pydantic call back into Python for each value (a page of 100: 250 -> 180 us)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return wire_typed_dict(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum) and issubclass(annotation, str):
+        return str
     origin, args = get_origin(annotation), get_args(annotation)
     if origin in (Union, types.UnionType):
         return Union[tuple(_wire_type(arg) for arg in args)]  # noqa: UP007 (built from a runtime tuple)

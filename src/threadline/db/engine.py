@@ -18,6 +18,8 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from threadline.db.types import json_loads
+
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Threads running whole SQLite transactions (`run_read`/`run_write`), each with a pooled connection of its own
 # while it runs one (the default of `Settings.sqlite_threads`, which says why one). With more, reads of a WAL
@@ -54,7 +56,7 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         parsed = make_url(url)
-        kwargs: dict[str, Any] = {"echo": echo}
+        kwargs: dict[str, Any] = {"echo": echo, "json_deserializer": json_loads}
         if self.is_sqlite:
             path = parsed.database
             if path and path != ":memory:":
@@ -129,6 +131,17 @@ class Database:
                     await _wait_out(done)
                 raise
 
+    async def run_autocommit(
+        self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`fn(connection, *args, **kwargs)` with each statement committed on its own (PostgreSQL): for a write
+        that is one statement after reads, such as a compare-and-set, without the BEGIN and COMMIT round trips.
+        `fn` may run twice (a connection found closed), so a write it makes must be safe to make again.
+        SQLite: a write transaction (the same single thread hop)."""
+        if self.is_sqlite:
+            return await self.run_write(fn, *args, **kwargs)
+        return await self._run_postgresql(fn, args, kwargs, write=False)
+
     async def _run_postgresql(
         self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], *, write: bool
     ) -> T:
@@ -189,6 +202,7 @@ class _SqliteThreads:
             echo=echo,
             # A pooled connection serves whichever thread runs the next transaction (one at a time).
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            json_deserializer=json_loads,
             poolclass=QueuePool,
             pool_size=threads,
             max_overflow=0,
