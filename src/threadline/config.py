@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     # others run side by side, but every row fetched hands the GIL between them (the driver releases it
     # around each step), which doubled the CPU of a page under 8 concurrent requests (docs/performance.md).
     sqlite_threads: int = Field(default=1, ge=1, le=64)
+    # PostgreSQL only: connections each process keeps open (10 more are opened for bursts and closed after).
+    # Fewer than the requests in flight made the pool close and open a connection every few requests: a new
+    # backend, its prepared statements parsed again (docs/performance.md).
+    database_pool_size: int = Field(default=20, ge=1, le=1000)
     host: str = "127.0.0.1"
     port: int = 8000
     # Public base URL agent servers use for callbacks; derived from host/port when unset.

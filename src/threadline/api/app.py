@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, *, db_schema: str | None = None
             settings.resolved_database_url,
             schema=db_schema or settings.database_schema,
             sqlite_threads=settings.sqlite_threads,
+            pool_size=settings.database_pool_size,
         )
         if migrate:
             await upgrade_to_head(db)

@@ -25,6 +25,10 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # while it runs one (the default of `Settings.sqlite_threads`, which says why one). With more, reads of a WAL
 # database go on side by side; writes take turns anyway.
 SQLITE_THREADS = 1
+# PostgreSQL: connections a process keeps open (`Settings.database_pool_size`), and how many more it opens for a
+# burst and closes once returned.
+POOL_SIZE = 20
+POOL_OVERFLOW = 10
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -51,7 +55,13 @@ class Database:
     """
 
     def __init__(
-        self, url: str, *, echo: bool = False, schema: str | None = None, sqlite_threads: int = SQLITE_THREADS
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        schema: str | None = None,
+        sqlite_threads: int = SQLITE_THREADS,
+        pool_size: int = POOL_SIZE,
     ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
@@ -63,8 +73,8 @@ class Database:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         else:
-            kwargs["pool_size"] = 10
-            kwargs["max_overflow"] = 20
+            kwargs["pool_size"] = pool_size
+            kwargs["max_overflow"] = POOL_OVERFLOW
             if schema:
                 kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)

@@ -87,3 +87,13 @@ def _asyncpg_decoder(times: tuple[int, ...]) -> Decoder:
         return tuple(values)
 
     return decode
+
+
+def utc_time(value: Any) -> datetime:
+    """One `UTCDateTime` value as the driver gives it (SQLite: naive UTC text; asyncpg: an aware datetime)
+    to what the column type would give: an aware UTC datetime."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    if value.tzinfo is not UTC:
+        return value.astimezone(UTC)
+    return value

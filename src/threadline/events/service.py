@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, bindparam, cast, func, select
+from sqlalchemy import Text, bindparam, cast, func, select, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy.types import NullType
 
 from threadline.conversations import service as conversations_service
 from threadline.conversations.tables import conversations
@@ -26,6 +27,7 @@ from threadline.core.ids import parse_id
 from threadline.core.pagination import Pager, filters_fingerprint
 from threadline.core.time import as_utc
 from threadline.db.engine import Database
+from threadline.db.rows import utc_time
 from threadline.events.models import (
     MAX_BATCH_IDS,
     MAX_EVENT_ID_LENGTH,
@@ -245,15 +247,19 @@ async def search_events(
     shape = (filters.shape(), order, "after_id" in parameters, owner_id is not None)
     query = _PAGE_STATEMENTS.get(shape)
     if query is None:
-        base = select(events.c.timestamp, events.c.event_id, _PAYLOAD_TEXT).where(*filters.bound_where())
+        base = select(_RAW_TIMESTAMP, events.c.event_id, _PAYLOAD_TEXT).where(*filters.bound_where())
         if owner_id is not None:
             base = base.where(_OWNED)
         query = _PAGE_STATEMENTS[shape] = pager.statement(base, after="after_id" in parameters)
     rows = await db.run_read(
         _page_rows, conversation_id=conversation_id, owner_id=owner_id, query=query, parameters=parameters
     )
-    page, next_page_id = pager.split(rows, limit)
-    return RawEventPage(items=[r.payload_text for r in page], next_page_id=next_page_id)
+    page = rows[:limit]
+    next_page_id = None
+    if len(rows) > limit and page:
+        last = page[-1]
+        next_page_id = pager.token(utc_time(last[0]), last[1])
+    return RawEventPage(items=[row[2] for row in page], next_page_id=next_page_id)
 
 
 def _page_rows(
@@ -268,6 +274,8 @@ def _page_rows(
 
 
 _PAYLOAD_TEXT = cast(events.c.payload, Text).label("payload_text")
+# As the driver gives it, without a conversion per row: only the last row's time is used (the next page's token).
+_RAW_TIMESTAMP = type_coerce(events.c.timestamp, NullType()).label("timestamp")
 # The ownership check inside the page statement: one statement (one round trip) for a page that has events.
 _OWNED = (
     select(conversations.c.id)
