@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Text, bindparam, cast, func, select, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.types import NullType
@@ -264,7 +264,8 @@ async def search_events(
 
 def _page_rows(
     conn: Connection, *, conversation_id: str, owner_id: str | None, query: Select[Any], parameters: dict[str, Any]
-) -> Sequence[Row[Any]]:
+) -> Sequence[Any]:
+    # Rows of (time as the driver gives it, event id, payload text).
     rows = conn.execute(query, parameters).all()
     if owner_id is not None and not rows:
         # The page statement returns rows only when the conversation is the owner's (`_OWNED`); an empty page
