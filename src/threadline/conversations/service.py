@@ -569,85 +569,63 @@ async def update_conversation(
     five (BEGIN, the row locked, UPDATE, the tags, COMMIT). When another change came between the two, the
     PATCH is made again in a transaction holding the row's lock, so nothing is lost. SQLite: that
     transaction always (one writer at a time; one thread hop)."""
+    patch = _Patch(user_id, conversation_id, request, limits, expected_etag)
     if not db.is_sqlite:
         # Made twice at worst (a connection found closed): a merge patch applied again changes nothing.
-        stored = await db.run_autocommit(
-            _compare_and_set,
-            user_id=user_id,
-            conversation_id=conversation_id,
-            request=request,
-            limits=limits,
-            expected_etag=expected_etag,
-        )
+        stored = await db.run_autocommit(_compare_and_set, patch)
         if stored is not None:
             return stored
-    return await db.run_write(
-        _update,
-        user_id=user_id,
-        conversation_id=conversation_id,
-        request=request,
-        limits=limits,
-        expected_etag=expected_etag,
-    )
+    return await db.run_write(_update, patch)
 
 
-def _planned(
-    stored: StoredConversation, request: AppConversationUpdateRequest, limits: TagLimits, expected_etag: str | None
-) -> dict[str, Any]:
-    """The columns a PATCH changes on the row as read (none: nothing to write), with its new version and time."""
-    record = stored.record
-    check_if_match(expected_etag, record.id, record.etag)
-    changes = _changes(record, request, limits)
-    if changes:
-        changes["updated_at"] = max(utcnow(), record.updated_at + _ONE_TICK)
-        changes["version"] = record.version + 1
-    return changes
+@dataclass(frozen=True, slots=True)
+class _Patch:
+    user_id: str
+    conversation_id: str
+    request: AppConversationUpdateRequest
+    limits: TagLimits
+    expected_etag: str | None
+
+    def planned(self, stored: StoredConversation) -> dict[str, Any]:
+        """The columns this PATCH changes on the row as read (none: nothing to write), with its new version and
+        time; 412 if the row is not the version If-Match names."""
+        record = stored.record
+        check_if_match(self.expected_etag, record.id, record.etag)
+        changes = _changes(record, self.request, self.limits)
+        if changes:
+            changes["updated_at"] = max(utcnow(), record.updated_at + _ONE_TICK)
+            changes["version"] = record.version + 1
+        return changes
 
 
-def _update(
-    conn: Connection,
-    *,
-    user_id: str,
-    conversation_id: str,
-    request: AppConversationUpdateRequest,
-    limits: TagLimits,
-    expected_etag: str | None,
-) -> StoredConversation:
-    stored = _one_stored(conn, user_id=user_id, conversation_id=conversation_id, lock=True)
-    changes = _planned(stored, request, limits, expected_etag)
+def _update(conn: Connection, patch: _Patch) -> StoredConversation:
+    stored = _one_stored(conn, user_id=patch.user_id, conversation_id=patch.conversation_id, lock=True)
+    changes = patch.planned(stored)
     if not changes:
         return stored
     # The row as updated comes back with the UPDATE: no second read. The columns set are the
     # parameters' keys (one compiled form per set of changed columns, cached).
-    updated = conn.execute(_UPDATE_RETURNING, {**changes, "of_conversation": conversation_id}).one()
+    updated = conn.execute(_UPDATE_RETURNING, {**changes, "of_conversation": patch.conversation_id}).one()
     if "tags" in changes:
         _change_tags(
             conn,
-            conversation_id=conversation_id,
-            user_id=user_id,
+            conversation_id=patch.conversation_id,
+            user_id=patch.user_id,
             before=dict(stored.record.tags or {}),
             after=changes["tags"],
         )
     return dataclasses.replace(stored, record=ConversationRecord.of(updated))
 
 
-def _compare_and_set(
-    conn: Connection,
-    *,
-    user_id: str,
-    conversation_id: str,
-    request: AppConversationUpdateRequest,
-    limits: TagLimits,
-    expected_etag: str | None,
-) -> StoredConversation | None:
+def _compare_and_set(conn: Connection, patch: _Patch) -> StoredConversation | None:
     """PostgreSQL, statements committing one by one: `_update` without the lock, None if the row's version
     moved between the read and the write (then nothing was written)."""
-    stored = _one_stored(conn, user_id=user_id, conversation_id=conversation_id)
-    changes = _planned(stored, request, limits, expected_etag)
+    stored = _one_stored(conn, user_id=patch.user_id, conversation_id=patch.conversation_id)
+    changes = patch.planned(stored)
     if not changes:
         return stored
     parameters = {f"new_{name}": value for name, value in changes.items()}
-    parameters.update(of_conversation=conversation_id, of_version=stored.record.version, of_user=user_id)
+    parameters.update(of_conversation=patch.conversation_id, of_version=stored.record.version, of_user=patch.user_id)
     if "tags" in changes:
         before, after = dict(stored.record.tags or {}), changes["tags"]
         changed = [(k, v) for k, v in after.items() if before.get(k) != v]
