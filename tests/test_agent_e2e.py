@@ -327,10 +327,16 @@ def test_restart_reattaches_and_dead_sandboxes_are_reported(agent_server_factory
     wait_for(lambda: len(fake_llm.requests) > llm_calls, timeout=60, what="the LLM reached after re-attach")
 
     # Killed from outside: MISSING at once (its runtime is gone), never a hung request; messages get 410.
+    recorded = second.run(_recorded_pid(second, sandbox_id))
     for pid in sandbox_pids(second.settings.home, sandbox_id):
         with contextlib.suppress(ProcessLookupError):  # in a pid namespace, the first one takes all with it
             os.kill(pid, 9)
-    wait_for(lambda: not sandbox_pids(second.settings.home, sandbox_id), what="processes gone")
+    # Gone means exited: a process being killed has no environment to show (so it is no longer listed as the
+    # sandbox's) a moment before it has exited, and until then the server rightly sees it running.
+    wait_for(
+        lambda: not sandbox_pids(second.settings.home, sandbox_id) and not pid_alive(recorded),
+        what="processes gone",
+    )
     started = time.monotonic()
     conv = conversation(client, conv_id)
     assert time.monotonic() - started < 5
@@ -719,3 +725,11 @@ def test_two_replicas_own_their_sandboxes(agent_server_factory: Any) -> None:
     assert pid_alive(pid)
     b.stop()  # type: ignore[attr-defined]
     wait_for(lambda: not pid_alive(pid), timeout=60, what=f"B to have stopped its adopted agent server {pid}")
+
+
+async def _recorded_pid(server: LiveServer, sandbox_id: str) -> int:
+    """The pid the server recorded for the sandbox (the process it watches)."""
+    async with server.ctx.db.read() as conn:
+        pid = (await conn.execute(select(sandboxes.c.pid).where(sandboxes.c.id == sandbox_id))).scalar_one()
+    assert pid is not None
+    return int(pid)

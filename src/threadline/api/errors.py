@@ -34,10 +34,17 @@ def _validation_detail(errors: list[dict[str, Any]]) -> str:
 
 def _unstorable_text(error: BaseException | None) -> bool:
     """Whether a database refused text a client sent: PostgreSQL refuses U+0000 (SQLite takes it), and no
-    driver encodes an unpaired surrogate ("\ud800" is a valid JSON escape) as UTF-8."""
-    if isinstance(error, UnicodeEncodeError):
-        return "surrogates not allowed" in str(error)
-    return getattr(error, "sqlstate", None) in _TEXT_SQLSTATES
+    driver encodes an unpaired surrogate ("\ud800" is a valid JSON escape) as UTF-8. The driver's error may
+    wrap the cause (asyncpg: a DataError caused by the UnicodeEncodeError of an array parameter)."""
+    for _ in range(5):
+        if error is None:
+            return False
+        if isinstance(error, UnicodeEncodeError):
+            return "surrogates not allowed" in str(error)
+        if getattr(error, "sqlstate", None) in _TEXT_SQLSTATES:
+            return True
+        error = error.__cause__
+    return False
 
 
 def _unstorable_text_problem() -> Response:
