@@ -233,6 +233,15 @@ def proc_cpu_seconds(pid: int) -> float:
     return total
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time every core of the machine spent busy (user, nice, system, irq, softirq, steal; not idle or
+    iowait) from /proc/stat: the server, the database, wrk and the kernel together."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    # guest time is already counted in user and nice
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
 def _children_stats(pid: int) -> list[Path]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -303,6 +312,22 @@ class Client:
 
     def close(self) -> None:
         self.conn.close()
+
+
+_WRITER_LOCK = re.compile(
+    r"^threadline_sqlite_(write_transactions|writer_lock_held_seconds)_total (\S+)$", re.MULTILINE
+)
+
+
+def writer_lock(port: int) -> dict[str, float] | None:
+    """A SQLite server's writer-lock counters from its /metrics (None when it has none: PostgreSQL)."""
+    client = Client(port, timeout=10)
+    try:
+        status, body = client.request("GET", "/metrics")
+    finally:
+        client.close()
+    found = {name: float(value) for name, value in _WRITER_LOCK.findall(body.decode()) if status == 200}
+    return found if len(found) == 2 else None
 
 
 def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], log_file: Path | None, timeout: float) -> None:
@@ -414,13 +439,14 @@ class Runner:
         full_env = {**os.environ, "BENCH_LUA_DIR": str(LUA), **env}
         settled = settle(server_pid)
         load = os.getloadavg()[0]
-        cpu0, t0 = proc_cpu_seconds(server_pid), time.monotonic()
+        cpu0, machine0, t0 = proc_cpu_seconds(server_pid), machine_cpu_seconds(), time.monotonic()
         proc = spawn(cmd, env=full_env, out=out)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         _started.remove(proc)
         wall = time.monotonic() - t0
         server_cpu = proc_cpu_seconds(server_pid) - cpu0
+        machine_cpu = machine_cpu_seconds() - machine0
         text = out.read_text(errors="replace")
         line = next((x for x in text.splitlines() if x.startswith("BENCH_JSON ")), None)
         if proc.returncode != 0 or line is None:
@@ -448,6 +474,11 @@ class Runner:
             # 1.0 = one core busy the whole run: the side near 1.0 is the one that saturated.
             "server_cpu_util": round(server_cpu / wall, 2) if wall else None,
             "client_cpu_util": round(client_cpu / wall, 2) if wall else None,
+            # Everything the machine's cores did meanwhile (server, database, wrk, kernel): a run near
+            # `cores` had no CPU left to give, whatever the server does.
+            "machine_cpu_util": round(machine_cpu / wall, 2) if wall else None,
+            "machine_cpu_ms_per_request": round(1000 * machine_cpu / raw["requests"], 3) if raw["requests"] else None,
+            "cores": os.cpu_count(),
             "load_avg_1m_before": round(load, 2),
             "settle_seconds_before": round(settled, 2),
             "connections": a.connections,
@@ -794,7 +825,14 @@ def run_database(
         for name, script, wenv in plan:
             if server.poll() is not None:
                 raise BenchError(f"the server exited ({server.returncode}) before {name}; log:\n{tail(server_log)}")
+            lock_before = writer_lock(port) if name == "W1 PATCH" else None
             work[name] = runner.measure(f"{kind}-{name}", port, script, wenv, server.pid, log_dir)
+            if lock_before is not None and (lock_after := writer_lock(port)) is not None:
+                # Warm-up included: a figure per write transaction, which the warm-up does not skew.
+                count = lock_after["write_transactions"] - lock_before["write_transactions"]
+                held = lock_after["writer_lock_held_seconds"] - lock_before["writer_lock_held_seconds"]
+                if count > 0:
+                    work[name]["writer_lock_held_ms_per_write"] = round(1000 * held / count, 3)
         if agents:
             before = agent_calls(agents)
             work["W5 live page"] = r = runner.measure(

@@ -234,7 +234,7 @@ def add_ratios_and_goals(results: dict[str, Any]) -> None:
                 factor >= WORKERS_GOAL,
                 f"{'met' if factor >= WORKERS_GOAL else 'missed'}: {_fmt_rps(multi['rps'])} req/s with "
                 f"{multi.get('workers', 2)} workers = {factor:.2f}x one worker's {_fmt_rps(w1['rps'])} "
-                f"(goal >= {WORKERS_GOAL}x)",
+                f"(goal >= {WORKERS_GOAL}x){_machine_bound(w1, multi)}",
             )
         first, deep = work.get("W2 first page"), work.get("W2 deep page")
         if first and deep and first["p99_ms"] > 0:
@@ -275,6 +275,28 @@ def add_ratios_and_goals(results: dict[str, Any]) -> None:
             goals["W4"] = w4_goal
         db["goals"] = goals
         db["targets"] = add_targets(kind, db, results)
+
+
+def _machine_bound(one: dict[str, Any], multi: dict[str, Any]) -> str:
+    """What the machine allowed: the one-worker run already kept `machine_cpu_util` of its cores busy (server,
+    database, wrk and kernel together), so no number of workers can go beyond cores / that."""
+    used, cores = one.get("machine_cpu_util"), one.get("cores")
+    if not used or not cores:
+        return ""
+    text = (
+        f"; one worker's run kept {used:.2f} of {cores} cores busy (all processes), "
+        f"so the machine allows at most {cores / used:.2f}x"
+    )
+    if (busy := multi.get("machine_cpu_util")) is not None:
+        text += f"; with {multi.get('workers', 2)} workers {busy:.2f} of {cores} were busy"
+    if held := one.get("writer_lock_held_ms_per_write"):
+        # SQLite: one writer at a time, whatever the number of processes.
+        share = f" ({held / cpu:.0%} of its server CPU)" if (cpu := one.get("server_cpu_ms_per_request")) else ""
+        text += (
+            f"; SQLite's one writer lock was held {held:.2f} ms per PATCH{share}, so PATCHes top out at "
+            f"{1000 / held:,.0f} req/s = {1000 / held / one['rps']:.2f}x one worker, whatever the workers"
+        )
+    return text
 
 
 def _fmt_rps(value: float) -> str:

@@ -304,3 +304,26 @@ def test_serve_writes_json_lines_by_default_and_text_on_request(tmp_path: Path) 
     text = _serve(tmp_path, "text")
     assert text and not any(line.startswith("{") for line in text)
     assert any("threadline.access [serve-probe] GET /ready 200" in line for line in text)
+
+
+def test_sqlite_writer_lock_time_is_counted_per_process(server: LiveServer, alice: tuple[Any, httpx.Client]) -> None:
+    """SQLite admits one writer at a time: /metrics shows how many write transactions this process ran and how
+    long they waited for and held the writer lock. PostgreSQL has no such lock and no such series."""
+    user, client = alice
+    conv = server.conversation(user.id)
+    names = (
+        "threadline_sqlite_write_transactions_total",
+        "threadline_sqlite_writer_lock_wait_seconds_total",
+        "threadline_sqlite_writer_lock_held_seconds_total",
+    )
+    before = _samples(server)
+    if not server.ctx.db.is_sqlite:
+        assert not any(name in key for key in before for name in names)
+        return
+    for i in range(5):
+        r = client.patch(f"{API}/{conv['id']}", json={"title": f"title {i}", "tags": {"n": str(i)}})
+        assert r.status_code == 200, r.text
+    after = _samples(server)
+    assert _value(after, names[0]) - _value(before, names[0]) >= 5
+    assert _value(after, names[1]) >= _value(before, names[1]) >= 0
+    assert _value(after, names[2]) > _value(before, names[2]) >= 0

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from tests.support.writer_locks import lock_free, until
 from threadline.db.engine import Database
@@ -106,6 +106,75 @@ def test_a_wait_given_up_leaves_the_lock_free(tmp_path: Path) -> None:
             await until(lambda: lock_free(lock_path), "the lock the cancelled wait got is given back")
             await _insert(db, 2)  # and this process can write again
             assert await _rows(db) == [2]
+        finally:
+            await db.dispose()
+
+    asyncio.run(scenario())
+
+
+def _insert_in_thread(conn: Connection, n: int) -> None:
+    conn.execute(text("INSERT INTO t VALUES (:n)"), {"n": n})
+
+
+def test_a_whole_transaction_waits_in_its_thread_and_gives_the_lock_back_there(tmp_path: Path) -> None:
+    """`run_write` takes the lock in the database thread, around the transaction alone: the loop runs on while
+    it waits, the writers' figures count the wait and the hold, and the lock is free once it committed."""
+    path = tmp_path / "t.db"
+    lock_path = Path(f"{path}.writer-lock")
+
+    async def scenario() -> None:
+        db = await _database_with_a_table(path)
+        try:
+            before = db.writer_lock.transactions
+            holder = _hold_in_another_process(lock_path)
+            try:
+                writer = asyncio.create_task(db.run_write(_insert_in_thread, 1))
+                ticks = 0
+                for _ in range(20):
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+                assert ticks == 20 and not writer.done(), "the write went ahead of the other process's writer"
+                _let_go(holder)
+                await asyncio.wait_for(writer, 10)
+            finally:
+                holder.kill()
+                holder.wait()
+            assert await _rows(db) == [1]
+            assert lock_free(lock_path), "the thread gives the lock back as the transaction ends"
+            assert db.writer_lock.transactions == before + 1
+            assert db.writer_lock.waited_seconds >= 0.2 and db.writer_lock.held_seconds > 0
+        finally:
+            await db.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_transaction_cancelled_while_its_thread_waits_ends_before_the_caller_does(tmp_path: Path) -> None:
+    """Under way in its thread, a transaction cannot be interrupted: a cancelled caller returns only once it has
+    ended (committed, here), and the lock is free then, never left taken."""
+    path = tmp_path / "t.db"
+    lock_path = Path(f"{path}.writer-lock")
+
+    async def scenario() -> None:
+        db = await _database_with_a_table(path)
+        try:
+            holder = _hold_in_another_process(lock_path)
+            try:
+                writer = asyncio.create_task(db.run_write(_insert_in_thread, 1))
+                await until(lambda: db._write_lock is not None and db._write_lock.locked(), "the writer waits")
+                writer.cancel()
+                await asyncio.sleep(0.05)
+                assert not writer.done(), "the caller returned while its transaction could still commit"
+                _let_go(holder)
+                await asyncio.gather(writer, return_exceptions=True)
+                assert writer.cancelled()
+            finally:
+                holder.kill()
+                holder.wait()
+            assert lock_free(lock_path)
+            assert await _rows(db) == [1]
+            await db.run_write(_insert_in_thread, 2)
+            assert await _rows(db) == [1, 2]
         finally:
             await db.dispose()
 

@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -82,6 +84,7 @@ class Database:
             _install_connection_checks(self.engine.sync_engine)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._file_lock: _WriterFileLock | None = None
+        self.writer_lock = WriterLockStats()
         self._threads: _SqliteThreads | None = None
         if self.is_sqlite:
             _install_sqlite_hooks(self.engine.sync_engine)
@@ -125,18 +128,23 @@ class Database:
         threads = self._threads
         if not self.is_sqlite:
             return await self._run_postgresql(fn, args, kwargs, write=True)
-        if threads is None or self._write_lock is None:
+        if threads is None or self._write_lock is None or self._file_lock is None:
             async with self.write() as conn:
                 return await conn.run_sync(fn, *args, **kwargs)
-        async with self._write_lock, self._other_processes():
-            work = threads.executor.submit(_transaction, threads.writer, fn, args, kwargs)
+        # The other processes' writers are kept out by the file lock, taken and given back in the database
+        # thread around the transaction alone: held from the event loop, it also covered the wait for the
+        # thread and for this loop to resume the writer, and another process's writers waited for all of it.
+        async with self._write_lock:
+            work = threads.executor.submit(
+                _transaction_of_this_process, self._file_lock.fd(), self.writer_lock, threads.writer, fn, args, kwargs
+            )
             done = asyncio.wrap_future(work)
             try:
                 return await asyncio.shield(done)
             except asyncio.CancelledError:
-                # Not started yet: it never will. Under way: a thread cannot be interrupted, so the transaction
-                # ends (commits or fails) in its thread, and the locks stay held until it has (the next writer
-                # would only wait in SQLite's busy handler).
+                # Not started yet: it never will (and never took the file lock). Under way: a thread cannot be
+                # interrupted, so the transaction ends (commits or fails) in its thread, which then gives the
+                # file lock back; this process's next writer waits until it has.
                 if not work.cancel():
                     await _wait_out(done)
                 raise
@@ -189,11 +197,17 @@ class Database:
         if self._file_lock is None:
             yield
             return
+        asked = time.perf_counter()
         await self._file_lock.acquire()
+        taken = time.perf_counter()
         try:
             yield
         finally:
             self._file_lock.release()
+            stats = self.writer_lock
+            stats.transactions += 1
+            stats.waited_seconds += taken - asked
+            stats.held_seconds += time.perf_counter() - taken
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -234,6 +248,41 @@ def _transaction(engine: Engine, fn: Callable[..., T], args: tuple[Any, ...], kw
         return fn(conn, *args, **kwargs)
 
 
+@dataclass(slots=True)
+class WriterLockStats:
+    """SQLite: this process's write transactions run under the writers' file lock, and the time they waited
+    for it and held it. Held time is what every other writer of the database waits for: its share of
+    the wall clock says how close the database is to its one-writer limit (`/metrics`)."""
+
+    transactions: int = 0
+    waited_seconds: float = 0.0
+    held_seconds: float = 0.0
+
+
+def _transaction_of_this_process(
+    lock_fd: int,
+    stats: WriterLockStats,
+    engine: Engine,
+    fn: Callable[..., T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> T:
+    """A write transaction in the calling (database) thread while this process holds the writers' file lock.
+    Waiting for it here holds up this thread's other work (reads too) only while another process runs a write
+    transaction: every holder of the lock does database work alone while it holds it, never network calls.
+    One at a time per process (the caller holds the process's write lock): `stats` needs no lock."""
+    asked = time.perf_counter()
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    taken = time.perf_counter()
+    try:
+        return _transaction(engine, fn, args, kwargs)
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        stats.transactions += 1
+        stats.waited_seconds += taken - asked
+        stats.held_seconds += time.perf_counter() - taken
+
+
 async def _wait_out(future: asyncio.Future[Any]) -> None:
     """Until the future is done, whatever cancellations come meanwhile (its outcome is not wanted)."""
     while not future.done():
@@ -248,6 +297,10 @@ class _WriterFileLock:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
+
+    def fd(self) -> int:
+        """The descriptor the lock is taken on (opened on first use), for a thread that takes it itself."""
+        return self._open()
 
     def _open(self) -> int:
         if self._fd is None:

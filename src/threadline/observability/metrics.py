@@ -6,24 +6,29 @@
 - `threadline_http_requests_in_flight`;
 - `threadline_sandboxes{status}`: sandbox records by stored status, counted in the database at scrape time;
 - `threadline_start_task_duration_seconds{status}`: creation to READY or ERROR of each start task;
-- `threadline_callback_lag_seconds`: per event batch an agent server delivers, now minus its newest event.
+- `threadline_callback_lag_seconds`: per event batch an agent server delivers, now minus its newest event;
+- SQLite, per process: `threadline_sqlite_write_transactions_total`, `threadline_sqlite_writer_lock_wait_seconds_total`
+  and `threadline_sqlite_writer_lock_held_seconds_total` (the database admits one writer at a time: the rate of
+  held seconds, summed over the processes, near 1.0 means writes are at the database's limit).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.requests import HTTPConnection
 
 from threadline.core.context import Context
 from threadline.core.errors import NotFound
-from threadline.db.engine import Database
+from threadline.db.engine import Database, WriterLockStats
 from threadline.sandboxes.status import SandboxStatus
 from threadline.sandboxes.tables import sandboxes
 
@@ -73,6 +78,9 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.writer_lock = _WriterLockCollector()
+        self.registry.register(self.writer_lock)
+
     @staticmethod
     def method_label(method: str) -> str:
         return method if method in METHODS else "OTHER"
@@ -93,6 +101,11 @@ class Metrics:
         now = now or datetime.now(UTC)
         self.callback_lag.observe(max(0.0, (now - max(known)).total_seconds()))
 
+    async def refresh(self, db: Database) -> None:
+        """What is read at scrape time: the sandbox counts, and the database's writer-lock figures."""
+        self.writer_lock.stats = db.writer_lock if db.is_sqlite else None
+        await self.refresh_sandboxes(db)
+
     async def refresh_sandboxes(self, db: Database) -> None:
         query = select(sandboxes.c.status, func.count()).group_by(sandboxes.c.status)
         async with db.read() as conn:
@@ -104,6 +117,33 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _WriterLockCollector(Collector):
+    """SQLite's writer-lock figures of this process, as counters (nothing on PostgreSQL)."""
+
+    def __init__(self) -> None:
+        self.stats: WriterLockStats | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        stats = self.stats
+        if stats is None:
+            return
+        yield CounterMetricFamily(
+            "threadline_sqlite_write_transactions",
+            "SQLite write transactions of this process",
+            value=stats.transactions,
+        )
+        yield CounterMetricFamily(
+            "threadline_sqlite_writer_lock_wait_seconds",
+            "Time this process's write transactions waited for the database's one writer lock",
+            value=stats.waited_seconds,
+        )
+        yield CounterMetricFamily(
+            "threadline_sqlite_writer_lock_held_seconds",
+            "Time this process held the database's one writer lock (every other writer waits meanwhile)",
+            value=stats.held_seconds,
+        )
 
 
 router = APIRouter(tags=["Server"])
@@ -123,5 +163,5 @@ async def metrics_endpoint(ctx: Context, metrics: MetricsOrNone) -> Response:
     """Prometheus text exposition; no credentials (turn it off with THREADLINE_METRICS_ENABLED=false)."""
     if metrics is None or not ctx.settings.metrics_enabled:
         raise NotFound("metrics are turned off on this server")
-    await metrics.refresh_sandboxes(ctx.db)
+    await metrics.refresh(ctx.db)
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
