@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, text
 
@@ -55,6 +57,24 @@ async def _rows(db: Database) -> list[int]:
         return list((await conn.execute(text("SELECT n FROM t ORDER BY n"))).scalars())
 
 
+async def _waits_for_another_process(lock_path: Path, write: Coroutine[Any, Any, None]) -> None:
+    """`write` waits while another process holds the lock, the loop running on meanwhile (these ticks happen,
+    the write does not), and ends once that process lets go."""
+    holder = _hold_in_another_process(lock_path)
+    try:
+        writer = asyncio.create_task(write)
+        ticks = 0
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 20 and not writer.done(), "the write went ahead of the other process's writer"
+        _let_go(holder)
+        await asyncio.wait_for(writer, 10)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_writer_waits_for_another_process_without_blocking_its_loop(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
     lock_path = Path(f"{path}.writer-lock")
@@ -62,20 +82,7 @@ def test_a_writer_waits_for_another_process_without_blocking_its_loop(tmp_path: 
     async def scenario() -> None:
         db = await _database_with_a_table(path)
         try:
-            holder = _hold_in_another_process(lock_path)
-            try:
-                writer = asyncio.create_task(_insert(db, 1))
-                # The loop keeps running while the writer waits: these ticks happen, the write does not.
-                ticks = 0
-                for _ in range(20):
-                    await asyncio.sleep(0.01)
-                    ticks += 1
-                assert ticks == 20 and not writer.done(), "the write went ahead of the other process's writer"
-                _let_go(holder)
-                await asyncio.wait_for(writer, 10)
-            finally:
-                holder.kill()
-                holder.wait()
+            await _waits_for_another_process(lock_path, _insert(db, 1))
             assert await _rows(db) == [1]
             await until(lambda: lock_free(lock_path), "the lock is free after the write")
         finally:
@@ -126,19 +133,7 @@ def test_a_whole_transaction_waits_in_its_thread_and_gives_the_lock_back_there(t
         db = await _database_with_a_table(path)
         try:
             before = db.writer_lock.transactions
-            holder = _hold_in_another_process(lock_path)
-            try:
-                writer = asyncio.create_task(db.run_write(_insert_in_thread, 1))
-                ticks = 0
-                for _ in range(20):
-                    await asyncio.sleep(0.01)
-                    ticks += 1
-                assert ticks == 20 and not writer.done(), "the write went ahead of the other process's writer"
-                _let_go(holder)
-                await asyncio.wait_for(writer, 10)
-            finally:
-                holder.kill()
-                holder.wait()
+            await _waits_for_another_process(lock_path, db.run_write(_insert_in_thread, 1))
             assert await _rows(db) == [1]
             assert lock_free(lock_path), "the thread gives the lock back as the transaction ends"
             assert db.writer_lock.transactions == before + 1
