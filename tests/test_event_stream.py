@@ -76,10 +76,13 @@ class Reader:
         assert self._client is not None
         try:
             with self._client.stream("GET", self.path) as response:
-                self.status = response.status_code
-                self.content_type = response.headers.get("content-type")
+                # The status last: `start()` returns as soon as it is set, and a refusal's body must be read
+                # by then (it was not, once, on a slow machine: `problem()` read an empty body).
                 if response.status_code != 200:
                     self.body = response.read()
+                self.content_type = response.headers.get("content-type")
+                self.status = response.status_code
+                if response.status_code != 200:
                     return
                 event, data, last_id = "message", [], None
                 for line in response.iter_lines():
